@@ -1,0 +1,1 @@
+"""The decoding engine: KV cache, sampling, target-only decoding (and speculative decoding)."""

@@ -1,0 +1,138 @@
+"""A preallocated KV cache with an explicit length, pluggable into Hugging Face models.
+
+The cache promises:
+- every layer's keys and values live in one buffer of fixed capacity, allocated once (lazily, on the
+  layer's own device, so a model spread over GPUs by a device map just works);
+- a forward pass writes its new tokens at slots ``[length, length + q)`` and attends over
+  ``[0, length + q)``; nothing is committed until the caller says so, so rejecting speculative
+  tokens costs nothing: the length simply does not advance (gpt-fast style);
+- ``commit(n)`` keeps the first ``n`` written slots, ``commit_path(slots)`` keeps an arbitrary
+  subset (an accepted tree path) by compacting it in place to ``[length, length + len(slots))``.
+
+The cache knows nothing about positions: rotary positions are the model adapter's business.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class CacheFullError(RuntimeError):
+    """Raised when a forward pass would write past the preallocated capacity."""
+
+
+class _StaticKVLayer(CacheLayerMixin):
+    """One layer's buffers, shaped [batch, kv_heads, capacity, head_dim]."""
+
+    is_compileable = True
+    is_sliding = False
+
+    def __init__(self, owner: "KVCache"):
+        super().__init__()
+        self.owner = owner
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, _, k_dim = key_states.shape
+        capacity = self.owner.capacity
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states.new_zeros((batch, heads, capacity, k_dim))
+        self.values = value_states.new_zeros((batch, heads, capacity, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start = self.owner.length
+        end = start + key_states.shape[-2]
+        if end > self.owner.capacity:
+            raise CacheFullError(
+                f"KV cache capacity {self.owner.capacity} exceeded: {start} tokens cached, "
+                f"{key_states.shape[-2]} more requested; build the cache with a larger capacity"
+            )
+        self.keys[:, :, start:end] = key_states
+        self.values[:, :, start:end] = value_states
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.owner.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.owner.length + query_length, 0
+
+    def get_max_length(self) -> int:
+        return self.owner.capacity
+
+    def reset(self) -> None:
+        if self.is_initialized:
+            self.keys.zero_()
+            self.values.zero_()
+
+    def move_slots(self, src: torch.Tensor, dst_start: int) -> None:
+        """Copy slots ``src`` (ascending) to ``[dst_start, dst_start + len(src))``."""
+        if not self.is_initialized:
+            return
+        src = src.to(self.keys.device)
+        n = src.numel()
+        # index_select makes a copy first, so overlapping source and destination ranges are safe.
+        self.keys[:, :, dst_start : dst_start + n] = self.keys.index_select(2, src)
+        self.values[:, :, dst_start : dst_start + n] = self.values.index_select(2, src)
+
+
+class KVCache(Cache):
+    """Fixed-capacity KV cache for a decoder-only language model.
+
+    Args:
+        num_layers: number of decoder layers of the language model.
+        capacity: slots per layer; must hold the prompt, the generated tokens and one
+            speculative block.
+    """
+
+    def __init__(self, num_layers: int, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.length = 0
+        super().__init__(layers=[_StaticKVLayer(self) for _ in range(num_layers)])
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def commit(self, n: int) -> None:
+        """Keep the first ``n`` slots written by the last forward pass."""
+        if n < 0 or self.length + n > self.capacity:
+            raise ValueError(f"cannot commit {n} slots at length {self.length} (capacity {self.capacity})")
+        self.length += n
+
+    def commit_path(self, slots: torch.Tensor) -> None:
+        """Keep the written slots ``slots`` (offsets from the current length, ascending), in order.
+
+        Used after tree verification: the accepted root-to-leaf path is scattered over the block
+        that was written; it is compacted to the front of the block in place.
+        """
+        offsets = slots.flatten().to("cpu", torch.long)
+        n = offsets.numel()
+        if n == 0:
+            return
+        if bool((offsets[1:] <= offsets[:-1]).any()) or int(offsets[0]) < 0:
+            raise ValueError(f"path slots must be ascending and non-negative, got {offsets.tolist()}")
+        if not torch.equal(offsets, torch.arange(n)):
+            src = offsets + self.length
+            for layer in self.layers:
+                layer.move_slots(src, self.length)
+        self.commit(n)
+
+    def rollback(self, length: int) -> None:
+        """Forget everything after the first ``length`` slots."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot roll back to {length}: cache holds {self.length}")
+        self.length = length
+
+    def crop(self, max_length: int) -> None:
+        """Hugging Face's crop: a negative value removes that many tokens."""
+        self.rollback(self.length + max_length if max_length < 0 else min(max_length, self.length))
+
+    def reset(self) -> None:
+        self.length = 0

@@ -1,0 +1,85 @@
+"""Target-only decoding through a model adapter: the baseline every speedup is measured against.
+
+Prefill the whole prompt, then one token per forward pass on a preallocated KV cache. Greedy output
+equals the model's own ``generate(do_sample=False)`` token for token (tested per family); sampling
+draws from the processed target distribution with the caller's ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from specvlm.engine.sampling import SamplingConfig, next_token
+from specvlm.models.base import PreparedInputs, VideoLMAdapter
+
+
+@dataclass
+class DecodeStats:
+    """What one generation call did and how long each phase took (seconds)."""
+
+    new_tokens: int = 0
+    target_passes: int = 0  # forward passes of the target after its prefill
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.decode_s if self.decode_s > 0 else float("nan")
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]  # generated ids; ends with the EOS id when decoding stopped on one
+    stats: DecodeStats = field(default_factory=DecodeStats)
+    text: str | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def decode_target(
+    adapter: VideoLMAdapter,
+    prepared: PreparedInputs,
+    *,
+    max_new_tokens: int,
+    sampling: SamplingConfig = SamplingConfig(),
+    generator: torch.Generator | None = None,
+    eos_token_ids: tuple[int, ...] | None = None,
+) -> GenerationResult:
+    """Decode with the target alone; stops on an EOS id (kept in the output) or max_new_tokens."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    eos = set(adapter.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    stats = DecodeStats()
+    cache = adapter.new_cache(prepared.length + max_new_tokens)
+    device = adapter.device
+
+    _sync(device)
+    t0 = time.perf_counter()
+    logits = adapter.prefill(prepared, cache)  # (1, V)
+    token = next_token(logits, sampling, generator)  # (1,)
+    _sync(device)
+    t1 = time.perf_counter()
+    stats.prefill_s = t1 - t0
+
+    tokens: list[int] = []
+    position = prepared.next_position
+    while True:
+        token_id = int(token)
+        tokens.append(token_id)
+        if token_id in eos or len(tokens) >= max_new_tokens:
+            break
+        logits = adapter.step(token.view(1, 1), torch.tensor([[position]]), cache)
+        cache.commit(1)
+        stats.target_passes += 1
+        position += 1
+        token = next_token(logits[:, -1], sampling, generator)
+    _sync(device)
+    stats.decode_s = time.perf_counter() - t1
+    stats.new_tokens = len(tokens)
+    return GenerationResult(token_ids=tokens, stats=stats)

@@ -1,0 +1,151 @@
+"""Draft trees as plain data, compiled once.
+
+A tree is a list of paths from the root, Medusa style: ``(0,)`` is the root's first child (the
+draft's top token), ``(0, 1)`` that child's second child, and so on. Node 0 is the root: the last
+accepted token, which neither model has processed yet. Nodes are numbered root first, then by depth,
+then by path, so every level is one contiguous block and a node's parent always comes before it.
+
+A chain of k tokens is the tree ``(0,), (0, 0), ..., (0,) * k``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+# Medusa's "mc_sim_7b_63": 25 nodes + root, depth 5, the published default.
+DEFAULT_TREE_PATHS: tuple[tuple[int, ...], ...] = (
+    (0,), (1,), (2,), (3,),
+    (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0),
+    (0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 0), (0, 1, 1), (0, 2, 0), (0, 2, 1), (1, 0, 0),
+    (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 0, 2),
+    (0, 0, 0, 0, 0), (0, 0, 0, 0, 1),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """A compiled draft tree. Every tensor field is indexed by node (root = 0)."""
+
+    paths: tuple[tuple[int, ...], ...]  # node i >= 1 is paths[i - 1] after sorting
+
+    def __post_init__(self):
+        paths = tuple(tuple(int(r) for r in p) for p in self.paths)
+        if not paths:
+            raise ValueError("a draft tree needs at least one path")
+        if len(set(paths)) != len(paths):
+            raise ValueError("draft tree paths must be unique")
+        for p in paths:
+            if not p or min(p) < 0:
+                raise ValueError(f"a tree path is a non-empty list of child ranks >= 0, got {list(p)}")
+            if len(p) > 1 and p[:-1] not in paths:
+                raise ValueError(f"tree path {list(p)} has no parent path {list(p[:-1])}")
+            if p[-1] > 0 and p[:-1] + (p[-1] - 1,) not in paths:
+                raise ValueError(f"tree path {list(p)} skips rank {p[-1] - 1}: siblings must be ranks 0..n-1")
+        object.__setattr__(self, "paths", tuple(sorted(paths, key=lambda p: (len(p), p))))
+
+    @classmethod
+    def chain(cls, k: int) -> "DraftTree":
+        if k < 1:
+            raise ValueError(f"a chain needs k >= 1 draft tokens, got {k}")
+        return cls(tuple((0,) * d for d in range(1, k + 1)))
+
+    @classmethod
+    def default(cls) -> "DraftTree":
+        return cls(DEFAULT_TREE_PATHS)
+
+    @classmethod
+    def parse(cls, spec: str) -> "DraftTree":
+        """'default', 'chain:K', or a file with one path per line ("0 1 2" or "[0, 1, 2]")."""
+        if spec == "default":
+            return cls.default()
+        if spec.startswith("chain:"):
+            try:
+                k = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"bad tree spec {spec!r}: expected chain:K with an integer K") from None
+            return cls.chain(k)
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"bad tree spec {spec!r}: not 'default', 'chain:K' or an existing file of paths")
+        paths = []
+        for line in path.read_text().splitlines():
+            line = line.strip().strip("[](),")
+            if line and not line.startswith("#"):
+                paths.append(tuple(int(x) for x in line.replace(",", " ").split()))
+        return cls(tuple(paths))
+
+    @property
+    def num_nodes(self) -> int:
+        """Nodes including the root."""
+        return len(self.paths) + 1
+
+    @property
+    def depth(self) -> int:
+        return max(len(p) for p in self.paths)
+
+    @cached_property
+    def is_chain(self) -> bool:
+        return all(p == (0,) * len(p) for p in self.paths)
+
+    @cached_property
+    def node_depth(self) -> torch.Tensor:  # (N,) long
+        return torch.tensor([0] + [len(p) for p in self.paths])
+
+    @cached_property
+    def parent(self) -> torch.Tensor:  # (N,) long, root's parent is -1
+        index = {p: i + 1 for i, p in enumerate(self.paths)}
+        return torch.tensor([-1] + [index.get(p[:-1], 0) for p in self.paths])
+
+    @cached_property
+    def rank(self) -> torch.Tensor:  # (N,) long, which of its parent's children a node is
+        return torch.tensor([0] + [p[-1] for p in self.paths])
+
+    @cached_property
+    def ancestor_mask(self) -> torch.Tensor:  # (N, N) bool, [i, j]: node i sees node j
+        n = self.num_nodes
+        mask = torch.eye(n, dtype=torch.bool)
+        parent = self.parent.tolist()
+        for i in range(1, n):
+            mask[i] |= mask[parent[i]]
+        return mask
+
+    @cached_property
+    def level_slices(self) -> tuple[slice, ...]:
+        """Node ranges of each depth: level d is slice(level_slices[d])."""
+        depths = self.node_depth.tolist()
+        out = []
+        for d in range(self.depth + 1):
+            idx = [i for i, x in enumerate(depths) if x == d]
+            out.append(slice(idx[0], idx[-1] + 1))
+        return tuple(out)
+
+    @cached_property
+    def num_children(self) -> torch.Tensor:  # (N,) long
+        return torch.bincount(self.parent[1:], minlength=self.num_nodes)
+
+    @cached_property
+    def max_children(self) -> int:
+        return int(self.num_children.max())
+
+    @cached_property
+    def retrieve_paths(self) -> torch.Tensor:
+        """(leaves, depth + 1) long: root-to-leaf node indices, padded with -1."""
+        has_child = self.num_children > 0
+        leaves = [i for i in range(1, self.num_nodes) if not has_child[i]]
+        parent = self.parent.tolist()
+        rows = []
+        for leaf in leaves:
+            path = [leaf]
+            while path[-1] != 0:
+                path.append(parent[path[-1]])
+            path.reverse()
+            rows.append(path + [-1] * (self.depth + 1 - len(path)))
+        return torch.tensor(rows)
+
+    def children(self, node: int) -> list[int]:
+        """Child node indices of ``node`` in rank order."""
+        return [i for i in range(1, self.num_nodes) if int(self.parent[i]) == node]

@@ -1,0 +1,350 @@
+"""The model adapter contract: one small interface over a Hugging Face video LLM.
+
+An adapter wraps a loaded ``*ForConditionalGeneration`` model and its processor, and promises:
+- inputs: (video, prompt) -> processor features -> ``PreparedInputs``: the full input sequence as
+  embeddings with the video features merged, the model's own positions, and a ``VideoTokenLayout``
+  that places every video token in the video (frame, row, col);
+- dropping: ``drop_video_tokens`` removes any subset of the video tokens (embeddings, positions and
+  per-token extras alike) for a draft model. By default the kept tokens and the text after the video
+  keep their original positions; ``reindex=True`` closes the gap instead (see each family);
+- running: the language model on new tokens on top of a ``KVCache``, with explicit positions and an
+  optional additive 4D attention mask, returning logits over the real vocabulary only.
+
+Adapters own positions. Nothing here derives a position from a cache length.
+It never forks modeling code: it calls the models' public pieces (``get_video_features``,
+``get_rope_index``, ``language_model``, ``lm_head``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from specvlm.engine.cache import KVCache
+from specvlm.video import VideoClip, load_video
+
+Prompt = str | list[dict[str, Any]]
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint is not of a supported video-LLM family."""
+
+
+@dataclass(frozen=True)
+class VideoTokenLayout:
+    """Where the droppable video tokens sit in a sequence and where each one sits in the video.
+
+    Tokens are listed in sequence order. ``frame`` is the temporal index of the token grid: a frame
+    for LLaVA-OneVision, a temporal patch of ``frames_per_step`` consecutive input frames for Qwen.
+    """
+
+    seq_index: torch.Tensor  # (n,) long, position of each video token in its sequence
+    frame: torch.Tensor  # (n,) long
+    row: torch.Tensor  # (n,) long
+    col: torch.Tensor  # (n,) long
+    grid: tuple[int, int, int]  # (frames, rows, cols) of the token grid of the full video
+    frames_per_step: int = 1
+
+    def __len__(self) -> int:
+        return int(self.seq_index.numel())
+
+    def subset(self, keep: torch.Tensor, seq_index: torch.Tensor) -> "VideoTokenLayout":
+        return replace(
+            self,
+            seq_index=seq_index,
+            frame=self.frame[keep],
+            row=self.row[keep],
+            col=self.col[keep],
+        )
+
+
+@dataclass
+class PreparedInputs:
+    """One prompt ready for the language model (batch dimension 1 kept for later batching)."""
+
+    input_ids: torch.Tensor  # (1, L) long
+    inputs_embeds: torch.Tensor  # (1, L, D)
+    position_ids: torch.Tensor  # (1, L) for 1D RoPE, (3, 1, L) for M-RoPE
+    video: VideoTokenLayout
+    next_position: int  # rotary position of the first generated token
+    kept: torch.Tensor | None = None  # (k,) indices into the full video layout; None = all kept
+    # Qwen3-VL deepstack: extra visual features added to the first decoder layers' hidden states.
+    visual_mask: torch.Tensor | None = None  # (1, L) bool
+    deepstack: list[torch.Tensor] | None = field(default=None, repr=False)  # each (n_visual, D)
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    @property
+    def video_end(self) -> int:
+        """Index just past the last video token: the text after it is the question."""
+        return int(self.video.seq_index.max()) + 1 if len(self.video) else 0
+
+
+class VideoLMAdapter(ABC):
+    """Base adapter; one subclass per model family."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+
+    def __init__(self, model, processor):
+        self.model = model
+        self.processor = processor
+        self.config = model.config
+        tokenizer = processor.tokenizer
+        self.tokenizer = tokenizer
+        # The real vocabulary: heads are often padded past it (Qwen2.5-VL-3B 151936 vs -7B 152064).
+        self.vocab_size = len(tokenizer)
+        self.video_token_id = int(self.config.video_token_id)
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None and not eos:
+            eos = [tokenizer.eos_token_id]
+        self.eos_token_ids: tuple[int, ...] = tuple(int(e) for e in eos)
+
+    # ------------------------------------------------------------------ language model pieces
+    @property
+    def language_model(self):
+        return self.model.model.language_model
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.language_model.layers)
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the embedding's device (the first device under a device map)."""
+        return self.language_model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.embed_tokens.weight.dtype
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.num_layers, capacity)
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.language_model.embed_tokens(token_ids.to(self.device))
+
+    # ------------------------------------------------------------------ inputs
+    def messages(self, prompt: Prompt) -> list[dict[str, Any]]:
+        """A chat message list with one video, from a plain prompt or a user-given list."""
+        if isinstance(prompt, str):
+            return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+        n_videos = sum(
+            1
+            for m in prompt
+            for c in (m.get("content") if isinstance(m.get("content"), list) else [])
+            if isinstance(c, dict) and c.get("type") == "video"
+        )
+        if n_videos != 1:
+            raise ValueError(f"the chat messages must hold exactly one video entry, found {n_videos}")
+        return prompt
+
+    def build_inputs(self, video, prompt: Prompt, *, num_frames: int | None = None, fps: float | None = None):
+        """Processor features (input_ids, pixel values, grids...) for one video and one prompt."""
+        clip = video if isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
+        text = self.processor.apply_chat_template(
+            self.messages(prompt), add_generation_prompt=True, tokenize=False
+        )
+        features = self.processor(
+            text=[text], videos=[clip.frames], return_tensors="pt", **self.processor_kwargs(clip)
+        )
+        return features
+
+    def processor_kwargs(self, clip: VideoClip) -> dict[str, Any]:
+        """Family-specific processor arguments (frame sampling is already done by ``load_video``)."""
+        return {"do_sample_frames": False}
+
+    def prepare(self, features) -> PreparedInputs:
+        """Embeddings with video features merged, positions and the video layout."""
+        input_ids = features["input_ids"].to(self.device)
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"batch size 1 is supported, got {input_ids.shape[0]} prompts")
+        is_video = input_ids[0] == self.video_token_id
+        if not bool(is_video.any()):
+            raise ValueError("the prompt holds no video tokens: the chat template must place a video")
+        with torch.no_grad():
+            embeds = self.embed(input_ids)
+            video_features, extras = self.video_features(features)
+            if video_features.shape[0] != int(is_video.sum()):
+                raise ValueError(
+                    f"{int(is_video.sum())} video tokens in the prompt but {video_features.shape[0]} "
+                    "video features: one video per prompt is supported"
+                )
+            embeds = embeds.clone()
+            embeds[0, is_video] = video_features.to(embeds.device, embeds.dtype)
+        position_ids, next_position = self.positions(features, input_ids)
+        layout = self.video_layout(features, input_ids)
+        prepared = PreparedInputs(
+            input_ids=input_ids,
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            video=layout,
+            next_position=next_position,
+        )
+        return self.attach_extras(prepared, is_video, extras)
+
+    def attach_extras(self, prepared: PreparedInputs, is_video: torch.Tensor, extras) -> PreparedInputs:
+        return prepared
+
+    def drop_video_tokens(
+        self, prepared: PreparedInputs, keep: torch.Tensor, *, reindex: bool = False
+    ) -> PreparedInputs:
+        """The same prompt with only the video tokens ``keep`` (indices into the layout, any order).
+
+        Tokens that are not droppable video tokens (text, LLaVA-OV's trailing newline) always stay.
+        """
+        if prepared.kept is not None:
+            raise ValueError("drop_video_tokens takes the full prepared inputs, not an already pruned one")
+        n = len(prepared.video)
+        keep = torch.as_tensor(keep, dtype=torch.long).flatten().cpu()
+        if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= n):
+            raise IndexError(f"kept video token indices must lie in [0, {n}), got {keep.min()}..{keep.max()}")
+        keep = torch.unique(keep)  # sorted, so the kept tokens stay in their original order
+        drop = torch.ones(n, dtype=torch.bool)
+        drop[keep] = False
+        seq_keep = torch.ones(prepared.length, dtype=torch.bool)
+        seq_keep[prepared.video.seq_index.cpu()[drop]] = False
+        new_index = torch.cumsum(seq_keep.long(), 0) - 1  # old sequence index -> new one
+        seq_keep_dev = seq_keep.to(prepared.input_ids.device)
+        if prepared.position_ids.dim() == 2:
+            position_ids = prepared.position_ids[:, seq_keep_dev]
+        else:
+            position_ids = prepared.position_ids[:, :, seq_keep_dev]
+        pruned = PreparedInputs(
+            input_ids=prepared.input_ids[:, seq_keep_dev],
+            inputs_embeds=prepared.inputs_embeds[:, seq_keep_dev],
+            position_ids=position_ids,
+            video=prepared.video.subset(keep, new_index[prepared.video.seq_index.cpu()[keep]]),
+            next_position=prepared.next_position,
+            kept=keep,
+        )
+        if prepared.visual_mask is not None:
+            visual_seq = prepared.visual_mask[0].nonzero().flatten().cpu()
+            visual_keep = seq_keep[visual_seq].to(prepared.deepstack[0].device)
+            pruned.visual_mask = prepared.visual_mask[:, seq_keep_dev]
+            pruned.deepstack = [d[visual_keep] for d in prepared.deepstack]
+        if reindex:
+            pruned.position_ids, pruned.next_position = self.reindexed_positions(prepared, pruned)
+        return pruned
+
+    # ------------------------------------------------------------------ running the LM
+    def position_tensor(self, positions: torch.Tensor) -> torch.Tensor:
+        """Text-token positions (1, q) -> the family's position_ids layout."""
+        return positions
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,  # (1, q, D)
+        position_ids: torch.Tensor,  # family layout, see position_tensor
+        cache: KVCache,
+        attention_mask: torch.Tensor | None = None,  # (1, 1, q, cache.length + q) additive float
+        *,
+        logits_at: slice | torch.Tensor | None = None,
+        **lm_kwargs,
+    ) -> torch.Tensor:
+        """Run the language model on ``q`` new tokens after ``cache.length`` cached ones.
+
+        Writes the new keys/values at slots [cache.length, cache.length + q) without committing them.
+        Returns logits (1, q', vocab_size) in float32 for the positions ``logits_at`` (all by default).
+        A ``None`` mask means plain causal attention (the fast kernel's causal path on a prefill).
+        """
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
+        with torch.no_grad():
+            out = self.language_model(
+                inputs_embeds=inputs_embeds,
+                position_ids=position_ids.to(inputs_embeds.device),
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                use_cache=True,
+                **lm_kwargs,
+            )
+            hidden = out.last_hidden_state
+            if logits_at is not None:
+                hidden = hidden[:, logits_at]
+            head = self.model.lm_head
+            logits = head(hidden.to(head.weight.device))
+        return logits[..., : self.vocab_size].float()
+
+    def prefill(
+        self, prepared: PreparedInputs, cache: KVCache, start: int = 0, end: int | None = None
+    ) -> torch.Tensor:
+        """Run tokens [start, end) of a prepared prompt and commit them; logits (1, V) of the last one."""
+        end = prepared.length if end is None else end
+        if cache.length != start:
+            raise ValueError(f"prefill from {start} needs a cache holding {start} tokens, it holds {cache.length}")
+        pos = prepared.position_ids[..., start:end]
+        logits = self.forward(
+            prepared.inputs_embeds[:, start:end],
+            pos,
+            cache,
+            logits_at=slice(-1, None),
+            **self.chunk_kwargs(prepared, start, end),
+        )
+        cache.commit(end - start)
+        return logits[:, -1]
+
+    def chunk_kwargs(self, prepared: PreparedInputs, start: int, end: int) -> dict[str, Any]:
+        """Extra language-model inputs for a slice of the prompt (deepstack features for Qwen3-VL)."""
+        return {}
+
+    def step(
+        self,
+        token_ids: torch.Tensor,  # (1, q) long
+        positions: torch.Tensor,  # (1, q) long rotary positions
+        cache: KVCache,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (1, q, V) for new text tokens; their keys/values are written but not committed."""
+        return self.forward(self.embed(token_ids), self.position_tensor(positions), cache, attention_mask)
+
+    # ------------------------------------------------------------------ family-specific
+    @abstractmethod
+    def video_features(self, features) -> tuple[torch.Tensor, Any]:
+        """(n_video_tokens, D) features in sequence order, plus family extras."""
+
+    @abstractmethod
+    def positions(self, features, input_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The model's own position_ids for the full prompt and the first generated position."""
+
+    @abstractmethod
+    def video_layout(self, features, input_ids: torch.Tensor) -> VideoTokenLayout:
+        """Frame/row/col of every droppable video token."""
+
+    @abstractmethod
+    def reindexed_positions(self, full: PreparedInputs, pruned: PreparedInputs) -> tuple[torch.Tensor, int]:
+        """Positions of a pruned sequence with the gaps left by dropped tokens closed."""
+
+
+def grid_layout(seq_index: torch.Tensor, grid: tuple[int, int, int], frames_per_step: int = 1) -> VideoTokenLayout:
+    """Layout of tokens that fill a (frames, rows, cols) grid in frame-major, row-major order."""
+    t, h, w = grid
+    n = t * h * w
+    if seq_index.numel() != n:
+        raise ValueError(f"expected {n} video tokens for a {t}x{h}x{w} grid, found {seq_index.numel()}")
+    k = torch.arange(n)
+    return VideoTokenLayout(
+        seq_index=seq_index.cpu(),
+        frame=k // (h * w),
+        row=(k % (h * w)) // w,
+        col=k % w,
+        grid=(t, h, w),
+        frames_per_step=frames_per_step,
+    )
+
+
+def clip_fps(clip: VideoClip) -> float | None:
+    """The rate at which the clip's frames were sampled, from their timestamps."""
+    if clip.num_frames < 2:
+        return clip.source_fps
+    span = float(np.max(clip.timestamps) - np.min(clip.timestamps))
+    if span <= 0:
+        return clip.source_fps
+    return (clip.num_frames - 1) / span
