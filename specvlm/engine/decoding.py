@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specvlm.engine.sampling import SamplingConfig, next_token
+from specvlm.engine.stopping import StopRule
 from specvlm.models.base import PreparedInputs, VideoLMAdapter
 
 
@@ -49,12 +50,11 @@ def decode_target(
     max_new_tokens: int,
     sampling: SamplingConfig = SamplingConfig(),
     generator: torch.Generator | None = None,
-    eos_token_ids: tuple[int, ...] | None = None,
+    stop_strings: tuple[str, ...] = (),
 ) -> GenerationResult:
-    """Decode with the target alone; stops on an EOS id (kept in the output) or max_new_tokens."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    eos = set(adapter.eos_token_ids if eos_token_ids is None else eos_token_ids)
+    """Decode with the target alone; stops on an EOS id (kept in the output), max_new_tokens or a
+    stop string (see stopping.StopRule)."""
+    stop = StopRule(adapter.eos_token_ids, max_new_tokens, stop_strings, adapter.tokenizer)
     stats = DecodeStats()
     cache = adapter.new_cache(prepared.length + max_new_tokens)
     device = adapter.device
@@ -72,7 +72,7 @@ def decode_target(
     while True:
         token_id = int(token)
         tokens.append(token_id)
-        if token_id in eos or len(tokens) >= max_new_tokens:
+        if stop.done(tokens):
             break
         logits = adapter.step(token.view(1, 1), torch.tensor([[position]]), cache)
         cache.commit(1)

@@ -9,8 +9,9 @@ Positions are M-RoPE: (temporal, height, width) for video tokens, equal triples 
 model's own ``get_rope_index`` (with ``mm_token_type_ids`` from the processor, or rebuilt from the
 token ids when absent, so it never falls back to 1D). Generated tokens continue from
 ``max(position) + 1``. Dropped tokens keep their positions by default; ``reindex=True`` keeps the kept
-video tokens' positions and lets every text token follow directly after the largest position before
-it, closing the gap left by dropped trailing tokens.
+video tokens' layout and renumbers the rest as ``get_rope_index`` would for what is left (see
+``close_gaps``): text after a video starts after the kept tokens' spatial extent, so gaps left by
+dropped tokens close.
 """
 
 from __future__ import annotations
@@ -96,14 +97,17 @@ class Qwen2_5_VLAdapter(VideoLMAdapter):
 
 
 def close_gaps(position_ids: torch.Tensor, is_video: torch.Tensor) -> torch.Tensor:
-    """M-RoPE positions (3, 1, L) with each text run restarting right after the largest position before it.
+    """M-RoPE positions (3, 1, L) of a pruned sequence with the gaps left by dropped tokens closed.
 
-    Video runs keep their layout and move with the text run before them.
+    The rule of ``get_rope_index``, applied to what is left: a text run continues right after the text
+    before it, or, after a video run that starts at s, at s + (the larger spatial side of the kept
+    tokens); a video run starts right after the text before it and keeps its internal layout. With
+    every token kept this returns the positions unchanged.
     """
     out = position_ids.clone()
     flags = is_video.tolist()
-    shift = 0
-    top = -1  # largest new position so far
+    old_text_end = new_text_end = -1  # last text position so far, before and after renumbering
+    after_video = None  # where a text run that follows a video run starts
     start = 0
     while start < len(flags):
         end = start
@@ -111,12 +115,14 @@ def close_gaps(position_ids: torch.Tensor, is_video: torch.Tensor) -> torch.Tens
             end += 1
         run = position_ids[:, :, start:end]
         if flags[start]:
-            out[:, :, start:end] = run - shift
+            origin, new_origin = old_text_end + 1, new_text_end + 1
+            out[:, :, start:end] = run - (origin - new_origin)
+            after_video = new_origin + int((run[1:] - origin).max()) + 1
         else:
-            new_first = top + 1
-            shift = int(run[0, 0, 0]) - new_first
-            out[:, :, start:end] = run - shift
-        top = int(out[:, :, :end].max())
+            first = after_video if after_video is not None else new_text_end + 1
+            out[:, :, start:end] = first + torch.arange(end - start).view(1, 1, -1)
+            old_text_end, new_text_end = int(run[0, 0, -1]), first + end - start - 1
+            after_video = None
         start = end
     return out
 

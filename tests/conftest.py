@@ -1,0 +1,56 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+try:  # run from a checkout without `pip install -e .`
+    import specvlm  # noqa: F401
+except ImportError:  # pragma: no cover
+    sys.path.insert(0, str(_REPO_ROOT))
+
+
+class TinyPairs:
+    """Tiny (target, draft) checkpoint pairs, built once per session on first use.
+
+    ``tiny_pairs(family)`` and ``tiny_pairs[family]`` both return ``(target_dir, draft_dir)``;
+    iterating / ``dict(tiny_pairs.items())`` builds every family.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._cache: dict[str, tuple[Path, Path]] = {}
+
+    def __call__(self, family: str) -> tuple[Path, Path]:
+        from specvlm.testing.tiny import build_tiny_pair
+
+        if family not in self._cache:
+            self._cache[family] = build_tiny_pair(family, self.root / family)
+        return self._cache[family]
+
+    __getitem__ = __call__
+
+    def keys(self):
+        from specvlm.testing.tiny import FAMILIES
+
+        return FAMILIES
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self.keys())
+
+    def items(self):
+        return [(family, self(family)) for family in self.keys()]
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tmp_path_factory) -> TinyPairs:
+    """``tiny_pairs(family) -> (target_dir, draft_dir)``: tiny random checkpoints of the real
+    architectures (see ``specvlm.testing.tiny``), built lazily once per session."""
+    return TinyPairs(tmp_path_factory.mktemp("tiny"))
