@@ -31,7 +31,12 @@ class LlavaOnevisionAdapter(VideoLMAdapter):
             vision_feature_select_strategy=self.config.vision_feature_select_strategy,
             return_dict=True,
         )
-        pooled = out.pooler_output if hasattr(out, "pooler_output") else out
+        pooled = out.pooler_output if hasattr(out, "pooler_output") else out  # (1, tokens, D)
+        n_frames = pixel_values.shape[1]
+        if pooled.shape[1] == n_frames * self._pooled_side() ** 2:
+            # transformers < 5.23 appends the newline in forward, not in get_video_features
+            newline = self.model.model.image_newline.to(pooled.device, pooled.dtype)
+            pooled = torch.cat([pooled, newline.expand(pooled.shape[0], 1, -1)], dim=1)
         return pooled.flatten(0, 1), None
 
     def _pooled_side(self) -> int:

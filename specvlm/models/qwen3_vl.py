@@ -29,7 +29,10 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         deepstack = getattr(extras, "deepstack_features", None)
         if deepstack:
             prepared.visual_mask = is_video[None]
-            prepared.deepstack = [torch.cat(list(per_video), dim=0) for per_video in deepstack]
+            # per layer: a tuple of per-video tensors (transformers >= 5.23) or one tensor (older)
+            prepared.deepstack = [
+                feat if isinstance(feat, torch.Tensor) else torch.cat(list(feat), dim=0) for feat in deepstack
+            ]
         return prepared
 
     def chunk_kwargs(self, prepared: PreparedInputs, start: int, end: int) -> dict:
