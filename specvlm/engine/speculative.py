@@ -1,0 +1,250 @@
+"""Lossless speculative decoding of a target video LLM with a (pruned) draft of the same family.
+
+The loop: prefill both models -> repeat { the draft proposes a tree (a chain is a tree) -> the target
+scores every node in ONE forward pass with a tree mask -> accept a path (verify.py) -> both KV caches
+keep only the accepted path -> emit accepted + bonus/recovered tokens -> stop? }.
+
+What it promises:
+- greedy output identical to ``decode_target`` (and so to the model's own generate), token for token;
+  sampled output distributed exactly as the target's, for chains and trees;
+- the draft may see a pruned prompt (``draft_inputs`` from ``drop_video_tokens``); positions come from
+  each model's prepared inputs, never from a cache length;
+- fixed-capacity caches allocated once per call; rollback is a length change plus an in-place
+  compaction of the accepted tree path; one host sync per cycle for the accept decision (greedy).
+
+The engine knows nothing about video files or tokenization beyond the stop rules.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from specvlm.engine.decoding import DecodeStats, GenerationResult, _sync
+from specvlm.engine.sampling import SamplingConfig, next_token, probabilities
+from specvlm.engine.stopping import StopRule
+from specvlm.engine.tree import DraftTree
+from specvlm.engine.verify import Verdict, greedy_verdict, sampled_verdict
+from specvlm.models.base import PreparedInputs, VideoLMAdapter
+
+
+class PairMismatchError(ValueError):
+    """The target and the draft cannot be used together."""
+
+
+@dataclass
+class SpecStats(DecodeStats):
+    """DecodeStats plus what speculation did. ``target_passes`` counts verification passes."""
+
+    draft_prefill_s: float = 0.0
+    drafting_s: float = 0.0
+    verify_s: float = 0.0
+    draft_passes: int = 0
+    tree_depth: int = 0
+    cycle_tokens: int = 0  # tokens emitted by verification passes (all but the prefill's token)
+    reached_depth: list[int] = field(default_factory=list)  # [d]: cycles whose accepted path reached depth d
+
+    @property
+    def tau(self) -> float:
+        """Mean accepted length: tokens per target verification pass."""
+        return self.cycle_tokens / self.target_passes if self.target_passes else float("nan")
+
+    @property
+    def acceptance_by_depth(self) -> list[float]:
+        """[d-1]: P(a depth-d draft token is accepted | the path reached depth d-1)."""
+        rates = []
+        for d in range(1, self.tree_depth + 1):
+            before = self.reached_depth[d - 1]
+            rates.append(self.reached_depth[d] / before if before else float("nan"))
+        return rates
+
+    def as_dict(self) -> dict:
+        return {
+            "new_tokens": self.new_tokens,
+            "target_passes": self.target_passes,
+            "draft_passes": self.draft_passes,
+            "tau": self.tau,
+            "acceptance_by_depth": self.acceptance_by_depth,
+            "prefill_s": self.prefill_s,
+            "draft_prefill_s": self.draft_prefill_s,
+            "drafting_s": self.drafting_s,
+            "verify_s": self.verify_s,
+            "decode_s": self.decode_s,
+            "tokens_per_s": self.tokens_per_s,
+        }
+
+
+def check_pair(target: VideoLMAdapter, draft: VideoLMAdapter) -> None:
+    """Refuse pairs that cannot verify each other: other family or another vocabulary."""
+    if target.family != draft.family:
+        raise PairMismatchError(
+            f"target and draft must be of one family: target is {target.family}, draft is {draft.family}"
+        )
+    t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
+    if t_vocab != d_vocab:
+        only_t = len(set(t_vocab.items()) - set(d_vocab.items()))
+        only_d = len(set(d_vocab.items()) - set(t_vocab.items()))
+        raise PairMismatchError(
+            f"target and draft tokenizers differ ({len(t_vocab)} vs {len(d_vocab)} tokens; {only_t} "
+            f"token->id entries only in the target's, {only_d} only in the draft's): a draft must share "
+            "the target's tokenizer"
+        )
+
+
+def tree_mask(tree: DraftTree, rows: slice, prefix: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Additive mask (1, 1, q, prefix + rows.stop) for tree nodes ``rows`` whose root sits at slot ``prefix``.
+
+    Every node sees the whole prefix before the root and its own ancestors (itself included).
+    """
+    allowed = torch.ones(rows.stop - rows.start, prefix + rows.stop, dtype=torch.bool)
+    allowed[:, prefix:] = tree.ancestor_mask[rows, : rows.stop]
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.to(device)[None, None]
+
+
+@dataclass
+class _Draft:
+    tokens: torch.Tensor  # (N,) long on the target's device; node 0 is the root
+    q: torch.Tensor | None  # (N, V) float32, the distribution each node's children came from (sampling)
+
+
+def _propose(
+    draft: VideoLMAdapter,
+    cache,
+    tree: DraftTree,
+    pending: list[int],
+    root_position: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+) -> tuple[_Draft, int, int]:
+    """Draft a tree rooted at pending[-1]; returns the draft, the root's cache slot and the draft passes.
+
+    ``pending`` are accepted tokens the draft has not processed yet (the root last). The cache is
+    left holding them plus every drafted node above the deepest level, committed; the caller
+    rolls it back to the accepted path.
+    """
+    n_nodes, device = tree.num_nodes, draft.device
+    tokens = torch.empty(n_nodes, dtype=torch.long, device=device)
+    tokens[0] = pending[-1]
+    q = None if sampling.greedy else torch.zeros(n_nodes, draft.vocab_size, device=device)
+    first = root_position - len(pending) + 1
+    logits = draft.step(
+        torch.tensor([pending], device=device), torch.arange(first, root_position + 1)[None], cache
+    )[:, -1:]  # (1, 1, V): the root's logits
+    cache.commit(len(pending))
+    root_slot = cache.length - 1
+    passes = 1
+    for depth in range(1, tree.depth + 1):
+        parents = tree.level_slices[depth - 1]
+        level = tree.level_slices[depth]
+        parent_logits = logits[0]  # (len(parents), V)
+        child_parent = tree.parent[level] - parents.start  # (len(level),) index into parents
+        if sampling.greedy:
+            top = torch.topk(parent_logits, min(tree.max_children, draft.vocab_size), dim=-1).indices
+            tokens[level] = top[child_parent.to(device), tree.rank[level].to(device)]
+        else:
+            dist = probabilities(parent_logits, sampling)  # (len(parents), V)
+            q[parents] = dist
+            tokens[level] = torch.multinomial(dist[child_parent.to(device)], 1, generator=generator).flatten()
+        if depth == tree.depth:
+            break
+        mask = tree_mask(tree, level, root_slot, draft.dtype, device)
+        positions = (root_position + depth) * torch.ones(1, level.stop - level.start, dtype=torch.long)
+        logits = draft.step(tokens[level][None], positions, cache, mask)
+        cache.commit(level.stop - level.start)
+        passes += 1
+    return _Draft(tokens=tokens, q=q), root_slot, passes
+
+
+def speculative_decode(
+    target: VideoLMAdapter,
+    draft: VideoLMAdapter,
+    target_inputs: PreparedInputs,
+    draft_inputs: PreparedInputs,
+    *,
+    tree: DraftTree,
+    max_new_tokens: int,
+    sampling: SamplingConfig = SamplingConfig(),
+    generator: torch.Generator | None = None,
+    stop_strings: tuple[str, ...] = (),
+    on_tokens: Callable[[list[int]], None] | None = None,
+) -> GenerationResult:
+    """Generate with the target's exact output, drafting with ``draft`` on ``draft_inputs``.
+
+    ``draft_inputs`` is the draft's own prepared prompt: the full one, or one with video tokens
+    dropped. ``on_tokens`` receives each cycle's newly accepted tokens (for streaming).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    stop = StopRule(target.eos_token_ids, max_new_tokens, stop_strings, target.tokenizer)
+    stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
+    n_nodes = tree.num_nodes
+    t_cache = target.new_cache(target_inputs.length + max_new_tokens + n_nodes)
+    d_cache = draft.new_cache(draft_inputs.length + max_new_tokens + n_nodes)
+    t_device = target.device
+    t_mask_rows = slice(0, n_nodes)
+
+    _sync(t_device)
+    t0 = time.perf_counter()
+    root = int(next_token(target.prefill(target_inputs, t_cache), sampling, generator))
+    _sync(t_device)
+    t1 = time.perf_counter()
+    draft.prefill(draft_inputs, d_cache)
+    _sync(draft.device)
+    t2 = time.perf_counter()
+    stats.prefill_s, stats.draft_prefill_s = t1 - t0, t2 - t1
+
+    tokens = [root]
+    if on_tokens is not None:
+        on_tokens([root])
+    position = target_inputs.next_position  # the root's rotary position in the target
+    draft_offset = draft_inputs.next_position - target_inputs.next_position
+    pending = [root]
+    while not stop.done(tokens):
+        # propose
+        ta = time.perf_counter()
+        proposal, root_slot, passes = _propose(
+            draft, d_cache, tree, pending, position + draft_offset, sampling, generator
+        )
+        stats.draft_passes += passes
+        _sync(draft.device)
+        tb = time.perf_counter()
+        # verify: every node in one target pass
+        node_tokens = proposal.tokens.to(t_device)
+        mask = tree_mask(tree, t_mask_rows, t_cache.length, target.dtype, t_device)
+        positions = (position + tree.node_depth)[None]
+        logits = target.step(node_tokens[None], positions, t_cache, mask)[0]  # (N, V)
+        if sampling.greedy:
+            verdict: Verdict = greedy_verdict(tree, node_tokens, logits.argmax(-1))
+        else:
+            p = probabilities(logits, sampling)
+            verdict = sampled_verdict(tree, node_tokens, proposal.q.to(t_device), p, generator)
+        stats.target_passes += 1
+        # roll back both caches to the accepted path
+        t_cache.commit_path(torch.tensor(verdict.accepted))
+        processed = [a for a in verdict.accepted[1:] if tree.node_depth[a] < tree.depth]
+        d_cache.rollback(root_slot + 1)
+        d_cache.commit_path(torch.tensor(processed, dtype=torch.long) - 1)
+        # emit
+        accepted_tokens = node_tokens[verdict.accepted[1:]].tolist()
+        new = accepted_tokens + [verdict.next_token]
+        for d in range(verdict.num_accepted + 1):
+            stats.reached_depth[d] += 1
+        kept = stop.cut(tokens, new)
+        tokens.extend(kept)
+        stats.cycle_tokens += len(kept)
+        if on_tokens is not None and kept:
+            on_tokens(kept)
+        unprocessed = accepted_tokens[len(processed) :]  # the deepest accepted node, if any
+        pending = unprocessed + [verdict.next_token]
+        position += verdict.num_accepted + 1
+        _sync(t_device)
+        stats.verify_s += time.perf_counter() - tb
+        stats.drafting_s += tb - ta
+    stats.decode_s = time.perf_counter() - t2
+    stats.new_tokens = len(tokens)
+    return GenerationResult(token_ids=tokens, stats=stats)
