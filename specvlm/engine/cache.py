@@ -118,6 +118,10 @@ class KVCache(Cache):
             return
         if bool((offsets[1:] <= offsets[:-1]).any()) or int(offsets[0]) < 0:
             raise ValueError(f"path slots must be ascending and non-negative, got {offsets.tolist()}")
+        if self.length + int(offsets[-1]) >= self.capacity:  # index_select would fail (on GPU: device assert)
+            raise ValueError(
+                f"path slot {int(offsets[-1])} at length {self.length} lies past capacity {self.capacity}"
+            )
         if not torch.equal(offsets, torch.arange(n)):
             src = offsets + self.length
             for layer in self.layers:

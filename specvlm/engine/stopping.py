@@ -11,6 +11,8 @@ class StopRule:
     def __init__(self, eos_token_ids, max_new_tokens: int, stop_strings=(), tokenizer=None):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if isinstance(stop_strings, str):  # one string, not its characters
+            stop_strings = (stop_strings,)
         if stop_strings and tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode the generated text")
         if any(not s for s in stop_strings):

@@ -72,10 +72,16 @@ class DraftTree:
         if not path.is_file():
             raise ValueError(f"bad tree spec {spec!r}: not 'default', 'chain:K' or an existing file of paths")
         paths = []
-        for line in path.read_text().splitlines():
-            line = line.strip().strip("[](),")
-            if line and not line.startswith("#"):
+        for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+            line = raw.split("#", 1)[0].strip().strip("[](),")
+            if not line:
+                continue
+            try:
                 paths.append(tuple(int(x) for x in line.replace(",", " ").split()))
+            except ValueError:
+                raise ValueError(
+                    f"{spec}:{lineno}: bad tree path {raw.strip()!r}: expected child ranks like '0 1' or '[0, 1]'"
+                ) from None
         return cls(tuple(paths))
 
     @property

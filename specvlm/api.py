@@ -1,0 +1,162 @@
+"""The Python API: a target/draft pair that answers like ``model.generate``, only faster.
+
+    from specvlm import SpeculativeVLM
+    pair = SpeculativeVLM.from_pretrained("Qwen/Qwen2.5-VL-32B-Instruct", "Qwen/Qwen2.5-VL-7B-Instruct",
+                                          dtype="bfloat16", device_map="auto")
+    out = pair.generate("clip.mp4", "Describe this video.", num_frames=64, max_new_tokens=256)
+    print(out.text, out.stats.tau)
+    for piece in pair.stream("clip.mp4", "What happens at the end?"):
+        print(piece, end="", flush=True)
+
+Greedy output is the target's own, token for token; sampled output follows the target's distribution.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from specvlm.engine.decoding import DecodeStats, decode_target
+from specvlm.engine.sampling import SamplingConfig
+from specvlm.engine.speculative import check_pair, speculative_decode
+from specvlm.engine.tree import DraftTree
+from specvlm.models import load_adapter
+from specvlm.models.base import Prompt, VideoLMAdapter
+from specvlm.video import VideoClip, load_video
+
+
+@dataclass
+class GenerateOutput:
+    text: str
+    token_ids: list[int]
+    stats: DecodeStats  # SpecStats for speculative runs (tau, acceptance by depth, phase times)
+
+
+class SpeculativeVLM:
+    """A target model and a draft of the same family and tokenizer."""
+
+    def __init__(self, target: VideoLMAdapter, draft: VideoLMAdapter, *, tree: DraftTree | str = "default"):
+        check_pair(target, draft)
+        self.target = target
+        self.draft = draft
+        self.tree = tree if isinstance(tree, DraftTree) else DraftTree.parse(tree)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        target: str,
+        draft: str,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | None = None,
+        device_map: str | dict | None = None,
+        draft_device: str | None = None,
+        attn_implementation: str | None = "sdpa",
+        tree: DraftTree | str = "default",
+    ) -> "SpeculativeVLM":
+        """Load both models from hub ids or folders. The draft goes to ``draft_device`` (default: the
+        target's ``device``, or its first device under a device map)."""
+        target_adapter = load_adapter(
+            target, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation
+        )
+        draft_device = draft_device or device or (None if device_map is None else str(target_adapter.device))
+        draft_adapter = load_adapter(draft, dtype=dtype, device=draft_device, attn_implementation=attn_implementation)
+        return cls(target_adapter, draft_adapter, tree=tree)
+
+    def _generator(self, seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
+        if generator is not None:
+            return generator
+        if seed is None:
+            return None
+        return torch.Generator(device=self.target.device).manual_seed(seed)
+
+    def generate(
+        self,
+        video: str | VideoClip,
+        prompt: Prompt,
+        *,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        stop_strings: tuple[str, ...] = (),
+        speculative: bool = True,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> GenerateOutput:
+        """Answer ``prompt`` about ``video`` (a path, a folder of frames, an array or a VideoClip).
+
+        ``speculative=False`` decodes with the target alone (the baseline). ``on_tokens`` receives
+        token ids as they are accepted.
+        """
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+        clip = video if isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
+        features = self.target.build_inputs(clip, prompt)
+        target_inputs = self.target.prepare(features)
+        gen = self._generator(seed, generator)
+        if speculative:
+            draft_inputs = self.draft.prepare(features)
+            result = speculative_decode(
+                self.target,
+                self.draft,
+                target_inputs,
+                draft_inputs,
+                tree=self.tree,
+                max_new_tokens=max_new_tokens,
+                sampling=sampling,
+                generator=gen,
+                stop_strings=stop_strings,
+                on_tokens=on_tokens,
+            )
+        else:
+            result = decode_target(
+                self.target,
+                target_inputs,
+                max_new_tokens=max_new_tokens,
+                sampling=sampling,
+                generator=gen,
+                stop_strings=stop_strings,
+            )
+            if on_tokens is not None:
+                on_tokens(result.token_ids)
+        text = self.target.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        return GenerateOutput(text=text, token_ids=result.token_ids, stats=result.stats)
+
+    def stream(self, video, prompt: Prompt, **kwargs) -> Iterator[str]:
+        """Yield the answer's text as tokens are accepted (generation runs in a worker thread)."""
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+        tokens: list[int] = []
+        shown = 0
+
+        def on_tokens(new: list[int]) -> None:
+            pieces.put(list(new))
+
+        def work() -> None:
+            try:
+                self.generate(video, prompt, on_tokens=on_tokens, **kwargs)
+            except BaseException as error:  # handed to the consumer, raised there
+                pieces.put(error)
+            finally:
+                pieces.put(done)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while (item := pieces.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            tokens.extend(item)
+            text = self.target.tokenizer.decode(tokens, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+                continue
+            if len(text) > shown:
+                yield text[shown:]
+                shown = len(text)
+        worker.join()

@@ -1,0 +1,153 @@
+"""Speculative engine behaviour beyond the greedy gate: stopping, pair checks, sampling, the API."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from specvlm import SpeculativeVLM
+from specvlm.engine.decoding import decode_target
+from specvlm.engine.sampling import SamplingConfig, probabilities
+from specvlm.engine.speculative import PairMismatchError, check_pair, speculative_decode
+from specvlm.engine.tree import DraftTree
+from specvlm.models import load_adapter
+from specvlm.testing.tiny import build_tiny_checkpoint
+from specvlm.video import write_video
+
+FAMILY = "qwen2_5_vl"
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    path = tmp_path_factory.mktemp("engine") / "clip.mp4"
+    write_video(path, rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8), fps=4)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_pairs, video):
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    target = load_adapter(str(target_dir), dtype="float32")
+    draft = load_adapter(str(draft_dir), dtype="float32")
+    features = target.build_inputs(video, "Describe the video.", num_frames=8)
+    return target, draft, target.prepare(features), draft.prepare(features)
+
+
+def test_stop_string_cuts_where_target_only_stops(pair):
+    target, _, full, _ = pair
+    reference = decode_target(target, full, max_new_tokens=30).token_ids
+    stop = target.tokenizer.decode(reference[6:8])
+    expected = decode_target(target, full, max_new_tokens=30, stop_strings=(stop,)).token_ids
+    assert len(expected) < len(reference) and stop in target.tokenizer.decode(expected)
+    for tree in (DraftTree.chain(5), DraftTree.default()):
+        got = speculative_decode(target, target, full, full, tree=tree, max_new_tokens=30, stop_strings=(stop,))
+        assert got.token_ids == expected
+
+
+def test_eos_inside_a_cycle_stops_there(pair, monkeypatch):
+    target, _, full, _ = pair
+    reference = decode_target(target, full, max_new_tokens=30).token_ids
+    eos = reference[7]
+    monkeypatch.setattr(target, "eos_token_ids", (eos,))
+    expected = decode_target(target, full, max_new_tokens=30).token_ids
+    assert expected == reference[: reference.index(eos) + 1]
+    got = speculative_decode(target, target, full, full, tree=DraftTree.chain(5), max_new_tokens=30)
+    assert got.token_ids == expected
+
+
+@pytest.mark.parametrize("max_new", [1, 2, 7])
+def test_max_new_tokens_is_exact(pair, max_new):
+    target, draft, full, draft_inputs = pair
+    expected = decode_target(target, full, max_new_tokens=max_new).token_ids
+    got = speculative_decode(target, target, full, full, tree=DraftTree.default(), max_new_tokens=max_new)
+    assert len(got.token_ids) == max_new and got.token_ids == expected
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        speculative_decode(target, draft, full, draft_inputs, tree=DraftTree.chain(2), max_new_tokens=0)
+
+
+def test_pairs_are_checked(tiny_pairs, pair, tmp_path):
+    target, draft, full, _ = pair
+    check_pair(target, draft)
+    other = load_adapter(str(tiny_pairs("qwen3_vl")[1]), dtype="float32")
+    with pytest.raises(PairMismatchError, match="one family: target is qwen2_5_vl, draft is qwen3_vl"):
+        check_pair(target, other)
+    changed = load_adapter(str(tiny_pairs(FAMILY)[1]), dtype="float32")
+    changed.tokenizer.add_tokens(["<not-in-the-target>"])
+    with pytest.raises(PairMismatchError, match="tokenizers differ"):
+        check_pair(target, changed)
+
+
+def test_a_draft_with_a_padded_head_shares_the_vocabulary(pair, tmp_path, video):
+    """Like Qwen2.5-VL-3B (151936 rows) drafting for -7B (152064): same tokenizer, other head size."""
+    target, _, full, _ = pair
+    padded = load_adapter(str(build_tiny_checkpoint(FAMILY, tmp_path / "padded", role="draft", lm_head_pad=40)))
+    assert padded.model.lm_head.weight.shape[0] == padded.vocab_size + 40 != target.model.lm_head.weight.shape[0]
+    check_pair(target, padded)
+    features = target.build_inputs(video, "Describe the video.", num_frames=8)
+    got = speculative_decode(target, padded, full, padded.prepare(features), tree=DraftTree.default(), max_new_tokens=16)
+    assert got.token_ids == decode_target(target, full, max_new_tokens=16).token_ids
+    assert max(got.token_ids) < target.vocab_size
+
+
+def _exact_first_two(target, full, sampling):
+    """The target-only joint distribution of the first two tokens, from its logits."""
+    cache = target.new_cache(full.length + 1)
+    p1 = probabilities(target.prefill(full, cache), sampling)[0]
+    joint = {}
+    for x1 in p1.nonzero().flatten().tolist():
+        cache.rollback(full.length)
+        logits = target.step(torch.tensor([[x1]]), torch.tensor([[full.next_position]]), cache)
+        p2 = probabilities(logits[:, -1], sampling)[0]
+        for x2 in p2.nonzero().flatten().tolist():
+            joint[(x1, x2)] = float(p1[x1] * p2[x2])
+    return joint
+
+
+def _tv(counts: Counter, exact: dict) -> float:
+    n = sum(counts.values())
+    keys = set(counts) | set(exact)
+    return 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in keys)
+
+
+@pytest.mark.parametrize("tree", [DraftTree.chain(2), DraftTree(((0,), (1,), (2,), (0, 0), (1, 0)))], ids=["chain", "tree"])
+def test_sampled_tokens_follow_the_target_distribution(pair, tree):
+    """The first two sampled tokens, over 800 runs, match the target-only joint distribution.
+
+    The independent draft's own distribution is far from the target's (asserted), so a rule that
+    let draft tokens through unchecked would fail the bound.
+    """
+    target, draft, full, draft_inputs = pair
+    sampling = SamplingConfig(temperature=1.0, top_k=2)
+    exact = _exact_first_two(target, full, sampling)
+    draft_joint = _exact_first_two(draft, draft_inputs, sampling)
+    assert _tv(Counter({k: round(v * 1e6) for k, v in draft_joint.items()}), exact) > 0.3
+    generator = torch.Generator().manual_seed(0)
+    counts = Counter()
+    for _ in range(800):
+        out = speculative_decode(
+            target, draft, full, draft_inputs, tree=tree, max_new_tokens=2, sampling=sampling, generator=generator
+        )
+        counts[tuple(out.token_ids)] += 1
+    assert _tv(counts, exact) < 0.07
+
+
+def test_api_generate_and_stream(tiny_pairs, video):
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", tree="chain:3")
+    baseline = vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=12, speculative=False)
+    fast = vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=12)
+    assert fast.token_ids == baseline.token_ids and fast.text == baseline.text
+    assert fast.stats.target_passes >= 1 and fast.stats.tau >= 1
+    seen = []
+    pieces = list(vlm.stream(video, "Describe the video.", num_frames=8, max_new_tokens=12))
+    assert "".join(pieces) == fast.text
+    vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=5, on_tokens=seen.extend)
+    assert seen == fast.token_ids[:5]
+    sampled = [vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=6, temperature=1.0, seed=3).token_ids for _ in range(2)]
+    assert sampled[0] == sampled[1]  # one seed, one answer
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        vlm.generate(video, "Describe the video.", num_frames=8, temperature=-1.0)

@@ -1,0 +1,101 @@
+"""The lossless gate: speculative output == target-only output == the model's own generate.
+
+Every family x chain (k = 1, 3, 5) and tree (the published default and two other shapes) x several
+inputs, with an independently initialised draft (low acceptance) and with the target as its own
+draft (every drafted token must be accepted). Exactness is asserted in float32 on CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from specvlm.engine.decoding import decode_target
+from specvlm.engine.speculative import speculative_decode
+from specvlm.engine.tree import DraftTree
+from specvlm.models import load_adapter
+from specvlm.testing.tiny import FAMILIES
+from specvlm.video import write_video
+
+MAX_NEW = 24
+TREES = {
+    "chain1": DraftTree.chain(1),
+    "chain3": DraftTree.chain(3),
+    "chain5": DraftTree.chain(5),
+    "default": DraftTree.default(),
+    "wide": DraftTree(((0,), (1,), (2,), (3,), (4,), (0, 0), (1, 0), (0, 0, 0))),
+    "binary": DraftTree(((0,), (1,), (0, 0), (0, 1), (1, 0), (1, 1), (0, 0, 0), (0, 0, 1), (0, 1, 0))),
+}
+PROMPTS = ("Describe the video.", "What moves, and where does it go?")
+
+
+def _clip(path, seed: int):
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    write_video(path, frames, fps=6)
+    return path
+
+
+class Family:
+    """Adapters and prepared inputs of one family, each input with its target-only reference."""
+
+    def __init__(self, family, pair, root):
+        target_dir, draft_dir = pair
+        self.target = load_adapter(str(target_dir), dtype="float32")
+        self.draft = load_adapter(str(draft_dir), dtype="float32")
+        self.inputs = []
+        for i, prompt in enumerate(PROMPTS):
+            features = self.target.build_inputs(_clip(root / f"clip{i}.mp4", seed=i), prompt, num_frames=8)
+            full = self.target.prepare(features)
+            reference = decode_target(self.target, full, max_new_tokens=MAX_NEW).token_ids
+            self.inputs.append((features, full, self.draft.prepare(features), reference))
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def fam(request, tiny_pairs, tmp_path_factory):
+    return Family(request.param, tiny_pairs(request.param), tmp_path_factory.mktemp(request.param))
+
+
+def test_reference_is_the_models_own_generate(fam):
+    features, _, _, reference = fam.inputs[0]
+    with torch.no_grad():
+        out = fam.target.model.generate(**features, max_new_tokens=MAX_NEW, do_sample=False)
+    assert out[0, features["input_ids"].shape[1] :].tolist() == reference
+
+
+@pytest.mark.parametrize("tree_name", list(TREES))
+def test_independent_draft_is_lossless(fam, tree_name):
+    tree = TREES[tree_name]
+    for _, full, draft_inputs, reference in fam.inputs:
+        result = speculative_decode(fam.target, fam.draft, full, draft_inputs, tree=tree, max_new_tokens=MAX_NEW)
+        assert result.token_ids == reference
+        stats = result.stats
+        assert stats.new_tokens == len(reference)
+        assert stats.cycle_tokens == len(reference) - 1
+        assert 1.0 <= stats.tau <= tree.depth + 1
+
+
+@pytest.mark.parametrize("tree_name", list(TREES))
+def test_target_as_its_own_draft_accepts_everything(fam, tree_name):
+    tree = TREES[tree_name]
+    for _, full, _, reference in fam.inputs:
+        result = speculative_decode(fam.target, fam.target, full, full, tree=tree, max_new_tokens=MAX_NEW)
+        assert result.token_ids == reference
+        stats = result.stats
+        # every cycle but possibly the last (cut by the stop rule) accepts a full path: tau = depth + 1
+        assert stats.reached_depth[tree.depth] >= stats.target_passes - 1
+        full_cycles = stats.target_passes - 1
+        assert stats.cycle_tokens >= full_cycles * (tree.depth + 1)
+        assert all(rate == 1.0 for rate in stats.acceptance_by_depth)
+
+
+def test_pruned_self_draft_is_lossless(fam):
+    """The draft may see a prompt with video tokens dropped; output stays the target's."""
+    for _, full, _, reference in fam.inputs:
+        for reindex in (False, True):
+            keep = torch.arange(0, len(full.video), 3)
+            pruned = fam.target.drop_video_tokens(full, keep, reindex=reindex)
+            for tree in (TREES["chain3"], TREES["default"]):
+                result = speculative_decode(fam.target, fam.target, full, pruned, tree=tree, max_new_tokens=MAX_NEW)
+                assert result.token_ids == reference
