@@ -1,0 +1,228 @@
+"""GPU checks: losslessness on the GPU, a device map over two GPUs, and target-only speed vs generate.
+
+    python benchmarks/gpu_check.py [--out results.json] [--speed-shape llava-ov-7b] [--speed-frames 256]
+
+1. Lossless: every family's tiny pair on cuda, float32 and bfloat16; speculative output vs target-only
+   output for chain/tree drafting with an independent, a self and a pruned self draft. Reports the
+   match rate, and for a mismatch the first divergent token and the target's top-1 - top-2 logit
+   margin there (16-bit multi-token and one-token forwards round differently: a near-tie can flip).
+2. Device map: with two or more GPUs, each tiny target split layer-wise over cuda:0 and cuda:1;
+   target-only decoding must equal the model's own generate, speculative output must equal both.
+3. Speed: a random-weight model of a real LM shape; decode_target vs generate, ms per new token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specvlm.engine.decoding import decode_target
+from specvlm.engine.speculative import speculative_decode
+from specvlm.engine.tree import DraftTree
+from specvlm.models import load_adapter
+from specvlm.testing.shapes import random_adapter
+from specvlm.testing.tiny import FAMILIES, build_tiny_pair
+from specvlm.video import load_video
+
+PROMPT = "Describe the video."
+
+
+def frames(n: int, seed: int = 0, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def margin_at(adapter, prepared, tokens: list[int], index: int) -> float:
+    """Target's top-1 minus top-2 logit before generating tokens[index] (target-only path)."""
+    cache = adapter.new_cache(prepared.length + index + 1)
+    logits = adapter.prefill(prepared, cache)
+    if index > 0:
+        prefix = torch.tensor([tokens[:index]])
+        positions = prepared.next_position + torch.arange(index)[None]
+        logits = adapter.step(prefix, positions, cache)[:, -1]
+    top = torch.topk(logits[0], 2).values
+    return float(top[0] - top[1])
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def lossless(root: Path) -> list[dict]:
+    rows = []
+    trees = {"chain3": DraftTree.chain(3), "default": DraftTree.default()}
+    for family in FAMILIES:
+        target_dir, draft_dir = build_tiny_pair(family, root / family)
+        for dtype in (torch.float32, torch.bfloat16):
+            target = load_adapter(str(target_dir), dtype=dtype, device="cuda")
+            draft = load_adapter(str(draft_dir), dtype=dtype, device="cuda")
+            for seed in range(3):
+                clip = load_video(frames(8, seed))
+                features = target.build_inputs(clip, PROMPT)
+                full = target.prepare(features)
+                reference = decode_target(target, full, max_new_tokens=48).token_ids
+                drafts = {
+                    "independent": (draft, draft.prepare(features)),
+                    "self": (target, full),
+                    "self-pruned-90": (target, target.drop_video_tokens(full, torch.arange(0, len(full.video), 10))),
+                }
+                for tree_name, tree in trees.items():
+                    for draft_name, (d, d_inputs) in drafts.items():
+                        out = speculative_decode(target, d, full, d_inputs, tree=tree, max_new_tokens=48)
+                        div = first_divergence(out.token_ids, reference)
+                        rows.append(
+                            {
+                                "family": family,
+                                "dtype": str(dtype).removeprefix("torch."),
+                                "seed": seed,
+                                "tree": tree_name,
+                                "draft": draft_name,
+                                "match": div is None,
+                                "first_divergence": div,
+                                "margin": None if div is None else margin_at(target, full, reference, div),
+                                "tau": out.stats.tau,
+                            }
+                        )
+    return rows
+
+
+def split_map(model, n_layers: int) -> dict[str, int]:
+    """Vision, embeddings and the first half of the layers on GPU 0; the rest and the head on GPU 1."""
+    device_map: dict[str, int] = {}
+    for name, _ in model.model.named_children():
+        if name != "language_model":
+            device_map[f"model.{name}"] = 0
+    for name, _ in model.model.named_parameters(recurse=False):
+        device_map[f"model.{name}"] = 0
+    for name, _ in model.model.language_model.named_children():
+        if name != "layers":
+            device_map[f"model.language_model.{name}"] = 1 if name == "norm" else 0
+    for i in range(n_layers):
+        device_map[f"model.language_model.layers.{i}"] = 0 if i < n_layers // 2 else 1
+    device_map["lm_head"] = 1
+    return device_map
+
+
+def device_map_check(root: Path) -> list[dict]:
+    rows = []
+    for family in FAMILIES:
+        target_dir, _ = build_tiny_pair(family, root / family)
+        probe = load_adapter(str(target_dir), dtype=torch.float32)
+        device_map = split_map(probe.model, probe.num_layers)
+        target = load_adapter(str(target_dir), dtype=torch.float32, device_map=device_map)
+        devices = sorted({str(p.device) for p in target.model.parameters()})
+        features = target.build_inputs(load_video(frames(8, 5)), PROMPT)
+        full = target.prepare(features)
+        ours = decode_target(target, full, max_new_tokens=32).token_ids
+        with torch.no_grad():
+            out = target.model.generate(**features.to("cuda:0"), max_new_tokens=32, do_sample=False)
+        reference = out[0, features["input_ids"].shape[1] :].tolist()
+        spec = speculative_decode(target, target, full, full, tree=DraftTree.default(), max_new_tokens=32)
+        rows.append(
+            {
+                "family": family,
+                "devices": devices,
+                "target_only_equals_generate": ours == reference,
+                "speculative_equals_target_only": spec.token_ids == ours,
+                "tau": spec.stats.tau,
+            }
+        )
+    return rows
+
+
+def speed(shape: str, n_frames: int, new_tokens: int) -> dict:
+    adapter = random_adapter(shape, dtype=torch.bfloat16, device="cuda")
+    adapter.eos_token_ids = ()  # time a fixed number of tokens
+    model = adapter.model
+    features = adapter.build_inputs(load_video(frames(n_frames, 1, size=56)), PROMPT)
+    prepared = adapter.prepare(features)
+    gpu_features = features.to("cuda")
+
+    def timed(fn):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        result = fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t, result
+
+    kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+    with torch.no_grad():
+        model.generate(**gpu_features, max_new_tokens=4, min_new_tokens=4, **kwargs)  # warm-up
+        decode_target(adapter, prepared, max_new_tokens=4)
+        t_prefill, _ = timed(lambda: model.generate(**gpu_features, max_new_tokens=1, **kwargs))
+        t_gen, out = timed(lambda: model.generate(**gpu_features, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs))
+    ours = decode_target(adapter, prepared, max_new_tokens=new_tokens)
+    generated = out[0, features["input_ids"].shape[1] :].tolist()
+    return {
+        "shape": shape,
+        "context_tokens": prepared.length,
+        "new_tokens": new_tokens,
+        "generate_ms_per_token": 1000 * (t_gen - t_prefill) / (new_tokens - 1),
+        "ours_ms_per_token": 1000 * ours.stats.decode_s / (new_tokens - 1),
+        "ours_prefill_s": ours.stats.prefill_s,
+        "generate_prefill_s": t_prefill,
+        "same_tokens": ours.token_ids == generated,
+        "first_divergence": first_divergence(ours.token_ids, generated),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--speed-shape", default="llava-ov-7b")
+    parser.add_argument("--speed-frames", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["lossless", "device_map", "speed"])
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
+    import transformers
+
+    print(f"transformers {transformers.__version__}")
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if "lossless" not in args.skip:
+            rows = lossless(root)
+            results["lossless"] = rows
+            print("\n## Lossless on the GPU (48 new tokens, 3 inputs per family)")
+            print("| family | dtype | match rate | mismatches: (first divergence, target margin) |")
+            print("|---|---|---|---|")
+            for family in FAMILIES:
+                for dtype in ("float32", "bfloat16"):
+                    sel = [r for r in rows if r["family"] == family and r["dtype"] == dtype]
+                    bad = [(r["first_divergence"], round(r["margin"], 4)) for r in sel if not r["match"]]
+                    print(f"| {family} | {dtype} | {sum(r['match'] for r in sel)}/{len(sel)} | {bad or '-'} |")
+        if "device_map" not in args.skip and torch.cuda.device_count() >= 2:
+            rows = device_map_check(root)
+            results["device_map"] = rows
+            print("\n## Device map over two GPUs (float32)")
+            print("| family | devices | target-only == generate | speculative == target-only | tau (self draft) |")
+            print("|---|---|---|---|---|")
+            for r in rows:
+                print(
+                    f"| {r['family']} | {','.join(r['devices'])} | {r['target_only_equals_generate']} | "
+                    f"{r['speculative_equals_target_only']} | {r['tau']:.2f} |"
+                )
+    if "speed" not in args.skip:
+        r = speed(args.speed_shape, args.speed_frames, args.new_tokens)
+        results["speed"] = r
+        print(f"\n## Target-only decoding vs generate ({r['shape']} LM shape, bf16, {r['context_tokens']} context tokens)")
+        print("| path | ms / new token | prefill s |")
+        print("|---|---|---|")
+        print(f"| transformers generate | {r['generate_ms_per_token']:.2f} | {r['generate_prefill_s']:.3f} |")
+        print(f"| specvlm decode_target | {r['ours_ms_per_token']:.2f} | {r['ours_prefill_s']:.3f} |")
+        print(f"same tokens: {r['same_tokens']} (first divergence: {r['first_divergence']})")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
