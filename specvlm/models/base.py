@@ -252,7 +252,8 @@ class VideoLMAdapter(ABC):
         """Run the language model on ``q`` new tokens after ``cache.length`` cached ones.
 
         Writes the new keys/values at slots [cache.length, cache.length + q) without committing them.
-        Returns logits (1, q', vocab_size) in float32 for the positions ``logits_at`` (all by default).
+        Returns logits (1, q', vocab_size) in float32 on ``self.device`` for the positions
+        ``logits_at`` (all by default).
         A ``None`` mask means plain causal attention (the fast kernel's causal path on a prefill).
         """
         if attention_mask is not None:
@@ -271,7 +272,8 @@ class VideoLMAdapter(ABC):
                 hidden = hidden[:, logits_at]
             head = self.model.lm_head
             logits = head(hidden.to(head.weight.device))
-        return logits[..., : self.vocab_size].float()
+        # Under a device map the head may sit on another GPU: hand logits back where inputs live.
+        return logits[..., : self.vocab_size].float().to(self.device)
 
     def prefill(
         self, prepared: PreparedInputs, cache: KVCache, start: int = 0, end: int | None = None
