@@ -25,7 +25,9 @@ class CacheFullError(RuntimeError):
 class _StaticKVLayer(CacheLayerMixin):
     """One layer's buffers, shaped [batch, kv_heads, capacity, head_dim]."""
 
-    is_compileable = True
+    # Not "compileable": transformers then materialises a causal mask even for one-token steps, and
+    # any mask sends SDPA down the grouped-query path that copies the whole cache per layer.
+    is_compileable = False
     is_sliding = False
 
     def __init__(self, owner: "KVCache"):

@@ -23,11 +23,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from specvlm.engine.cache import KVCache
 from specvlm.video import VideoClip, load_video
 
 Prompt = str | list[dict[str, Any]]
+
+# SDPA kernels the language model may use. cuDNN is left out: it builds a plan for every new key
+# length, about a millisecond of CPU per attention call while decoding (measured on an H200).
+ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class UnsupportedModelError(ValueError):
@@ -258,7 +263,7 @@ class VideoLMAdapter(ABC):
         """
         if attention_mask is not None:
             attention_mask = attention_mask.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), sdpa_kernel(ATTENTION_BACKENDS):
             out = self.language_model(
                 inputs_embeds=inputs_embeds,
                 position_ids=position_ids.to(inputs_embeds.device),

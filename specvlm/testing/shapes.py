@@ -57,4 +57,8 @@ def random_adapter(name: str, *, dtype: torch.dtype = torch.bfloat16, device: st
     eos = processor.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = eos[1]
-    return adapter_for(model, processor)
+    adapter = adapter_for(model, processor)
+    # The tiny tokenizer stands in for the real ~152k one: let decoding range over the whole head,
+    # as it does with a real checkpoint, so tokens compare with generate's.
+    adapter.vocab_size = config.text_config.vocab_size
+    return adapter
