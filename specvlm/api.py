@@ -26,6 +26,7 @@ from specvlm.engine.speculative import check_pair, speculative_decode
 from specvlm.engine.tree import DraftTree
 from specvlm.models import load_adapter
 from specvlm.models.base import Prompt, VideoLMAdapter
+from specvlm.pruning import PruneConfig
 from specvlm.video import VideoClip, load_video
 
 
@@ -34,16 +35,32 @@ class GenerateOutput:
     text: str
     token_ids: list[int]
     stats: DecodeStats  # SpecStats for speculative runs (tau, acceptance by depth, phase times)
+    selection: object = None  # pruning.Selection: the draft's kept video tokens
+    scores: torch.Tensor | None = None  # Stage I attention scores of the video tokens
+    clip: VideoClip | None = None  # the frames the models saw
+    layout: object = None  # the target's VideoTokenLayout
 
 
 class SpeculativeVLM:
     """A target model and a draft of the same family and tokenizer."""
 
-    def __init__(self, target: VideoLMAdapter, draft: VideoLMAdapter, *, tree: DraftTree | str = "default"):
+    def __init__(
+        self,
+        target: VideoLMAdapter,
+        draft: VideoLMAdapter,
+        *,
+        tree: DraftTree | str = "default",
+        prune: PruneConfig | None = PruneConfig(),
+        reindex: bool = False,
+    ):
+        """``prune`` decides which video tokens the draft sees (default: the method's two-stage
+        selection keeping 10%); None shows the draft every token (plain speculative decoding)."""
         check_pair(target, draft)
         self.target = target
         self.draft = draft
         self.tree = tree if isinstance(tree, DraftTree) else DraftTree.parse(tree)
+        self.prune = prune
+        self.reindex = reindex
 
     @classmethod
     def from_pretrained(
@@ -57,6 +74,8 @@ class SpeculativeVLM:
         draft_device: str | None = None,
         attn_implementation: str | None = "sdpa",
         tree: DraftTree | str = "default",
+        prune: PruneConfig | None = PruneConfig(),
+        reindex: bool = False,
     ) -> "SpeculativeVLM":
         """Load both models from hub ids or folders. The draft goes to ``draft_device`` (default: the
         target's ``device``, or its first device under a device map)."""
@@ -65,7 +84,7 @@ class SpeculativeVLM:
         )
         draft_device = draft_device or device or (None if device_map is None else str(target_adapter.device))
         draft_adapter = load_adapter(draft, dtype=dtype, device=draft_device, attn_implementation=attn_implementation)
-        return cls(target_adapter, draft_adapter, tree=tree)
+        return cls(target_adapter, draft_adapter, tree=tree, prune=prune, reindex=reindex)
 
     def _generator(self, seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
         if generator is not None:
@@ -90,12 +109,14 @@ class SpeculativeVLM:
         stop_strings: tuple[str, ...] = (),
         speculative: bool = True,
         on_tokens: Callable[[list[int]], None] | None = None,
+        prune: PruneConfig | None | str = "default",
     ) -> GenerateOutput:
         """Answer ``prompt`` about ``video`` (a path, a folder of frames, an array or a VideoClip).
 
         ``speculative=False`` decodes with the target alone (the baseline). ``on_tokens`` receives
-        token ids as they are accepted.
+        token ids as they are accepted. ``prune`` overrides the pair's pruning for this call.
         """
+        prune = self.prune if prune == "default" else prune
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         clip = video if isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
         features = self.target.build_inputs(clip, prompt)
@@ -114,6 +135,8 @@ class SpeculativeVLM:
                 generator=gen,
                 stop_strings=stop_strings,
                 on_tokens=on_tokens,
+                prune=prune,
+                reindex=self.reindex,
             )
         else:
             result = decode_target(
@@ -127,7 +150,15 @@ class SpeculativeVLM:
             if on_tokens is not None:
                 on_tokens(result.token_ids)
         text = self.target.tokenizer.decode(result.token_ids, skip_special_tokens=True)
-        return GenerateOutput(text=text, token_ids=result.token_ids, stats=result.stats)
+        return GenerateOutput(
+            text=text,
+            token_ids=result.token_ids,
+            stats=result.stats,
+            selection=result.selection,
+            scores=result.scores,
+            clip=clip,
+            layout=target_inputs.video,
+        )
 
     def stream(self, video, prompt: Prompt, **kwargs) -> Iterator[str]:
         """Yield the answer's text as tokens are accepted (generation runs in a worker thread)."""

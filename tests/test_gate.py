@@ -99,3 +99,54 @@ def test_pruned_self_draft_is_lossless(fam):
             for tree in (TREES["chain3"], TREES["default"]):
                 result = speculative_decode(fam.target, fam.target, full, pruned, tree=tree, max_new_tokens=MAX_NEW)
                 assert result.token_ids == reference
+
+
+STRATEGY_RATIOS = [0.0, 0.5, 0.9, 0.95]
+SWEEP_NEW = 10  # tokens per run in the strategy sweep: several verify cycles each
+
+
+def test_every_pruning_strategy_is_lossless(fam):
+    """Every strategy x ratio: the target scores, the draft sees only the kept tokens, output is exact."""
+    from specvlm.pruning import STRATEGIES, PruneConfig, keep_budget
+
+    _, full, draft_inputs, reference = fam.inputs[0]
+    n_video = len(full.video)
+    for strategy in STRATEGIES:
+        for ratio in STRATEGY_RATIOS:
+            result = speculative_decode(
+                fam.target, fam.draft, full, draft_inputs, tree=TREES["chain3"], max_new_tokens=SWEEP_NEW,
+                prune=PruneConfig(strategy=strategy, ratio=ratio),
+            )
+            assert result.token_ids == reference[:SWEEP_NEW], (strategy, ratio)
+            kept = n_video if strategy == "none" else keep_budget(n_video, ratio)
+            assert result.stats.draft_video_tokens == kept == len(result.selection.kept)
+            assert (result.scores is not None) == (strategy in ("specvlm", "attention", "reversed-attention"))
+
+
+@pytest.mark.parametrize("reindex", [False, True], ids=["original-positions", "reindexed"])
+def test_pruned_self_draft_with_scores_is_lossless(fam, reindex):
+    """The target drafting for itself on its own top tokens: partial acceptance, exact output."""
+    from specvlm.pruning import PruneConfig
+
+    _, full, _, reference = fam.inputs[1]
+    for ratio in STRATEGY_RATIOS:
+        for tree in (TREES["chain5"], TREES["default"]):
+            result = speculative_decode(
+                fam.target, fam.target, full, full, tree=tree, max_new_tokens=MAX_NEW,
+                prune=PruneConfig(strategy="specvlm", ratio=ratio), reindex=reindex,
+            )
+            assert result.token_ids == reference, ratio
+            if ratio == 0.0 and not reindex:
+                assert all(rate == 1.0 for rate in result.stats.acceptance_by_depth)
+
+
+def test_pruning_everything_leaves_the_draft_only_text(fam):
+    from specvlm.pruning import PruneConfig
+
+    _, full, _, reference = fam.inputs[1]
+    result = speculative_decode(
+        fam.target, fam.target, full, full, tree=TREES["default"], max_new_tokens=MAX_NEW,
+        prune=PruneConfig(strategy="specvlm", ratio=1.0),
+    )
+    assert result.token_ids == reference
+    assert result.stats.draft_video_tokens == 0 and result.stats.video_tokens == len(full.video)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,6 +37,8 @@ class GenerationResult:
     token_ids: list[int]  # generated ids; ends with the EOS id when decoding stopped on one
     stats: DecodeStats = field(default_factory=DecodeStats)
     text: str | None = None
+    selection: Any = None  # pruning.Selection of the draft's video tokens, when pruned
+    scores: torch.Tensor | None = None  # (n_video,) Stage I scores, when computed
 
 
 def _sync(device: torch.device) -> None:

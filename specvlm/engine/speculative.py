@@ -29,6 +29,7 @@ from specvlm.engine.stopping import StopRule
 from specvlm.engine.tree import DraftTree
 from specvlm.engine.verify import Verdict, greedy_verdict, sampled_verdict
 from specvlm.models.base import PreparedInputs, VideoLMAdapter
+from specvlm.pruning.strategies import PruneConfig, needs_scores, select
 
 
 class PairMismatchError(ValueError):
@@ -44,6 +45,9 @@ class SpecStats(DecodeStats):
     verify_s: float = 0.0
     draft_passes: int = 0
     tree_depth: int = 0
+    video_tokens: int = 0  # video tokens the target sees
+    draft_video_tokens: int = 0  # video tokens the draft sees
+    stage1_tokens: int = 0  # of those, chosen by Stage I attention
     cycle_tokens: int = 0  # tokens emitted by verification passes (all but the prefill's token)
     reached_depth: list[int] = field(default_factory=list)  # [d]: cycles whose accepted path reached depth d
 
@@ -68,6 +72,9 @@ class SpecStats(DecodeStats):
             "draft_passes": self.draft_passes,
             "tau": self.tau,
             "acceptance_by_depth": self.acceptance_by_depth,
+            "video_tokens": self.video_tokens,
+            "draft_video_tokens": self.draft_video_tokens,
+            "stage1_tokens": self.stage1_tokens,
             "prefill_s": self.prefill_s,
             "draft_prefill_s": self.draft_prefill_s,
             "drafting_s": self.drafting_s,
@@ -172,11 +179,16 @@ def speculative_decode(
     generator: torch.Generator | None = None,
     stop_strings: tuple[str, ...] = (),
     on_tokens: Callable[[list[int]], None] | None = None,
+    prune: PruneConfig | None = None,
+    reindex: bool = False,
 ) -> GenerationResult:
     """Generate with the target's exact output, drafting with ``draft`` on ``draft_inputs``.
 
     ``draft_inputs`` is the draft's own prepared prompt: the full one, or one with video tokens
-    dropped. ``on_tokens`` receives each cycle's newly accepted tokens (for streaming).
+    already dropped. With ``prune``, it must be the full one: the target's prefill (split, to score
+    the video tokens when the strategy needs scores) picks the kept tokens, and the draft is
+    prefilled with those only (``reindex`` as in ``drop_video_tokens``). ``on_tokens`` receives
+    each cycle's newly accepted tokens (for streaming).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -184,15 +196,25 @@ def speculative_decode(
     stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
     n_nodes = tree.num_nodes
     t_cache = target.new_cache(target_inputs.length + max_new_tokens + n_nodes)
-    d_cache = draft.new_cache(draft_inputs.length + max_new_tokens + n_nodes)
     t_device = target.device
     t_mask_rows = slice(0, n_nodes)
 
     _sync(t_device)
     t0 = time.perf_counter()
-    root = int(next_token(target.prefill(target_inputs, t_cache), sampling, generator))
+    scores = selection = None
+    if prune is not None and needs_scores(prune.strategy):
+        logits, scores = target.prefill_with_scores(target_inputs, t_cache)
+    else:
+        logits = target.prefill(target_inputs, t_cache)
+    root = int(next_token(logits, sampling, generator))
+    if prune is not None:
+        selection = select(prune, target_inputs.video, None if scores is None else scores.cpu())
+        draft_inputs = draft.drop_video_tokens(draft_inputs, selection.kept, reindex=reindex)
+        stats.stage1_tokens = selection.num_stage1
+    stats.video_tokens, stats.draft_video_tokens = len(target_inputs.video), len(draft_inputs.video)
     _sync(t_device)
     t1 = time.perf_counter()
+    d_cache = draft.new_cache(draft_inputs.length + max_new_tokens + n_nodes)  # pruned: smaller
     draft.prefill(draft_inputs, d_cache)
     _sync(draft.device)
     t2 = time.perf_counter()
@@ -247,4 +269,4 @@ def speculative_decode(
         stats.drafting_s += tb - ta
     stats.decode_s = time.perf_counter() - t2
     stats.new_tokens = len(tokens)
-    return GenerationResult(token_ids=tokens, stats=stats)
+    return GenerationResult(token_ids=tokens, stats=stats, selection=selection, scores=scores)

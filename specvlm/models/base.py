@@ -298,6 +298,24 @@ class VideoLMAdapter(ABC):
         cache.commit(end - start)
         return logits[:, -1]
 
+    def prefill_with_scores(self, prepared: PreparedInputs, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill in two parts and return (last logits (1, V), Stage I scores (n_video,) float32).
+
+        The video part runs on the usual kernels; only the text after the last video token is
+        scored (see specvlm.pruning.scores).
+        """
+        from specvlm.pruning.scores import capturing_scores
+
+        if prepared.kept is not None:
+            raise ValueError("Stage I scores come from the target's full prompt, not a pruned one")
+        split = prepared.video_end
+        if split >= prepared.length:
+            raise ValueError("the prompt has no text after the video to score the video tokens with")
+        self.prefill(prepared, cache, 0, split)
+        with capturing_scores(self.language_model, prepared.video.seq_index) as sink:
+            logits = self.prefill(prepared, cache, split)
+        return logits, sink.scores()
+
     def chunk_kwargs(self, prepared: PreparedInputs, start: int, end: int) -> dict[str, Any]:
         """Extra language-model inputs for a slice of the prompt (deepstack features for Qwen3-VL)."""
         return {}
