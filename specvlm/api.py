@@ -40,6 +40,14 @@ class GenerateOutput:
     clip: VideoClip | None = None  # the frames the models saw
     layout: object = None  # the target's VideoTokenLayout
 
+    def save_picture(self, path, **kwargs):
+        """A PNG of sampled frames with the draft's kept tokens outlined over the Stage I heat map."""
+        from specvlm.pruning import render_selection
+
+        if self.selection is None:
+            raise ValueError("this answer was generated without pruning: there is no selection to draw")
+        return render_selection(self.clip, self.layout, self.selection, self.scores, path, **kwargs)
+
 
 class SpeculativeVLM:
     """A target model and a draft of the same family and tokenizer."""

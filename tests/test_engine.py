@@ -151,3 +151,24 @@ def test_api_generate_and_stream(tiny_pairs, video):
     assert sampled[0] == sampled[1]  # one seed, one answer
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         vlm.generate(video, "Describe the video.", num_frames=8, temperature=-1.0)
+
+
+def test_api_prunes_by_default_and_draws_the_selection(tiny_pairs, video, tmp_path):
+    from PIL import Image
+
+    from specvlm.pruning import PruneConfig, keep_budget
+
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32")
+    out = vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=8)
+    n = len(out.layout)
+    assert out.stats.draft_video_tokens == keep_budget(n, 0.9) == len(out.selection.kept)
+    assert out.scores is not None and out.scores.shape == (n,)
+    png = out.save_picture(tmp_path / "kept.png")
+    assert Image.open(png).size[0] >= 480
+    plain = vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=8, prune=None)
+    assert plain.token_ids == out.token_ids and plain.stats.draft_video_tokens == n
+    with pytest.raises(ValueError, match="without pruning"):
+        plain.save_picture(tmp_path / "none.png")
+    uniform = vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=8, prune=PruneConfig("uniform", 0.5))
+    assert uniform.scores is None and uniform.stats.draft_video_tokens == keep_budget(n, 0.5)

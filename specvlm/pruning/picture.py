@@ -139,9 +139,10 @@ def render_selection(
     heat = None
     if scores is not None:
         s = _check_scores(scores, n).numpy()
-        top = s.max() if n else 0.0
+        low, top = (s.min(), s.max()) if n else (0.0, 0.0)
+        # From the coolest to the hottest token, so near-uniform attention still shows its contrast;
         # sqrt: attention is long-tailed, a linear map would leave all but a few tokens invisible.
-        heat = HEAT_ALPHA * np.sqrt(s / top) if top > 0 else np.zeros(n)
+        heat = HEAT_ALPHA * np.sqrt((s - low) / (top - low)) if top > low else np.zeros(n)
 
     font = ImageFont.load_default()
     canvas = Image.new("RGB", (width, height), BACKGROUND)
