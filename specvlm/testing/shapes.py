@@ -22,6 +22,9 @@ LM_SHAPES: dict[str, tuple[str, int, int, int, int, int, int]] = {
     "llava-ov-72b": ("llava_onevision", 8192, 80, 64, 8, 29568, 152128),
     "llava-ov-7b": ("llava_onevision", 3584, 28, 28, 4, 18944, 152128),
     "llava-ov-0.5b": ("llava_onevision", 896, 24, 14, 2, 4864, 151936),
+    # for smoke tests of the benchmark scripts on a CPU
+    "test-target": ("qwen2_5_vl", 128, 2, 4, 2, 256, 1024),
+    "test-draft": ("qwen2_5_vl", 64, 1, 2, 1, 128, 1024),
 }
 
 
@@ -42,7 +45,8 @@ def shape_config(name: str):
     if getattr(text, "layer_types", None) is not None:
         text.layer_types = ["full_attention"] * layers
     if family == "qwen2_5_vl":
-        text.rope_parameters = {**text.rope_parameters, "mrope_section": [16, 24, 24]}
+        half = text.head_dim // 2  # M-RoPE sections in rotary pairs: real [16, 24, 24] of 64
+        text.rope_parameters = {**text.rope_parameters, "mrope_section": [half // 4, 3 * half // 8, 3 * half // 8]}
         config.vision_config.out_hidden_size = hidden
     return family, config
 
