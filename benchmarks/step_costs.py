@@ -32,6 +32,7 @@ import torch
 from transformers import DynamicCache
 
 from specvlm.engine.speculative import tree_mask
+from specvlm.engine.static import StaticStep
 from specvlm.engine.tree import DraftTree
 from specvlm.testing.shapes import random_adapter
 
@@ -78,7 +79,7 @@ class Bench:
         self.context = context
         lm = adapter.language_model
         hidden = lm.config.hidden_size
-        self.cache = adapter.new_cache(context + TREE.num_nodes + 8)
+        self.cache = adapter.new_cache(context + TREE.num_nodes + 8, static=True)
         gen = torch.Generator(device=DEVICE).manual_seed(0)
         for start in range(0, context, 4096):
             n = min(4096, context - start)
@@ -109,6 +110,15 @@ class Bench:
             adapter.step(tokens, positions, cache, mask)  # written, not committed: cache stays
 
         return timed_ms(step)
+
+    def graphed(self, pattern: torch.Tensor, prefix_back: int = 0) -> float:
+        """Our static step for ``pattern`` (q x width), replayed as a CUDA graph on the GPU."""
+        q = pattern.shape[0]
+        step = StaticStep(self.adapter, self.cache, pattern)
+        tokens = torch.zeros(1, q, dtype=torch.long, device=DEVICE)
+        positions = torch.full((1, q), self.context, dtype=torch.long, device=DEVICE)
+        prefix = self.cache.length - prefix_back
+        return timed_ms(lambda: step(tokens, positions, prefix))
 
     def hf(self, tree: DraftTree | None) -> float:
         """Plain transformers: language model + head on a DynamicCache, cropped back after the step."""
@@ -175,6 +185,9 @@ def measure_model(name: str, contexts: list[int], bandwidth: float, role: str) -
             row["ours_1"] = bench.ours(None)
             row["ours_chain5"] = bench.ours(CHAIN)
             row["ours_tree26"] = bench.ours(TREE)
+            row["graph_1"] = bench.graphed(torch.ones(1, 1, dtype=torch.bool))
+            row["graph_chain5"] = bench.graphed(CHAIN.ancestor_mask)
+            row["graph_tree26"] = bench.graphed(TREE.ancestor_mask)
             row["hf_1"] = bench.hf(None)
             row["hf_chain5"] = bench.hf(CHAIN)
             row["hf_tree26"] = bench.hf(TREE)
@@ -185,10 +198,14 @@ def measure_model(name: str, contexts: list[int], bandwidth: float, role: str) -
                 bench = Bench(adapter, ctx)
                 row[f"floor_{label}_ms"] = 1000 * (weight_bytes(adapter) + kv_bytes(adapter, ctx)) / bandwidth
                 row[f"ours_{label}_1"] = bench.ours(None)
+                row[f"graph_{label}_1"] = bench.graphed(torch.ones(1, 1, dtype=torch.bool))
                 row[f"hf_{label}_1"] = bench.hf(None)
                 if label == "pruned":
-                    levels = [s.stop - s.start for s in TREE.level_slices[:-1]]  # nodes the draft runs
-                    row["ours_pruned_levels"] = [bench.ours(None, q) for q in levels]
+                    levels = TREE.level_slices[:-1]  # the levels the draft runs: root, depth 1..4
+                    row["ours_pruned_levels"] = [bench.ours(None, lv.stop - lv.start) for lv in levels]
+                    row["graph_pruned_levels"] = [
+                        bench.graphed(TREE.ancestor_mask[lv, : lv.stop], prefix_back=lv.start) for lv in levels
+                    ]
                 del bench
         gc.collect()
         if DEVICE == "cuda":
@@ -223,26 +240,30 @@ def main() -> None:
         drafts = measure_model(draft_name, args.contexts, bandwidth, "draft")
         results["pairs"].append({"target": targets, "draft": drafts})
         lines.append(f"\n## {target_name} target, {draft_name} draft (bf16, ms per step; x = ratio to the floor)\n")
-        lines.append("| context | step | floor | HF path | ours | HF x | ours x |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| context | step | floor | HF path | ours eager | ours graph | HF x | eager x | graph x |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+
+        def row_line(ctx, label, f, hf, eager, graph):
+            return (f"| {ctx} | {label} | {f:.2f} | {hf:.2f} | {eager:.2f} | {graph:.2f} | "
+                    f"{hf / f:.2f} | {eager / f:.2f} | {graph / f:.2f} |")
+
         for t, d in zip(targets, drafts):
             for label, key in (("target 1 token", "1"), ("target chain 5", "chain5"), ("target tree 26", "tree26")):
-                f = t["floor_ms"]
-                lines.append(f"| {t['context']} | {label} | {f:.2f} | {t['hf_' + key]:.2f} | {t['ours_' + key]:.2f} | "
-                             f"{t['hf_' + key] / f:.2f} | {t['ours_' + key] / f:.2f} |")
+                lines.append(row_line(t["context"], label, t["floor_ms"], t["hf_" + key], t["ours_" + key], t["graph_" + key]))
             for label in ("full", "pruned"):
-                f = d[f"floor_{label}_ms"]
-                lines.append(f"| {t['context']} | draft 1 token, {label} context | {f:.2f} | {d[f'hf_{label}_1']:.2f} | "
-                             f"{d[f'ours_{label}_1']:.2f} | {d[f'hf_{label}_1'] / f:.2f} | {d[f'ours_{label}_1'] / f:.2f} |")
-            lines.append(f"| {t['context']} | HF generate, per token | | {t['generate_ms']:.2f} | | | |")
+                lines.append(row_line(t["context"], f"draft 1 token, {label} context", d[f"floor_{label}_ms"],
+                                      d[f"hf_{label}_1"], d[f"ours_{label}_1"], d[f"graph_{label}_1"]))
+            lines.append(f"| {t['context']} | HF generate, per token | | {t['generate_ms']:.2f} | | | | | |")
         lines.append("\nComposed from the measured step costs (not an end-to-end run): default tree, draft at the "
                      "90%-pruned context, one cycle = draft level passes + one target tree pass.\n")
-        lines.append("| context | cycle ms | " + " | ".join(f"speedup at tau {tau}" for tau in args.tau) + " |")
-        lines.append("|---|---|" + "---|" * len(args.tau))
+        lines.append("| context | steps | cycle ms | " + " | ".join(f"speedup at tau {tau}" for tau in args.tau) + " |")
+        lines.append("|---|---|---|" + "---|" * len(args.tau))
         for t, d in zip(targets, drafts):
-            cycle = sum(d["ours_pruned_levels"]) + t["ours_tree26"]
-            speedups = [tau * t["generate_ms"] / cycle for tau in args.tau]
-            lines.append(f"| {t['context']} | {cycle:.2f} | " + " | ".join(f"{s:.2f}x" for s in speedups) + " |")
+            for kind in ("ours", "graph"):
+                cycle = sum(d[f"{kind}_pruned_levels"]) + t[f"{kind}_tree26"]
+                speedups = [tau * t["generate_ms"] / cycle for tau in args.tau]
+                label = "eager" if kind == "ours" else "CUDA graphs"
+                lines.append(f"| {t['context']} | {label} | {cycle:.2f} | " + " | ".join(f"{x:.2f}x" for x in speedups) + " |")
     print("\n".join(lines))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

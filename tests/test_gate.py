@@ -150,3 +150,13 @@ def test_pruning_everything_leaves_the_draft_only_text(fam):
     )
     assert result.token_ids == reference
     assert result.stats.draft_video_tokens == 0 and result.stats.video_tokens == len(full.video)
+
+
+def test_static_steps_are_lossless(fam):
+    """The static-shape steps (captured as CUDA graphs on a GPU) run eagerly here: same output."""
+    _, full, draft_inputs, reference = fam.inputs[0]
+    assert decode_target(fam.target, full, max_new_tokens=MAX_NEW, static=True).token_ids == reference
+    for tree in (TREES["chain3"], TREES["default"]):
+        for draft, d_inputs in ((fam.draft, draft_inputs), (fam.target, full)):
+            result = speculative_decode(fam.target, draft, full, d_inputs, tree=tree, max_new_tokens=MAX_NEW, static=True)
+            assert result.token_ids == reference

@@ -47,15 +47,25 @@ class _StaticKVLayer(CacheLayerMixin):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        start = self.owner.length
-        end = start + key_states.shape[-2]
-        if end > self.owner.capacity:
+        owner = self.owner
+        q = key_states.shape[-2]
+        start = owner.length
+        end = start + q
+        if end > owner.capacity:
             raise CacheFullError(
-                f"KV cache capacity {self.owner.capacity} exceeded: {start} tokens cached, "
-                f"{key_states.shape[-2]} more requested; build the cache with a larger capacity"
+                f"KV cache capacity {owner.capacity} exceeded: {start} tokens cached, "
+                f"{q} more requested; build the cache with a larger capacity"
             )
-        self.keys[:, :, start:end] = key_states
-        self.values[:, :, start:end] = value_states
+        if owner.static:
+            # slots from the device-side length: a captured graph replays with the current one
+            slots = (owner.length_tensor + torch.arange(q, device=owner.length_tensor.device)).to(self.keys.device)
+            self.keys.index_copy_(2, slots, key_states)
+            self.values.index_copy_(2, slots, value_states)
+        else:
+            self.keys[:, :, start:end] = key_states
+            self.values[:, :, start:end] = value_states
+        if owner.full_view:
+            return self.keys, self.values
         return self.keys[:, :, :end], self.values[:, :, :end]
 
     def get_seq_length(self) -> int:
@@ -92,12 +102,27 @@ class KVCache(Cache):
             speculative block.
     """
 
-    def __init__(self, num_layers: int, capacity: int):
+    def __init__(self, num_layers: int, capacity: int, *, static: bool = False, device=None):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self.length = 0
+        self._length = 0
+        # static: writes go to slots given by a device tensor mirror of the length, so a step can be
+        # captured as a CUDA graph; full_view: attention sees the whole capacity (under a mask)
+        self.static = static
+        self.full_view = False
+        self.length_tensor = torch.zeros((), dtype=torch.long, device=device) if static else None
         super().__init__(layers=[_StaticKVLayer(self) for _ in range(num_layers)])
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self._length = value
+        if self.length_tensor is not None:
+            self.length_tensor.fill_(value)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from specvlm.engine.sampling import SamplingConfig, next_token
+from specvlm.engine.static import Workspace, default_static
 from specvlm.engine.stopping import StopRule
 from specvlm.models.base import PreparedInputs, VideoLMAdapter
 
@@ -54,13 +55,16 @@ def decode_target(
     sampling: SamplingConfig = SamplingConfig(),
     generator: torch.Generator | None = None,
     stop_strings: tuple[str, ...] = (),
+    static: bool | None = None,
 ) -> GenerationResult:
     """Decode with the target alone; stops on an EOS id (kept in the output), max_new_tokens or a
     stop string (see stopping.StopRule)."""
     stop = StopRule(adapter.eos_token_ids, max_new_tokens, stop_strings, adapter.tokenizer)
     stats = DecodeStats()
-    cache = adapter.new_cache(prepared.length + max_new_tokens)
+    ws = Workspace(adapter, prepared.length + max_new_tokens, static=default_static(adapter, static))
+    cache = ws.cache
     device = adapter.device
+    one = torch.ones(1, 1, dtype=torch.bool)
 
     _sync(device)
     t0 = time.perf_counter()
@@ -77,7 +81,7 @@ def decode_target(
         tokens.append(token_id)
         if stop.done(tokens):
             break
-        logits = adapter.step(token.view(1, 1), torch.tensor([[position]]), cache)
+        logits = ws.step(token.view(1, 1), torch.tensor([[position]]), cache.length, one)
         cache.commit(1)
         stats.target_passes += 1
         position += 1

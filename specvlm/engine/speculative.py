@@ -25,6 +25,7 @@ import torch
 
 from specvlm.engine.decoding import DecodeStats, GenerationResult, _sync
 from specvlm.engine.sampling import SamplingConfig, next_token, probabilities
+from specvlm.engine.static import Workspace, default_static
 from specvlm.engine.stopping import StopRule
 from specvlm.engine.tree import DraftTree
 from specvlm.engine.verify import Verdict, greedy_verdict, sampled_verdict
@@ -121,7 +122,7 @@ class _Draft:
 
 def _propose(
     draft: VideoLMAdapter,
-    cache,
+    ws: Workspace,
     tree: DraftTree,
     pending: list[int],
     root_position: int,
@@ -134,13 +135,15 @@ def _propose(
     left holding them plus every drafted node above the deepest level, committed; the caller
     rolls it back to the accepted path.
     """
+    cache = ws.cache
     n_nodes, device = tree.num_nodes, draft.device
     tokens = torch.empty(n_nodes, dtype=torch.long, device=device)
     tokens[0] = pending[-1]
     q = None if sampling.greedy else torch.zeros(n_nodes, draft.vocab_size, device=device)
     first = root_position - len(pending) + 1
-    logits = draft.step(
-        torch.tensor([pending], device=device), torch.arange(first, root_position + 1)[None], cache
+    causal = torch.ones(len(pending), len(pending), dtype=torch.bool).tril()
+    logits = ws.step(
+        torch.tensor([pending], device=device), torch.arange(first, root_position + 1)[None], cache.length, causal
     )[:, -1:]  # (1, 1, V): the root's logits
     cache.commit(len(pending))
     root_slot = cache.length - 1
@@ -159,9 +162,8 @@ def _propose(
             tokens[level] = torch.multinomial(dist[child_parent.to(device)], 1, generator=generator).flatten()
         if depth == tree.depth:
             break
-        mask = tree_mask(tree, level, root_slot, draft.dtype, device)
         positions = (root_position + depth) * torch.ones(1, level.stop - level.start, dtype=torch.long)
-        logits = draft.step(tokens[level][None], positions, cache, mask)
+        logits = ws.step(tokens[level][None], positions, root_slot, tree.ancestor_mask[level, : level.stop])
         cache.commit(level.stop - level.start)
         passes += 1
     return _Draft(tokens=tokens, q=q), root_slot, passes
@@ -181,6 +183,7 @@ def speculative_decode(
     on_tokens: Callable[[list[int]], None] | None = None,
     prune: PruneConfig | None = None,
     reindex: bool = False,
+    static: bool | None = None,
 ) -> GenerationResult:
     """Generate with the target's exact output, drafting with ``draft`` on ``draft_inputs``.
 
@@ -188,16 +191,17 @@ def speculative_decode(
     already dropped. With ``prune``, it must be the full one: the target's prefill (split, to score
     the video tokens when the strategy needs scores) picks the kept tokens, and the draft is
     prefilled with those only (``reindex`` as in ``drop_video_tokens``). ``on_tokens`` receives
-    each cycle's newly accepted tokens (for streaming).
+    each cycle's newly accepted tokens (for streaming). ``static`` runs the draft and verify steps
+    as captured CUDA graphs (default: on a single GPU; see engine/static.py).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     stop = StopRule(target.eos_token_ids, max_new_tokens, stop_strings, target.tokenizer)
     stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
     n_nodes = tree.num_nodes
-    t_cache = target.new_cache(target_inputs.length + max_new_tokens + n_nodes)
+    t_ws = Workspace(target, target_inputs.length + max_new_tokens + n_nodes, static=default_static(target, static))
+    t_cache = t_ws.cache
     t_device = target.device
-    t_mask_rows = slice(0, n_nodes)
 
     _sync(t_device)
     t0 = time.perf_counter()
@@ -214,7 +218,8 @@ def speculative_decode(
     stats.video_tokens, stats.draft_video_tokens = len(target_inputs.video), len(draft_inputs.video)
     _sync(t_device)
     t1 = time.perf_counter()
-    d_cache = draft.new_cache(draft_inputs.length + max_new_tokens + n_nodes)  # pruned: smaller
+    d_ws = Workspace(draft, draft_inputs.length + max_new_tokens + n_nodes, static=default_static(draft, static))
+    d_cache = d_ws.cache  # sized for the pruned prompt: smaller
     draft.prefill(draft_inputs, d_cache)
     _sync(draft.device)
     t2 = time.perf_counter()
@@ -230,16 +235,15 @@ def speculative_decode(
         # propose
         ta = time.perf_counter()
         proposal, root_slot, passes = _propose(
-            draft, d_cache, tree, pending, position + draft_offset, sampling, generator
+            draft, d_ws, tree, pending, position + draft_offset, sampling, generator
         )
         stats.draft_passes += passes
         _sync(draft.device)
         tb = time.perf_counter()
         # verify: every node in one target pass
         node_tokens = proposal.tokens.to(t_device)
-        mask = tree_mask(tree, t_mask_rows, t_cache.length, target.dtype, t_device)
         positions = (position + tree.node_depth)[None]
-        logits = target.step(node_tokens[None], positions, t_cache, mask)[0]  # (N, V)
+        logits = t_ws.step(node_tokens[None], positions, t_cache.length, tree.ancestor_mask)[0]  # (N, V)
         if sampling.greedy:
             verdict: Verdict = greedy_verdict(tree, node_tokens, logits.argmax(-1))
         else:

@@ -130,8 +130,8 @@ class VideoLMAdapter(ABC):
     def dtype(self) -> torch.dtype:
         return self.language_model.embed_tokens.weight.dtype
 
-    def new_cache(self, capacity: int) -> KVCache:
-        return KVCache(self.num_layers, capacity)
+    def new_cache(self, capacity: int, *, static: bool = False) -> KVCache:
+        return KVCache(self.num_layers, capacity, static=static, device=self.device)
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.language_model.embed_tokens(token_ids.to(self.device))
