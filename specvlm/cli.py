@@ -1,0 +1,490 @@
+"""The ``specvlm`` command: generate, bench, visualize.
+
+    specvlm generate --target T --draft D --video clip.mp4 --prompt "Describe the video." --frames 32
+    specvlm bench --target T --draft D --videos clips/ --prompt "Describe the video." --out runs/a
+    specvlm visualize --target T --video clip.mp4 --prompt "Describe the video." --out picture.png
+
+Every flag maps onto one argument of the library (``SpeculativeVLM.from_pretrained`` / ``generate``,
+``PruneConfig``, ``DraftTree.parse``, ``load_samples``, ``specvlm.bench.harness``). Problems the user
+can fix (unsupported model, mismatched pair, missing dataset files or video, a prompt past the
+context, out of GPU memory) end with exit code 2 and one line on stderr; ``--debug`` raises instead.
+The prompt-length check lives here and in the harness, not in the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+from specvlm.bench.datasets import DATASETS
+from specvlm.pruning import STRATEGIES
+
+DEFAULT_FRAMES = 32  # when neither --frames nor --fps is given (every frame of a long video won't fit)
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+def _one_line(error: BaseException | str) -> str:
+    return " ".join(str(error).split())
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+def resolve_pair(target: str | None, draft: str | None, *, need_draft: bool = True) -> tuple[str, str | None]:
+    """The (target, draft) checkpoints to load: hub ids or folders. The one place that decides them."""
+    wanted = (("--target", target), ("--draft", draft)) if need_draft else (("--target", target),)
+    missing = [flag for flag, value in wanted if not value]
+    if missing:
+        raise CLIError(f"{' and '.join(missing)} required: a hub id or a local checkpoint folder")
+    return target, draft
+
+
+def _model_family(name: str) -> str:
+    """The adapter family of a checkpoint, read from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    from specvlm.models import adapter_class
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"cannot read the model config of {name!r}: {_one_line(error)}") from None
+    return adapter_class(config.model_type).family  # UnsupportedModelError lists the families
+
+
+def precheck_pair(target: str, draft: str) -> None:
+    """Refuse an unsupported or mismatched pair before any weight is loaded (the tokenizer check
+    needs the tokenizers and runs when the pair is built)."""
+    from specvlm.engine.speculative import PairMismatchError
+
+    t_family, d_family = _model_family(target), _model_family(draft)
+    if t_family != d_family:
+        raise PairMismatchError(
+            f"target and draft must be of one family: target {target!r} is {t_family}, "
+            f"draft {draft!r} is {d_family}"
+        )
+
+
+def _device_map(value: str | None):
+    if value is None or not value.strip().startswith("{"):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as error:
+        raise CLIError(f"--device-map: neither a strategy name (auto, ...) nor a JSON object: {error}") from None
+
+
+def load_pair(args, *, prune=None):
+    """A SpeculativeVLM from the command's model flags."""
+    from specvlm.api import SpeculativeVLM
+
+    target, draft = resolve_pair(args.target, args.draft)
+    precheck_pair(target, draft)
+    try:
+        return SpeculativeVLM.from_pretrained(
+            target,
+            draft,
+            dtype=args.dtype,
+            device=args.device,
+            device_map=_device_map(args.device_map),
+            draft_device=args.draft_device,
+            attn_implementation=args.attn,
+            tree=args.tree,
+            prune=prune,
+            reindex=args.reindex,
+        )
+    except OSError as error:  # a file missing from a checkpoint folder, a hub id that does not resolve
+        raise CLIError(f"cannot load the models: {_one_line(error)}") from None
+
+
+def load_target(args):
+    """The target's adapter alone (visualize needs no draft)."""
+    from specvlm.models import load_adapter
+
+    target, _ = resolve_pair(args.target, None, need_draft=False)
+    _model_family(target)
+    try:
+        return load_adapter(
+            target, dtype=args.dtype, device=args.device, device_map=_device_map(args.device_map),
+            attn_implementation=args.attn,
+        )
+    except OSError as error:
+        raise CLIError(f"cannot load the model: {_one_line(error)}") from None
+
+
+def _frames(args) -> dict:
+    num_frames = DEFAULT_FRAMES if args.frames is None and args.fps is None else args.frames
+    return {"num_frames": num_frames, "fps": args.fps, "max_frames": args.max_frames}
+
+
+def _prune_config(args):
+    """``--prune`` & co. as a PruneConfig; ``none`` is plain speculative decoding (None)."""
+    from specvlm.pruning import PruneConfig
+
+    if args.prune == "none":
+        return None
+    return PruneConfig(
+        strategy=args.prune, ratio=args.prune_ratio, stage1_mass=args.stage1_mass, seed=args.prune_seed
+    )
+
+
+# -------------------------------------------------------------------------------- argument types
+
+
+def _number(kind, check, rule: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
+
+
+_fraction = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+_positive_int = _number(int, lambda v: v >= 1, ">= 1")
+_positive_float = _number(float, lambda v: v > 0, "> 0")
+_count = _number(int, lambda v: v >= 0, ">= 0")
+
+
+def _tree(text: str) -> str:
+    from specvlm.engine.tree import DraftTree
+
+    try:
+        DraftTree.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+# ---------------------------------------------------------------------------------------- parser
+
+
+def _add_models(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
+    p.add_argument("--target", metavar="MODEL", help="target checkpoint: hub id or folder")
+    if draft:
+        p.add_argument("--draft", metavar="MODEL", help="draft of the same family and tokenizer: hub id or folder")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", metavar="DTYPE",
+                   help=f"weights dtype: {' | '.join(DTYPES)} (default auto: the checkpoint's)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--device", help="device of the model(s), e.g. cuda:0 (default: cpu)")
+    where.add_argument("--device-map", metavar="MAP", help="spread the target over devices: auto, ... or JSON")
+    if draft:
+        p.add_argument("--draft-device", metavar="DEVICE", help="device of the draft (default: the target's first)")
+    p.add_argument("--attn", default="sdpa", metavar="IMPL", help="attention implementation (default sdpa)")
+
+
+def _add_frames(p: argparse.ArgumentParser) -> None:
+    sampling = p.add_mutually_exclusive_group()
+    sampling.add_argument("--frames", type=_positive_int, metavar="N",
+                          help=f"sample N frames uniformly (default {DEFAULT_FRAMES})")
+    sampling.add_argument("--fps", type=_positive_float, metavar="F", help="or one frame every 1/F seconds")
+    p.add_argument("--max-frames", type=_positive_int, metavar="N", help="cap the sampled frames (useful with --fps)")
+
+
+def _add_video(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video", required=True, help="video file or folder of frames")
+    p.add_argument("--prompt", required=True, help="the question or instruction about the video")
+    _add_frames(p)
+
+
+def _add_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prune", choices=STRATEGIES, default="specvlm", metavar="STRATEGY",
+                   help=f"how the draft's video tokens are pruned: {', '.join(STRATEGIES)} "
+                   "(default specvlm; none = plain SD)")
+    p.add_argument("--prune-ratio", type=_fraction, default=0.9, metavar="R",
+                   help="share of the video tokens removed (default 0.9)")
+    p.add_argument("--stage1-mass", type=_fraction, default=0.4, metavar="P",
+                   help="Stage I attention mass (default 0.4)")
+    p.add_argument("--prune-seed", type=int, default=0, metavar="SEED", help="seed of the random strategy")
+
+
+def _add_speculation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="N", help="(default 256)")
+    p.add_argument("--tree", type=_tree, default="default", metavar="SPEC",
+                   help="draft tree: default | chain:K | a file of paths (default: the published 25-node tree)")
+    p.add_argument("--reindex", action="store_true", help="close the position gaps of pruned tokens in the draft")
+
+
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="raise errors with their traceback")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="specvlm", description="Lossless speculative decoding for video LLMs with a pruned draft."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    g = sub.add_parser("generate", help="answer a prompt about a video", description=(
+        "Answer a prompt about a video with speculative decoding. The answer is the target's own "
+        "(greedy: token for token). The text streams to stdout as tokens are accepted; a stats line "
+        "goes to stderr."))
+    _add_models(g)
+    _add_video(g)
+    _add_speculation(g)
+    g.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass")
+    g.add_argument("--top-k", type=int, metavar="K", help="sample from the k most likely tokens")
+    g.add_argument("--seed", type=int, metavar="SEED", help="seed of the sampling generator")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    _add_prune(g)
+    g.add_argument("--no-speculative", action="store_true", help="decode with the target alone (the baseline)")
+    g.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, stats) instead")
+    g.add_argument("--picture", metavar="PNG", help="also write a picture of the draft's kept video tokens")
+    _add_debug(g)
+    g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("bench", help="time target-only, SD and pruned SD on many videos", description=(
+        "Run the target alone (the baseline), plain SD and pruned SD on the same inputs of every "
+        "sample, greedy. Writes DIR/samples.jsonl (one line per sample and method, flushed at once; "
+        "a rerun resumes), DIR/skipped.jsonl, DIR/summary.json, DIR/summary.md and plots."))
+    _add_models(b)
+    source = b.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", choices=DATASETS, metavar="NAME",
+                        help=f"a benchmark in its published layout: {', '.join(DATASETS)} (with --data-root)")
+    source.add_argument("--videos", metavar="DIR", help="a folder of videos (with --prompt)")
+    b.add_argument("--data-root", metavar="DIR", help="the benchmark's local folder")
+    b.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks to keep (MVBench, MLVU, LongVideoBench)")
+    b.add_argument("--limit", type=_count, metavar="N", help="the first N samples")
+    b.add_argument("--prompt", metavar="TEXT", help="one prompt for every sample (replaces the benchmark's)")
+    _add_frames(b)
+    _add_speculation(b)
+    b.add_argument("--methods", nargs="+", choices=("target", "sd", "pruned"), default=["target", "sd", "pruned"],
+                   metavar="METHOD", help="of target, sd, pruned (default all); target, the baseline, always runs")
+    b.add_argument("--prune", nargs="+", choices=STRATEGIES, default=["specvlm"], metavar="STRATEGY",
+                   help=f"strategies of the pruned method: {', '.join(STRATEGIES)} (default specvlm)")
+    b.add_argument("--prune-ratios", nargs="+", type=_fraction, default=[0.9], metavar="R",
+                   help="ratios of the pruned method (default 0.9)")
+    b.add_argument("--stage1-mass", type=_fraction, default=0.4, metavar="P",
+                   help="Stage I attention mass (default 0.4)")
+    b.add_argument("--hf-assisted", action="store_true",
+                   help="also run Hugging Face assisted generation: target.generate(assistant_model=draft)")
+    b.add_argument("--warmup", type=_count, default=1, metavar="N", help="untimed warm-up rounds (default 1)")
+    b.add_argument("--out", required=True, metavar="DIR", help="output folder (the same one resumes a run)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_debug(b)
+    b.set_defaults(func=cmd_bench)
+
+    v = sub.add_parser("visualize", help="picture the video tokens the draft would keep", description=(
+        "Run the target's prefill (scored when the strategy ranks by attention), select the draft's "
+        "video tokens and draw them over the frames. No draft model is needed."))
+    _add_models(v, draft=False)
+    _add_video(v)
+    _add_prune(v)
+    v.add_argument("--out", required=True, metavar="PNG", help="where to write the picture")
+    _add_debug(v)
+    v.set_defaults(func=cmd_visualize)
+    return parser
+
+
+# -------------------------------------------------------------------------------------- commands
+
+
+def _stats_line(stats, speculative: bool) -> str:
+    parts = [f"{stats.new_tokens} tokens"]
+    if speculative:
+        parts.append(f"tau {stats.tau:.2f}")
+    parts += [f"{stats.tokens_per_s:.1f} tokens/s", f"prefill {stats.prefill_s:.2f}s, decode {stats.decode_s:.2f}s"]
+    if not speculative:
+        parts.append("target only")
+    elif stats.video_tokens:
+        share = 100 * stats.draft_video_tokens / stats.video_tokens
+        parts.append(f"draft video tokens {stats.draft_video_tokens}/{stats.video_tokens} kept ({share:.1f}%)")
+    return " | ".join(parts)
+
+
+def _render(clip, layout, selection, scores, path: str, title: str) -> str:
+    from specvlm.pruning import PruneConfig, render_selection, select
+
+    if selection is None:  # plain SD: the draft keeps every token
+        selection = select(PruneConfig(strategy="none"), layout)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    render_selection(clip, layout, selection, scores, path, title=title)
+    n = len(layout)
+    return (
+        f"kept {len(selection)}/{n} video tokens ({100 * len(selection) / max(n, 1):.1f}%): "
+        f"Stage I {selection.num_stage1}, Stage II {selection.num_stage2} -> {path}"
+    )
+
+
+def cmd_generate(args) -> int:
+    from specvlm.bench.harness import check_pair_context, stats_dict
+    from specvlm.video import load_video
+
+    speculative = not args.no_speculative
+    if args.picture and not speculative:
+        raise CLIError("--picture shows the draft's kept video tokens, so it needs speculative decoding "
+                       "(drop --no-speculative, or use `specvlm visualize`)")
+    prune = _prune_config(args)
+    clip = load_video(args.video, **_frames(args))  # a bad video fails before any model loads
+    pair = load_pair(args, prune=prune)
+    check_pair_context(pair, pair.target.build_inputs(clip, args.prompt)["input_ids"], args.max_new_tokens)
+
+    tokens: list[int] = []
+    shown = 0
+
+    def stream(new: list[int]) -> None:  # print text as tokens are accepted (as SpeculativeVLM.stream)
+        nonlocal shown
+        tokens.extend(new)
+        text = pair.target.tokenizer.decode(tokens, skip_special_tokens=True)
+        if len(text) > shown and not text.endswith("\ufffd"):  # wait out an incomplete UTF-8 sequence
+            sys.stdout.write(text[shown:])
+            sys.stdout.flush()
+            shown = len(text)
+
+    out = pair.generate(
+        clip,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop_strings=tuple(args.stop),
+        speculative=speculative,
+        on_tokens=None if args.json else stream,
+        prune=prune,
+    )
+    if args.json:
+        print(json.dumps({
+            "text": out.text,
+            "token_ids": out.token_ids,
+            "speculative": speculative,
+            "prune": asdict(prune) if speculative and prune is not None else None,
+            "stats": stats_dict(out.stats),
+        }, ensure_ascii=False))
+    else:
+        sys.stdout.write(out.text[shown:] + "\n")  # whatever the stream still held back
+        sys.stdout.flush()
+        print(_stats_line(out.stats, speculative), file=sys.stderr)
+    if args.picture:
+        title = "plain SD" if prune is None else f"{prune.strategy} ratio {prune.ratio:g}"
+        print(_render(out.clip, out.layout, out.selection, out.scores, args.picture, title), file=sys.stderr)
+    return 0
+
+
+def cmd_visualize(args) -> int:
+    from specvlm.bench.harness import check_context
+    from specvlm.pruning import PruneConfig, needs_scores, select
+    from specvlm.video import load_video
+
+    config = _prune_config(args) or PruneConfig(strategy="none")
+    clip = load_video(args.video, **_frames(args))
+    adapter = load_target(args)
+    features = adapter.build_inputs(clip, args.prompt)
+    check_context(adapter, features["input_ids"], 0)
+    prepared = adapter.prepare(features)
+    scores = None
+    if needs_scores(config.strategy):
+        _, scores = adapter.prefill_with_scores(prepared, adapter.new_cache(prepared.length))
+        scores = scores.cpu()
+    selection = select(config, prepared.video, scores)
+    print(_render(clip, prepared.video, selection, scores, args.out, f"{config.strategy} ratio {config.ratio:g}"))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from specvlm.bench.datasets import load_samples
+    from specvlm.bench.harness import Bench, BenchSettings, check_run_settings, method_list
+    from specvlm.bench.report import markdown, write_report
+
+    target, draft = resolve_pair(args.target, args.draft)
+    if args.videos is not None:
+        if not args.prompt:
+            raise CLIError("--videos needs --prompt: a folder of videos has no annotations")
+        if args.tasks:
+            raise CLIError("--tasks applies to --dataset, not to --videos")
+        name, root = "folder", args.videos
+    else:
+        if not args.data_root:
+            raise CLIError(f"--dataset {args.dataset} needs --data-root DIR (the benchmark's local folder)")
+        name, root = args.dataset, args.data_root
+    frames = _frames(args)
+    settings = BenchSettings(
+        target=target, draft=draft, num_frames=frames["num_frames"], fps=frames["fps"],
+        max_frames=frames["max_frames"], max_new_tokens=args.max_new_tokens, tree=args.tree,
+        reindex=args.reindex, stage1_mass=args.stage1_mass, dtype=args.dtype,
+    )
+    methods = method_list(args.methods, args.prune, args.prune_ratios, stage1_mass=args.stage1_mass,
+                          hf_assisted=args.hf_assisted)
+    with warnings.catch_warnings():  # samples whose video is missing go to skipped.jsonl instead
+        warnings.simplefilter("ignore")
+        samples = load_samples(name, root, limit=args.limit, prompt=args.prompt, tasks=args.tasks, skip_missing=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        check_run_settings(out, settings)
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    bench = Bench(methods, settings, out, warmup=args.warmup, progress=not args.no_progress)
+    bench.record_missing(samples.skipped)
+    if bench.pending(samples):  # the models load only when something is left to run
+        result = bench.run(load_pair(args), samples)
+        print(f"{result.new_records} new records, {result.new_skipped} samples skipped", file=sys.stderr)
+    else:
+        print(f"every (sample, method) is already in {out / 'samples.jsonl'}", file=sys.stderr)
+    summary = write_report(out, bench.samples_log.records, bench.skipped_log.records, settings.as_dict())
+    sys.stdout.write(markdown(summary))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    import torch
+
+    from specvlm.bench.datasets import DatasetError
+    from specvlm.bench.harness import PromptTooLongError
+    from specvlm.engine.speculative import PairMismatchError
+    from specvlm.models import UnsupportedModelError
+    from specvlm.video import VideoInputError
+
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return (CLIError, UnsupportedModelError, PairMismatchError, DatasetError, VideoInputError,
+            PromptTooLongError, oom)
+
+
+def _message(error: BaseException) -> str:
+    from specvlm.bench.harness import OOM_HINT, is_oom
+
+    if is_oom(error):
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        return f"out of GPU memory ({first}): {OOM_HINT}"
+    return _one_line(error)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error argparse has printed (2)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"specvlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug or not isinstance(error, _user_errors()):
+            raise
+        print(f"specvlm {args.command}: error: {_message(error)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""`specvlm bench`: the harness and its report through main(), on tiny checkpoints and real mp4 files;
+plus the summary arithmetic and the JSONL repair on synthetic records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from specvlm.bench.harness import JsonlLog
+from specvlm.bench.report import PLOTS, markdown, summarize
+from specvlm.cli import main
+from specvlm.video import write_video
+from test_datasets import make_vdc  # the VideoDetailCaption layout of tests/test_datasets.py
+
+FAMILY = "qwen2_5_vl"
+PROMPT = "Describe the video."
+# 4 frames of 64x64 -> 32 video tokens per sample; pruning ratio 0.9 keeps 3, 0.5 keeps 16.
+RUN = ["--frames", "4", "--max-new-tokens", "8", "--tree", "chain:2", "--warmup", "0", "--no-progress"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_pairs) -> tuple[str, str]:
+    target, draft = tiny_pairs(FAMILY)
+    return str(target), str(draft)
+
+
+def clip(path: Path, seed: int, frames: int = 8) -> Path:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(frames, 64, 64, 3), dtype=np.uint8)
+    return write_video(path, pixels, fps=8.0)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def bench(capsys, *argv: str) -> tuple[str, str]:
+    capsys.readouterr()
+    code = main(["bench", *argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out, err
+
+
+def test_bench_folder_writes_records_report_and_resumes(pair, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    clip(videos / "a.mp4", 0)
+    clip(videos / "b.mp4", 1, frames=6)
+    (videos / "broken.mp4").write_bytes(b"this is not a video" * 20)
+    out = tmp_path / "run"
+    argv = ["--target", pair[0], "--draft", pair[1], "--videos", str(videos), "--prompt", PROMPT, *RUN,
+            "--hf-assisted", "--out", str(out)]
+    stdout, _ = bench(capsys, *argv)
+
+    records = lines(out / "samples.jsonl")
+    methods = ["target", "sd", "pruned:specvlm@0.9", "hf-assisted"]
+    assert [(r["sample_id"], r["method"]) for r in records] == [(s, m) for s in ("a.mp4", "b.mp4") for m in methods]
+    for r in records:
+        if r["method"] == "hf-assisted" and r["status"] == "failed":
+            assert r["error"]  # the peer may fail on a family: then with its reason
+            continue
+        assert r["status"] == "ok" and r["equal_to_target"] is True, r
+        assert 1 <= r["tokens"] <= 8 and r["decode_s"] > 0 and r["tokens_per_s"] > 0 and r["speedup"] > 0
+        assert r["video_tokens"] == 32
+    by = {(r["sample_id"], r["method"]): r for r in records}
+    assert by["a.mp4", "target"]["speedup"] == 1.0 and by["a.mp4", "target"]["tau"] is None
+    assert by["a.mp4", "sd"]["draft_video_tokens"] == 32 and by["a.mp4", "sd"]["tau"] >= 1
+    pruned = by["b.mp4", "pruned:specvlm@0.9"]
+    assert pruned["draft_video_tokens"] == 3 and pruned["strategy"] == "specvlm" and pruned["ratio"] == 0.9
+    assert pruned["prefill_s"] > 0 and pruned["draft_prefill_s"] > 0
+
+    skipped = lines(out / "skipped.jsonl")
+    assert [s["sample_id"] for s in skipped] == ["broken.mp4"]
+    assert skipped[0]["reason"] == "unreadable video" and "broken.mp4" in skipped[0]["error"]
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["method"] for m in summary["methods"]] == methods
+    target_row = summary["methods"][0]
+    assert target_row["samples"] == 2 and target_row["speedup_mean"] == 1.0 and target_row["equal_rate"] == 1.0
+    table = (out / "summary.md").read_text()
+    assert table in stdout  # the table is printed at the end
+    assert "| method | samples | tokens |" in table and "speedup (mean)" in table and "equal to target" in table
+    assert all(f"| {m} |" in table for m in methods) and "1 skipped" in table
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == PNG
+
+    # Resume: nothing left to do, so nothing is added (and no model is loaded).
+    before = (out / "samples.jsonl").read_bytes()
+    stdout, err = bench(capsys, *argv)
+    assert (out / "samples.jsonl").read_bytes() == before and "already" in err and table in stdout
+    assert len(lines(out / "skipped.jsonl")) == 1  # the broken video is not retried
+
+    # Drop the last three records and leave a torn half line: exactly those three are redone.
+    kept = before.splitlines(keepends=True)[:-3]
+    (out / "samples.jsonl").write_bytes(b"".join(kept) + b'{"sample_id": "b.mp4", "meth')
+    bench(capsys, *argv)
+    after = (out / "samples.jsonl").read_bytes()
+    assert after.startswith(b"".join(kept))
+    redone = lines(out / "samples.jsonl")[len(kept):]
+    assert [(r["sample_id"], r["method"]) for r in redone] == [("b.mp4", m) for m in methods[1:]]
+    assert all(r["equal_to_target"] for r in redone if r["status"] == "ok")
+
+    # Other settings into the same folder are refused instead of mixed in.
+    capsys.readouterr()
+    assert main(["bench", *argv[:-2], "--max-new-tokens", "9", "--out", str(out)]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_bench_videodetailcaption_layout_and_failing_peer(pair, tmp_path, capsys, monkeypatch):
+    source = clip(tmp_path / "clip.mp4", 2)
+    root = make_vdc(tmp_path / "VideoDetailCaption", source)
+
+    def unsupported(self, *args, **kwargs):
+        raise NotImplementedError("assisted generation is not supported for this model (test)")
+
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", unsupported)
+    out = tmp_path / "vdc"
+    stdout, _ = bench(
+        capsys, "--target", pair[0], "--draft", pair[1], "--dataset", "videodetailcaption", "--data-root", str(root),
+        "--limit", "2", "--methods", "target", "pruned", "--prune", "uniform", "--prune-ratios", "0.5",
+        *RUN, "--hf-assisted", "--out", str(out),
+    )
+    records = lines(out / "samples.jsonl")
+    assert [(r["sample_id"], r["method"]) for r in records] == [
+        (s, m) for s in ("v_b", "v_a") for m in ("target", "pruned:uniform@0.5", "hf-assisted")
+    ]
+    assert all(r["dataset"] == "videodetailcaption" for r in records)
+    for r in records:
+        if r["method"] == "hf-assisted":
+            assert r["status"] == "failed" and "NotImplementedError: assisted generation" in r["error"]
+        else:
+            assert r["status"] == "ok" and r["equal_to_target"] is True
+    assert all(r["draft_video_tokens"] == 16 for r in records if r["method"].startswith("pruned"))
+    row = next(ln for ln in stdout.splitlines() if ln.startswith("| hf-assisted |"))
+    assert "failed 2/2" in row and "NotImplementedError" in row
+    assert not (out / "skipped.jsonl").read_text().strip()
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == PNG
+
+
+# ------------------------------------------------------------------------- no models: pure helpers
+
+
+def record(sample: str, method: str, decode_s: float, tokens: int = 10, **extra) -> dict:
+    kind = "target" if method == "target" else "sd" if method == "sd" else "pruned"
+    return {"sample_id": sample, "method": method, "kind": kind, "status": "ok", "tokens": tokens,
+            "decode_s": decode_s, "prefill_s": 0.1, **extra}
+
+
+def test_summary_speedups_mean_of_ratios_and_ratio_of_totals():
+    records = [
+        record("a", "target", 2.0, speedup=1.0, equal_to_target=True),
+        record("b", "target", 6.0, speedup=1.0, equal_to_target=True),
+        record("a", "sd", 1.0, speedup=2.0, equal_to_target=True, target_passes=3),
+        record("b", "sd", 6.0, speedup=1.0, equal_to_target=False, target_passes=6),
+        {"sample_id": "a", "method": "hf-assisted", "kind": "hf-assisted", "status": "failed", "error": "boom"},
+    ]
+    rows = {m["method"]: m for m in summarize(records)["methods"]}
+    sd = rows["sd"]
+    assert sd["speedup_mean"] == pytest.approx(1.5) and sd["speedup_total"] == pytest.approx(8 / 7)
+    assert sd["tau"] == pytest.approx(18 / 9) and sd["equal_rate"] == 0.5
+    assert sd["tokens_per_s"] == pytest.approx(20 / 7)
+    assert rows["hf-assisted"]["samples"] == 0 and rows["hf-assisted"]["errors"] == ["boom"]
+    table = markdown(summarize(records))
+    assert "| hf-assisted | 0 |" in table and "failed 1/1: boom" in table and "| 1.50x | 1.14x | 50% |" in table
+
+
+def test_jsonl_log_cuts_a_torn_last_line(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "b"', encoding="utf-8")
+    log = JsonlLog(path)
+    assert log.records == [{"a": 1}, {"a": 2}]
+    log.append({"a": 4, "x": float("nan")})
+    assert lines(path) == [{"a": 1}, {"a": 2}, {"a": 4, "x": None}]
