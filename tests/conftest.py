@@ -6,6 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the threads fight
+# each other (a 10-token speculative run went from 0.1 s to 6 s). One thread keeps runs predictable.
+torch.set_num_threads(1)
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 try:  # run from a checkout without `pip install -e .`
