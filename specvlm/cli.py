@@ -39,12 +39,36 @@ def _one_line(error: BaseException | str) -> str:
 
 
 def resolve_pair(target: str | None, draft: str | None, *, need_draft: bool = True) -> tuple[str, str | None]:
-    """The (target, draft) checkpoints to load: hub ids or folders. The one place that decides them."""
+    """The (target, draft) checkpoints to load: hub ids or folders. The one place that decides them.
+
+    With neither given, the bundled trained pair (specvlm.assets) is used.
+    """
+    if not target and not draft:
+        from specvlm.assets import default_pair
+
+        bundled_target, bundled_draft = default_pair()
+        return str(bundled_target), str(bundled_draft) if need_draft else None
     wanted = (("--target", target), ("--draft", draft)) if need_draft else (("--target", target),)
     missing = [flag for flag, value in wanted if not value]
     if missing:
-        raise CLIError(f"{' and '.join(missing)} required: a hub id or a local checkpoint folder")
+        raise CLIError(
+            f"{' and '.join(missing)} required: a hub id or a local checkpoint folder "
+            "(or give neither to use the bundled pair)"
+        )
     return target, draft
+
+
+DEFAULT_PROMPT = "Describe the video."
+
+
+def _default_video_and_prompt(args) -> None:
+    """No --video: the first bundled sample clip. No --prompt: ask for a description."""
+    if args.video is None:
+        from specvlm.assets import sample_videos
+
+        args.video = str(sample_videos()[0].path)
+    if args.prompt is None:
+        args.prompt = DEFAULT_PROMPT
 
 
 def _model_family(name: str) -> str:
@@ -194,8 +218,8 @@ def _add_frames(p: argparse.ArgumentParser) -> None:
 
 
 def _add_video(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--video", required=True, help="video file or folder of frames")
-    p.add_argument("--prompt", required=True, help="the question or instruction about the video")
+    p.add_argument("--video", help="video file or folder of frames (default: a bundled sample clip)")
+    p.add_argument("--prompt", help="the question or instruction about the video (default: describe it)")
     _add_frames(p)
 
 
@@ -328,6 +352,7 @@ def cmd_generate(args) -> int:
         raise CLIError("--picture shows the draft's kept video tokens, so it needs speculative decoding "
                        "(drop --no-speculative, or use `specvlm visualize`)")
     prune = _prune_config(args)
+    _default_video_and_prompt(args)
     clip = load_video(args.video, **_frames(args))  # a bad video fails before any model loads
     pair = load_pair(args, prune=prune)
     check_pair_context(pair, pair.target.build_inputs(clip, args.prompt)["input_ids"], args.max_new_tokens)
@@ -381,6 +406,7 @@ def cmd_visualize(args) -> int:
     from specvlm.video import load_video
 
     config = _prune_config(args) or PruneConfig(strategy="none")
+    _default_video_and_prompt(args)
     clip = load_video(args.video, **_frames(args))
     adapter = load_target(args)
     features = adapter.build_inputs(clip, args.prompt)

@@ -19,25 +19,34 @@ import torch
 from specvlm.models.base import PreparedInputs, VideoLMAdapter, VideoTokenLayout, grid_layout
 
 
+def video_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, frames * grid + 1, D): projected, pooled frame features and the closing newline embedding.
+
+    transformers >= 5.23 appends the newline in ``get_video_features``, older releases in forward.
+    """
+    config = model.config
+    out = model.model.get_video_features(
+        pixel_values,
+        vision_feature_layer=config.vision_feature_layer,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        return_dict=True,
+    )
+    pooled = out.pooler_output if hasattr(out, "pooler_output") else out  # (B, tokens, D)
+    vision = config.vision_config
+    side = math.ceil((vision.image_size // vision.patch_size) / 2)
+    if pooled.shape[1] == pixel_values.shape[1] * side**2:
+        newline = model.model.image_newline.to(pooled.device, pooled.dtype)
+        pooled = torch.cat([pooled, newline.expand(pooled.shape[0], 1, -1)], dim=1)
+    return pooled
+
+
 class LlavaOnevisionAdapter(VideoLMAdapter):
     family = "llava_onevision"
     model_types = ("llava_onevision",)
 
     def video_features(self, features):
         pixel_values = features["pixel_values_videos"].to(self.model.device, self.model.dtype)
-        out = self.model.model.get_video_features(
-            pixel_values,
-            vision_feature_layer=self.config.vision_feature_layer,
-            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
-            return_dict=True,
-        )
-        pooled = out.pooler_output if hasattr(out, "pooler_output") else out  # (1, tokens, D)
-        n_frames = pixel_values.shape[1]
-        if pooled.shape[1] == n_frames * self._pooled_side() ** 2:
-            # transformers < 5.23 appends the newline in forward, not in get_video_features
-            newline = self.model.model.image_newline.to(pooled.device, pooled.dtype)
-            pooled = torch.cat([pooled, newline.expand(pooled.shape[0], 1, -1)], dim=1)
-        return pooled.flatten(0, 1), None
+        return video_features(self.model, pixel_values).flatten(0, 1), None
 
     def _pooled_side(self) -> int:
         vision = self.config.vision_config
