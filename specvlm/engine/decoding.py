@@ -61,7 +61,7 @@ def decode_target(
     stop string (see stopping.StopRule)."""
     stop = StopRule(adapter.eos_token_ids, max_new_tokens, stop_strings, adapter.tokenizer)
     stats = DecodeStats()
-    ws = Workspace(adapter, prepared.length + max_new_tokens, static=default_static(adapter, static))
+    ws = Workspace.reuse(adapter, prepared.length + max_new_tokens, role="target", static=default_static(adapter, static))
     cache = ws.cache
     device = adapter.device
     one = torch.ones(1, 1, dtype=torch.bool)

@@ -199,7 +199,9 @@ def speculative_decode(
     stop = StopRule(target.eos_token_ids, max_new_tokens, stop_strings, target.tokenizer)
     stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
     n_nodes = tree.num_nodes
-    t_ws = Workspace(target, target_inputs.length + max_new_tokens + n_nodes, static=default_static(target, static))
+    t_ws = Workspace.reuse(
+        target, target_inputs.length + max_new_tokens + n_nodes, role="target", static=default_static(target, static)
+    )
     t_cache = t_ws.cache
     t_device = target.device
 
@@ -218,7 +220,9 @@ def speculative_decode(
     stats.video_tokens, stats.draft_video_tokens = len(target_inputs.video), len(draft_inputs.video)
     _sync(t_device)
     t1 = time.perf_counter()
-    d_ws = Workspace(draft, draft_inputs.length + max_new_tokens + n_nodes, static=default_static(draft, static))
+    d_ws = Workspace.reuse(
+        draft, draft_inputs.length + max_new_tokens + n_nodes, role="draft", static=default_static(draft, static)
+    )
     d_cache = d_ws.cache  # sized for the pruned prompt: smaller
     draft.prefill(draft_inputs, d_cache)
     _sync(draft.device)

@@ -137,6 +137,10 @@ def default_static(adapter, static: bool | None) -> bool:
     return adapter.device.type == "cuda" and not multi
 
 
+_REUSED: dict[tuple[int, str, bool], "Workspace"] = {}
+_CAPACITY_STEP = 512
+
+
 class Workspace:
     """A model's KV cache and its steps: the one way the engine runs new tokens.
 
@@ -152,6 +156,22 @@ class Workspace:
         self.use_graphs = use_graphs
         self.cache = adapter.new_cache(capacity, static=static)
         self._steps: dict[tuple, StaticStep] = {}
+
+    @classmethod
+    def reuse(cls, adapter, capacity: int, *, role: str, static: bool) -> "Workspace":
+        """An emptied workspace of at least ``capacity`` for (adapter, role), kept between calls.
+
+        Keeping it keeps the preallocated cache and the captured graphs, so only the first call
+        of a size pays for allocation and capture. One generation at a time per adapter and role.
+        """
+        key = (id(adapter), role, static)
+        ws = _REUSED.get(key)
+        if ws is None or ws.adapter is not adapter or ws.cache.capacity < capacity:
+            _REUSED.pop(key, None)  # free the old buffers before allocating larger ones
+            capacity = -(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP
+            ws = _REUSED[key] = cls(adapter, capacity, static=static)
+        ws.cache.rollback(0)
+        return ws
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, prefix: int, pattern: torch.Tensor) -> torch.Tensor:
         """Logits (1, q, V); the tokens' keys/values are written, not committed."""
