@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from specvlm.bench.harness import JsonlLog
 from specvlm.bench.report import PLOTS, markdown, summarize
@@ -22,14 +21,6 @@ PROMPT = "Describe the video."
 RUN = ["--frames", "4", "--max-new-tokens", "8", "--tree", "chain:2", "--warmup", "0", "--no-progress"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

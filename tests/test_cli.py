@@ -24,14 +24,6 @@ RUN = ["--frames", "4", "--max-new-tokens", "10", "--tree", "chain:2"]
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def pair(tiny_pairs) -> tuple[str, str]:

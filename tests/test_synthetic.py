@@ -142,14 +142,6 @@ def test_corpus_covers_the_task_vocabulary():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny CPU models run faster on one thread (no OpenMP barriers on busy cores).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_tokenizer_round_trips_the_task_text():
     from specvlm.training.train_pair import build_tokenizer
@@ -209,7 +201,7 @@ def test_batch_stream_is_the_same_for_any_number_of_workers():
     assert a.input_ids.shape[0] == 3 and a.cell_labels.shape[1] == cfg.video_tokens - 1
 
 
-def test_keep_mask_and_pruned_forward(one_thread):
+def test_keep_mask_and_pruned_forward():
     from specvlm.training import train_pair as tp
 
     cfg = tp.parse_args(["--out", "unused", "--device", "cpu", "--tiny"])
@@ -232,7 +224,7 @@ def test_keep_mask_and_pruned_forward(one_thread):
     assert pruned.shape == full.shape and not torch.allclose(pruned, full)
 
 
-def test_training_smoke_run_writes_loadable_checkpoints(tmp_path, one_thread):
+def test_training_smoke_run_writes_loadable_checkpoints(tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from specvlm.models import load_adapter

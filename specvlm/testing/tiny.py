@@ -500,6 +500,61 @@ def expected_video_tokens(family: str, num_frames: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def llava_onevision_config(
+    tokenizer,
+    *,
+    vocab_size: int,
+    text: dict,  # hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size
+    vision: dict,  # hidden_size, intermediate_size, num_layers, num_heads
+    image_size: int,
+    patch_size: int,
+    initializer_range: float,
+):
+    """A LlavaOnevisionConfig (Qwen2 text model, SigLIP vision tower) with this tokenizer's ids."""
+    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
+
+    eos, pad, image_token, video_token = _token_ids(tokenizer, "<|im_end|>", "<|endoftext|>", "<image>", "<video>")
+    text_config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_act="silu",
+        max_position_embeddings=4096,
+        initializer_range=initializer_range,
+        rms_norm_eps=1e-6,
+        use_cache=True,
+        attention_dropout=0.0,
+        pad_token_id=pad,
+        bos_token_id=pad,
+        eos_token_id=eos,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        tie_word_embeddings=False,
+        use_sliding_window=False,
+        **text,
+    )
+    vision_config = SiglipVisionConfig(
+        hidden_size=vision["hidden_size"],
+        intermediate_size=vision["intermediate_size"],
+        num_hidden_layers=vision["num_layers"],
+        num_attention_heads=vision["num_heads"],
+        image_size=image_size,
+        patch_size=patch_size,
+        vision_use_head=False,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
+    )
+    return LlavaOnevisionConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=image_token,
+        video_token_index=video_token,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=[[image_size * i, image_size * j] for i in (1, 2, 3) for j in (1, 2, 3)],
+        vision_aspect_ratio="anyres_max_9",
+        tie_word_embeddings=False,
+    )
+
+
 def _build_config(family: str, role: str, tokenizer, vocab_size: int):
     t = _TEXT_SIZES[role]
     v = _VISION_SIZES[role]
@@ -517,39 +572,14 @@ def _build_config(family: str, role: str, tokenizer, vocab_size: int):
     )
 
     if family == "llava_onevision":
-        from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
-
-        image_token, video_token = _token_ids(tokenizer, "<image>", "<video>")
-        text_config = Qwen2Config(
-            **common_text,
-            bos_token_id=pad,
-            eos_token_id=eos,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-            tie_word_embeddings=False,
-            use_sliding_window=False,
-        )
-        vision_config = SiglipVisionConfig(
-            hidden_size=v["hidden_size"],
-            intermediate_size=v["intermediate_size"],
-            num_hidden_layers=v["num_layers"],
-            num_attention_heads=v["num_heads"],
+        return llava_onevision_config(
+            tokenizer,
+            vocab_size=vocab_size,
+            text=t,
+            vision=v,
             image_size=_LLAVA_IMAGE_SIZE,
             patch_size=_LLAVA_PATCH,
-            vision_use_head=False,
-            hidden_act="gelu_pytorch_tanh",
-            layer_norm_eps=1e-6,
-        )
-        return LlavaOnevisionConfig(
-            vision_config=vision_config,
-            text_config=text_config,
-            image_token_index=image_token,
-            video_token_index=video_token,
-            projector_hidden_act="gelu",
-            vision_feature_select_strategy="full",
-            vision_feature_layer=-1,
-            image_grid_pinpoints=_LLAVA_PINPOINTS,
-            vision_aspect_ratio="anyres_max_9",
-            tie_word_embeddings=False,
+            initializer_range=_INIT_RANGE,
         )
 
     image_token, video_token, vstart, vend = _token_ids(

@@ -278,51 +278,25 @@ def build_processor(tokenizer, frame_size: int = 64, patch_size: int = 8):
 
 def build_model_config(size: ModelSize, tokenizer, frame_size: int = 64, patch_size: int = 8):
     """``LlavaOnevisionConfig`` (Qwen2 text, SigLIP vision) of ``size`` for the tokenizer."""
-    from transformers import LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
-
-    eos, pad, image, video = tiny._token_ids(tokenizer, "<|im_end|>", "<|endoftext|>", "<image>", "<video>")
-    text = Qwen2Config(
+    return tiny.llava_onevision_config(
+        tokenizer,
         vocab_size=len(tokenizer),
-        hidden_size=size.hidden,
-        num_hidden_layers=size.layers,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads,
-        intermediate_size=size.intermediate,
-        hidden_act="silu",
-        max_position_embeddings=4096,
-        initializer_range=0.02,
-        rms_norm_eps=1e-6,
-        use_cache=True,
-        attention_dropout=0.0,
-        pad_token_id=pad,
-        bos_token_id=pad,
-        eos_token_id=eos,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-        tie_word_embeddings=False,
-        use_sliding_window=False,
-    )
-    vision = SiglipVisionConfig(
-        hidden_size=size.vision_hidden,
-        intermediate_size=size.vision_intermediate,
-        num_hidden_layers=size.vision_layers,
-        num_attention_heads=size.vision_heads,
+        text=dict(
+            hidden_size=size.hidden,
+            num_hidden_layers=size.layers,
+            num_attention_heads=size.heads,
+            num_key_value_heads=size.kv_heads,
+            intermediate_size=size.intermediate,
+        ),
+        vision=dict(
+            hidden_size=size.vision_hidden,
+            intermediate_size=size.vision_intermediate,
+            num_layers=size.vision_layers,
+            num_heads=size.vision_heads,
+        ),
         image_size=frame_size,
         patch_size=patch_size,
-        vision_use_head=False,
-        hidden_act="gelu_pytorch_tanh",
-        layer_norm_eps=1e-6,
-    )
-    return LlavaOnevisionConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_index=image,
-        video_token_index=video,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
-        image_grid_pinpoints=[[frame_size * i, frame_size * j] for i in (1, 2, 3) for j in (1, 2, 3)],
-        vision_aspect_ratio="anyres_max_9",
-        tie_word_embeddings=False,
+        initializer_range=0.02,
     )
 
 
