@@ -31,8 +31,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
-from specvlm.engine.speculative import tree_mask
-from specvlm.engine.static import StaticStep
+from specvlm.engine.static import StaticStep, block_mask
 from specvlm.engine.tree import DraftTree
 from specvlm.testing.shapes import random_adapter
 
@@ -98,13 +97,11 @@ class Bench:
         tokens = torch.zeros(1, n, dtype=torch.long, device=DEVICE)
         depth = tree.node_depth if tree else torch.arange(n)
         positions = (self.context + depth)[None].to(DEVICE)
-        mask = tree_mask(tree, slice(0, n), cache.length, adapter.dtype, DEVICE) if tree else None
-        if tree is None and q > 1:  # a draft level: q siblings, each seeing the prefix and itself
-            allowed = torch.zeros(q, cache.length + q, dtype=torch.bool)
-            allowed[:, : cache.length] = True
-            allowed[:, cache.length :] = torch.eye(q, dtype=torch.bool)
-            mask = torch.zeros(allowed.shape, dtype=adapter.dtype).masked_fill(~allowed, torch.finfo(adapter.dtype).min)
-            mask = mask.to(DEVICE)[None, None]
+        mask = None
+        if tree is not None:
+            mask = block_mask(cache.length, tree.ancestor_mask, cache.length + n, adapter.dtype, DEVICE)
+        elif q > 1:  # a draft level: q siblings, each seeing the prefix and itself
+            mask = block_mask(cache.length, torch.eye(q, dtype=torch.bool), cache.length + q, adapter.dtype, DEVICE)
 
         def step():
             adapter.step(tokens, positions, cache, mask)  # written, not committed: cache stays
@@ -127,7 +124,7 @@ class Bench:
         embeds = adapter.embed(torch.zeros(1, n, dtype=torch.long, device=DEVICE))
         depth = tree.node_depth if tree else torch.arange(1)
         positions = adapter.position_tensor((self.context + depth)[None].to(DEVICE))
-        mask = tree_mask(tree, slice(0, n), self.context, adapter.dtype, DEVICE) if tree else None
+        mask = block_mask(self.context, tree.ancestor_mask, self.context + n, adapter.dtype, DEVICE) if tree else None
 
         def step():
             with torch.no_grad():

@@ -32,3 +32,23 @@ def test_static_mask_places_the_pattern_after_the_prefix():
     expected[:, 4:7] = pattern
     assert torch.equal(visible, expected)
     assert float(mask.min()) == torch.finfo(torch.float32).min
+
+
+def test_workspaces_are_reused_and_do_not_keep_models_alive(tiny_pairs):
+    import gc
+    import weakref
+
+    from specvlm.engine.static import Workspace
+    from specvlm.models import load_adapter
+
+    adapter = load_adapter(str(tiny_pairs("qwen2_5_vl")[1]), dtype="float32")
+    ws = Workspace.reuse(adapter, 100, role="target", static=False)
+    ws.cache.commit(7)
+    again = Workspace.reuse(adapter, 60, role="target", static=False)
+    assert again is ws and again.cache.length == 0  # same buffers, emptied
+    assert Workspace.reuse(adapter, 60, role="draft", static=False) is not ws  # one per role
+    assert Workspace.reuse(adapter, 5000, role="target", static=False).cache.capacity >= 5000  # grown
+    ref = weakref.ref(adapter)
+    del adapter, ws, again
+    gc.collect()
+    assert ref() is None

@@ -102,18 +102,6 @@ def check_pair(target: VideoLMAdapter, draft: VideoLMAdapter) -> None:
         )
 
 
-def tree_mask(tree: DraftTree, rows: slice, prefix: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """Additive mask (1, 1, q, prefix + rows.stop) for tree nodes ``rows`` whose root sits at slot ``prefix``.
-
-    Every node sees the whole prefix before the root and its own ancestors (itself included).
-    """
-    allowed = torch.ones(rows.stop - rows.start, prefix + rows.stop, dtype=torch.bool)
-    allowed[:, prefix:] = tree.ancestor_mask[rows, : rows.stop]
-    mask = torch.zeros(allowed.shape, dtype=dtype)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask.to(device)[None, None]
-
-
 @dataclass
 class _Draft:
     tokens: torch.Tensor  # (N,) long on the target's device; node 0 is the root

@@ -17,6 +17,8 @@ tests check it against the ordinary path. Prefill stays on the ordinary kernels.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
@@ -66,6 +68,17 @@ def static_mask(
     mask = torch.zeros(q, capacity, dtype=dtype, device=pattern.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
+
+
+def block_mask(prefix: int, pattern: torch.Tensor, kv_length: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Additive mask (1, 1, q, kv_length) over the filled part of a cache: slots before ``prefix``
+    visible, the ``width`` slots from ``prefix`` on as ``pattern`` (q x width bool) allows."""
+    q, width = pattern.shape
+    allowed = torch.zeros(q, kv_length, dtype=torch.bool)
+    allowed[:, :prefix] = True
+    allowed[:, prefix : prefix + width] = pattern.cpu()
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask.to(device)[None, None]
 
 
 class StaticStep:
@@ -137,7 +150,8 @@ def default_static(adapter, static: bool | None) -> bool:
     return adapter.device.type == "cuda" and not multi
 
 
-_REUSED: dict[tuple[int, str, bool], "Workspace"] = {}
+# adapter -> {(role, static): Workspace}; weak, so dropping a model frees its caches and graphs
+_REUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CAPACITY_STEP = 512
 
 
@@ -164,12 +178,13 @@ class Workspace:
         Keeping it keeps the preallocated cache and the captured graphs, so only the first call
         of a size pays for allocation and capture. One generation at a time per adapter and role.
         """
-        key = (id(adapter), role, static)
-        ws = _REUSED.get(key)
-        if ws is None or ws.adapter is not adapter or ws.cache.capacity < capacity:
-            _REUSED.pop(key, None)  # free the old buffers before allocating larger ones
+        kept = _REUSED.setdefault(adapter, {})
+        ws = kept.get((role, static))
+        if ws is None or ws.cache.capacity < capacity:
+            kept.pop((role, static), None)  # free the old buffers before allocating larger ones
             capacity = -(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP
-            ws = _REUSED[key] = cls(adapter, capacity, static=static)
+            # a proxy, not the adapter: the workspace must not keep its own key alive
+            ws = kept[(role, static)] = cls(weakref.proxy(adapter), capacity, static=static)
         ws.cache.rollback(0)
         return ws
 
@@ -182,14 +197,9 @@ class Workspace:
                 step = self._steps[key] = StaticStep(self.adapter, self.cache, pattern, use_graphs=self.use_graphs)
             return step(tokens, positions, prefix)
         cache = self.cache
-        q, width = pattern.shape
+        q = pattern.shape[0]
         if q == 1 and prefix == cache.length and bool(pattern.all()):
             mask = None  # a plain next-token step: the fast kernels' unmasked path
         else:
-            allowed = torch.zeros(q, cache.length + q, dtype=torch.bool)
-            allowed[:, :prefix] = True
-            allowed[:, prefix : prefix + width] = pattern.cpu()
-            dtype = self.adapter.dtype
-            mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-            mask = mask.to(self.adapter.device)[None, None]
+            mask = block_mask(prefix, pattern, cache.length + q, self.adapter.dtype, self.adapter.device)
         return self.adapter.step(tokens, positions, cache, mask)

@@ -21,7 +21,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -363,13 +362,3 @@ def grid_layout(seq_index: torch.Tensor, grid: tuple[int, int, int], frames_per_
         grid=(t, h, w),
         frames_per_step=frames_per_step,
     )
-
-
-def clip_fps(clip: VideoClip) -> float | None:
-    """The rate at which the clip's frames were sampled, from their timestamps."""
-    if clip.num_frames < 2:
-        return clip.source_fps
-    span = float(np.max(clip.timestamps) - np.min(clip.timestamps))
-    if span <= 0:
-        return clip.source_fps
-    return (clip.num_frames - 1) / span

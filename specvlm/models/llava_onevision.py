@@ -19,6 +19,12 @@ import torch
 from specvlm.models.base import PreparedInputs, VideoLMAdapter, VideoTokenLayout, grid_layout
 
 
+def pooled_side(config) -> int:
+    """Tokens per side of a frame's grid after the 2x2 bilinear pooling."""
+    vision = config.vision_config
+    return math.ceil((vision.image_size // vision.patch_size) / 2)
+
+
 def video_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, frames * grid + 1, D): projected, pooled frame features and the closing newline embedding.
 
@@ -32,9 +38,7 @@ def video_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
         return_dict=True,
     )
     pooled = out.pooler_output if hasattr(out, "pooler_output") else out  # (B, tokens, D)
-    vision = config.vision_config
-    side = math.ceil((vision.image_size // vision.patch_size) / 2)
-    if pooled.shape[1] == pixel_values.shape[1] * side**2:
+    if pooled.shape[1] == pixel_values.shape[1] * pooled_side(config) ** 2:
         newline = model.model.image_newline.to(pooled.device, pooled.dtype)
         pooled = torch.cat([pooled, newline.expand(pooled.shape[0], 1, -1)], dim=1)
     return pooled
@@ -48,10 +52,6 @@ class LlavaOnevisionAdapter(VideoLMAdapter):
         pixel_values = features["pixel_values_videos"].to(self.model.device, self.model.dtype)
         return video_features(self.model, pixel_values).flatten(0, 1), None
 
-    def _pooled_side(self) -> int:
-        vision = self.config.vision_config
-        return math.ceil((vision.image_size // vision.patch_size) / 2)
-
     def positions(self, features, input_ids):
         n = input_ids.shape[1]
         return torch.arange(n, device=input_ids.device)[None], n
@@ -59,7 +59,7 @@ class LlavaOnevisionAdapter(VideoLMAdapter):
     def video_layout(self, features, input_ids) -> VideoTokenLayout:
         seq_index = (input_ids[0] == self.video_token_id).nonzero().flatten()
         n_frames = int(features["pixel_values_videos"].shape[1])
-        side = self._pooled_side()
+        side = pooled_side(self.config)
         # The last video-token slot is the trailing newline embedding, not a grid token.
         return grid_layout(seq_index[:-1], (n_frames, side, side))
 

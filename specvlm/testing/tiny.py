@@ -245,9 +245,8 @@ def _corpus() -> list[str]:
     return sentences
 
 
-@functools.lru_cache(maxsize=1)
-def _bpe_vocab_and_merges() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
-    """Train a byte-level BPE with Qwen2's pre-tokenizer on the built-in corpus (deterministic)."""
+def train_bpe(texts, vocab_size: int) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+    """(vocab sorted by id, merges) of a byte-level BPE with Qwen2's pre-tokenizer trained on ``texts``."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -261,16 +260,22 @@ def _bpe_vocab_and_merges() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[st
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=_BPE_VOCAB_SIZE,
+        vocab_size=vocab_size,
         min_frequency=1,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(texts, trainer)
     model = json.loads(tok.to_str())["model"]
     vocab = tuple(sorted(model["vocab"].items(), key=lambda kv: kv[1]))
     merges = tuple(tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"])
     return vocab, merges
+
+
+@functools.lru_cache(maxsize=1)
+def _bpe_vocab_and_merges() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+    """The tiny checkpoints' BPE, trained on the built-in corpus (deterministic)."""
+    return train_bpe(_corpus(), _BPE_VOCAB_SIZE)
 
 
 _QWEN2_VL_CHAT_TEMPLATE = (
@@ -363,11 +368,16 @@ def build_tokenizer(family: str):
     the tiny trained vocabulary, plus the family's special/added tokens appended in the real order,
     ``eos_token='<|im_end|>'``, ``pad_token='<|endoftext|>'``, no BOS, and the family chat template.
     """
+    _check_family(family)
+    return qwen2_tokenizer(*_bpe_vocab_and_merges(), family)
+
+
+def qwen2_tokenizer(vocab_items, merges, family: str):
+    """A ``Qwen2Tokenizer`` over a trained BPE (see ``train_bpe``) with ``family``'s added tokens,
+    end/pad tokens and chat template."""
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
-    _check_family(family)
-    vocab_items, merges = _bpe_vocab_and_merges()
     vocab = dict(vocab_items)
     base = len(vocab)
     added = _family_added_tokens(family)

@@ -214,48 +214,7 @@ def build_tokenizer(vocab_size: int = 1024):
     """A ``Qwen2Tokenizer`` as in ``specvlm.testing.tiny.build_tokenizer`` (same pre-tokenizer,
     special tokens, ids and chat template), its BPE trained on the synthetic task's corpus plus
     tiny's English sentences."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizers.NFC()
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    bpe.train_from_iterator(synthetic.corpus() + tiny._corpus(), trainer)
-    model = json.loads(bpe.to_str())["model"]
-    vocab = model["vocab"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    added = tiny._family_added_tokens(FAMILY)
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=None,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        added_tokens_decoder={
-            len(vocab) + i: AddedToken(tok, special=special, normalized=False) for i, (tok, special) in enumerate(added)
-        },
-        errors="replace",
-        clean_up_tokenization_spaces=False,
-        split_special_tokens=False,
-        model_max_length=32768,
-        add_prefix_space=False,
-    )
-    tokenizer.chat_template = tiny._CHAT_TEMPLATES[FAMILY]
-    for i, (tok, _) in enumerate(added):
-        if tokenizer.convert_tokens_to_ids(tok) != len(vocab) + i:  # pragma: no cover - library guard
-            raise RuntimeError(f"tokenizer built wrong: {tok!r} is not id {len(vocab) + i}")
-    return tokenizer
+    return tiny.qwen2_tokenizer(*tiny.train_bpe(synthetic.corpus() + tiny._corpus(), vocab_size), FAMILY)
 
 
 def build_processor(tokenizer, frame_size: int = 64, patch_size: int = 8):
