@@ -1,13 +1,14 @@
 """Tau and speedup of the bundled trained pair on held-out synthetic clips, per pruning strategy.
 
     python benchmarks/bundled_pair.py [--clips 6] [--device cpu|cuda] [--dtype float32] [--out FILE]
+                                      [--methods "plain SD" "specvlm 0.9"]
 
 For each held-out clip (seeds the training never used) and its description prompt: target-only
 decoding (the baseline), plain speculative decoding (the draft sees every video token), and pruned
 speculative decoding for every strategy at ratios 0.5 / 0.9 / 0.95 (kept tokens at their original
 positions), plus the method's own strategy with re-indexed positions. Greedy; every run's output is
-checked against target-only. Prints tau (tokens per target pass, pooled over clips) and the speedup
-of the total decode time over target-only's.
+checked against target-only. Prints tau (tokens per target pass, pooled over clips), the acceptance
+rate at each tree depth (pooled) and the speedup of the total decode time over target-only's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--methods", nargs="+", metavar="NAME", help="only these rows (as printed)")
     args = parser.parse_args()
     target_dir, draft_dir = default_pair()
     target = load_adapter(str(target_dir), dtype=args.dtype, device=args.device)
@@ -46,7 +48,13 @@ def main() -> None:
     methods = [("plain SD", None, False)]
     methods += [(f"{s} {r}", PruneConfig(strategy=s, ratio=r), False) for s in STRATEGIES if s != "none" for r in RATIOS]
     methods += [(f"specvlm {r} reindexed", PruneConfig(ratio=r), True) for r in RATIOS]
-    totals = {name: {"tokens": 0, "passes": 0, "decode_s": 0.0, "equal": 0} for name, _, _ in methods}
+    if args.methods:
+        unknown = set(args.methods) - {name for name, _, _ in methods}
+        if unknown:
+            parser.error(f"unknown methods {sorted(unknown)}; known: {[name for name, _, _ in methods]}")
+        methods = [m for m in methods if m[0] in args.methods]
+    totals = {name: {"tokens": 0, "passes": 0, "decode_s": 0.0, "equal": 0, "reached": [0] * (tree.depth + 1)}
+              for name, _, _ in methods}  # fmt: skip
     baseline_s = 0.0
     inputs = []
     for i in range(args.clips):
@@ -71,15 +79,20 @@ def main() -> None:
             row["passes"] += result.stats.target_passes
             row["decode_s"] += result.stats.decode_s
             row["equal"] += result.token_ids == reference
+            row["reached"] = [a + b for a, b in zip(row["reached"], result.stats.reached_depth)]
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
     print(f"bundled pair on {device}, {args.dtype}, {args.clips} held-out clips, description prompts, default tree")
     print(f"target-only decode: {baseline_s:.2f} s in total\n")
-    print("| method | tau | speedup over target-only | equal to target-only |")
-    print("|---|---|---|---|")
+    print("| method | tau | acceptance by depth | speedup over target-only | equal to target-only |")
+    print("|---|---|---|---|---|")
     for name, _, _ in methods:
         row = totals[name]
         tau = row["tokens"] / row["passes"] if row["passes"] else float("nan")
-        print(f"| {name} | {tau:.2f} | {baseline_s / row['decode_s']:.2f}x | {row['equal']}/{args.clips} |")
+        reached = row["reached"]
+        row["acceptance_by_depth"] = [reached[d] / reached[d - 1] if reached[d - 1] else float("nan")
+                                      for d in range(1, len(reached))]  # fmt: skip
+        rates = " ".join(f"{a:.3f}" for a in row["acceptance_by_depth"])
+        print(f"| {name} | {tau:.2f} | {rates} | {baseline_s / row['decode_s']:.2f}x | {row['equal']}/{args.clips} |")
     if args.out:
         args.out.write_text(json.dumps({"baseline_s": baseline_s, "methods": totals}, indent=1))
 

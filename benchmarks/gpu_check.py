@@ -1,9 +1,12 @@
 """GPU checks: losslessness on the GPU, a device map over two GPUs, and target-only speed vs generate.
 
     python benchmarks/gpu_check.py [--out results.json] [--speed-shape llava-ov-7b] [--speed-frames 256]
+                                   [--compiled-families qwen2_5_vl]
 
 1. Lossless: every family's tiny pair on cuda, float32 and bfloat16; speculative output vs target-only
-   output for chain/tree drafting with an independent, a self and a pruned self draft. Reports the
+   output for chain/tree drafting with an independent draft (full, and pruned to 10% by the engine's
+   own Stage I/II selection), a self and a pruned self draft, on the static steps (FlexAttention,
+   CUDA graphs; compiled too for ``--compiled-families``, eager-compiled otherwise). Reports the
    match rate, and for a mismatch the first divergent token and the target's top-1 - top-2 logit
    margin there (16-bit multi-token and one-token forwards round differently: a near-tie can flip).
 2. Device map: with two or more GPUs, each tiny target split layer-wise over cuda:0 and cuda:1;
@@ -26,6 +29,7 @@ from specvlm.engine.decoding import decode_target
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
 from specvlm.models import load_adapter
+from specvlm.pruning import PruneConfig
 from specvlm.testing.shapes import random_adapter
 from specvlm.testing.tiny import FAMILIES, build_tiny_pair
 from specvlm.video import load_video
@@ -56,11 +60,12 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def lossless(root: Path) -> list[dict]:
+def lossless(root: Path, compiled_families: list[str]) -> list[dict]:
     rows = []
     trees = {"chain3": DraftTree.chain(3), "default": DraftTree.default()}
     for family in FAMILIES:
         target_dir, draft_dir = build_tiny_pair(family, root / family)
+        compile = family in compiled_families
         for dtype in (torch.float32, torch.bfloat16):
             target = load_adapter(str(target_dir), dtype=dtype, device="cuda")
             draft = load_adapter(str(draft_dir), dtype=dtype, device="cuda")
@@ -68,19 +73,23 @@ def lossless(root: Path) -> list[dict]:
                 clip = load_video(frames(8, seed))
                 features = target.build_inputs(clip, PROMPT)
                 full = target.prepare(features)
-                reference = decode_target(target, full, max_new_tokens=48).token_ids
+                reference = decode_target(target, full, max_new_tokens=48, compile=compile).token_ids
+                d_full = draft.prepare(features)
                 drafts = {
-                    "independent": (draft, draft.prepare(features)),
-                    "self": (target, full),
-                    "self-pruned-90": (target, target.drop_video_tokens(full, torch.arange(0, len(full.video), 10))),
+                    "independent": (draft, d_full, None),
+                    "independent-specvlm-90": (draft, d_full, PruneConfig(ratio=0.9)),
+                    "self": (target, full, None),
+                    "self-pruned-90": (target, target.drop_video_tokens(full, torch.arange(0, len(full.video), 10)), None),
                 }
                 for tree_name, tree in trees.items():
-                    for draft_name, (d, d_inputs) in drafts.items():
-                        out = speculative_decode(target, d, full, d_inputs, tree=tree, max_new_tokens=48)
+                    for draft_name, (d, d_inputs, prune) in drafts.items():
+                        out = speculative_decode(target, d, full, d_inputs, tree=tree, max_new_tokens=48,
+                                                 prune=prune, compile=compile)  # fmt: skip
                         div = first_divergence(out.token_ids, reference)
                         rows.append(
                             {
                                 "family": family,
+                                "compiled": compile,
                                 "dtype": str(dtype).removeprefix("torch."),
                                 "seed": seed,
                                 "tree": tree_name,
@@ -181,6 +190,8 @@ def main() -> None:
     parser.add_argument("--speed-frames", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--skip", nargs="*", default=[], choices=["lossless", "device_map", "speed"])
+    parser.add_argument("--compiled-families", nargs="*", default=["qwen2_5_vl"], choices=list(FAMILIES),
+                        help="families whose lossless runs use compiled steps (compiling costs ~10 s per shape)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
     import transformers
@@ -190,16 +201,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if "lossless" not in args.skip:
-            rows = lossless(root)
+            rows = lossless(root, args.compiled_families)
             results["lossless"] = rows
             print("\n## Lossless on the GPU (48 new tokens, 3 inputs per family)")
-            print("| family | dtype | match rate | mismatches: (first divergence, target margin) |")
-            print("|---|---|---|---|")
+            print("| family | compiled | dtype | match rate | mismatches: (first divergence, target margin) |")
+            print("|---|---|---|---|---|")
             for family in FAMILIES:
                 for dtype in ("float32", "bfloat16"):
                     sel = [r for r in rows if r["family"] == family and r["dtype"] == dtype]
                     bad = [(r["first_divergence"], round(r["margin"], 4)) for r in sel if not r["match"]]
-                    print(f"| {family} | {dtype} | {sum(r['match'] for r in sel)}/{len(sel)} | {bad or '-'} |")
+                    print(f"| {family} | {sel[0]['compiled']} | {dtype} | {sum(r['match'] for r in sel)}/{len(sel)} | {bad or '-'} |")
         if "device_map" not in args.skip and torch.cuda.device_count() >= 2:
             rows = device_map_check(root)
             results["device_map"] = rows

@@ -33,12 +33,14 @@ from transformers import DynamicCache
 
 from specvlm.engine.static import StaticStep, block_mask
 from specvlm.engine.tree import DraftTree
+from specvlm.testing import shapes
 from specvlm.testing.shapes import random_adapter
 
 TREE = DraftTree.default()
 CHAIN = DraftTree.chain(4)
 TEXT_TOKENS = 64  # question + header after the video
 DEVICE = "cuda"
+COMPILE = True
 
 
 def sync() -> None:
@@ -61,13 +63,7 @@ def timed_ms(fn, reps: int = 12, warmup: int = 3) -> float:
 
 
 def copy_bandwidth() -> float:
-    """Bytes read + written per second of a large device-to-device copy."""
-    n = 2**31 if DEVICE == "cuda" else 2**26
-    src = torch.empty(n, dtype=torch.bfloat16, device=DEVICE)
-    dst = torch.empty_like(src)
-    ms = timed_ms(lambda: dst.copy_(src), reps=10)
-    del src, dst
-    return 2 * n * 2 / (ms / 1000)
+    return shapes.copy_bandwidth(DEVICE)
 
 
 class Bench:
@@ -110,12 +106,13 @@ class Bench:
 
     def graphed(self, pattern: torch.Tensor, prefix_back: int = 0) -> float:
         """Our static step for ``pattern`` (q x width), replayed as a CUDA graph on the GPU."""
-        q = pattern.shape[0]
-        step = StaticStep(self.adapter, self.cache, pattern)
+        q, width = pattern.shape
+        step = StaticStep(self.adapter, self.cache, q, width, compile=COMPILE)
         tokens = torch.zeros(1, q, dtype=torch.long, device=DEVICE)
         positions = torch.full((1, q), self.context, dtype=torch.long, device=DEVICE)
         prefix = self.cache.length - prefix_back
-        return timed_ms(lambda: step(tokens, positions, prefix))
+        pattern = pattern.to(DEVICE)
+        return timed_ms(lambda: step(tokens, positions, prefix, pattern))
 
     def hf(self, tree: DraftTree | None) -> float:
         """Plain transformers: language model + head on a DynamicCache, cropped back after the step."""
@@ -151,18 +148,7 @@ class Bench:
         return (many - one) / (new_tokens - 1)
 
 
-def weight_bytes(adapter) -> int:
-    """Bytes of the language model and head read per step (embedding rows are gathered, not read)."""
-    lm = adapter.language_model
-    n = sum(p.numel() * p.element_size() for name, p in lm.named_parameters() if not name.startswith("embed_tokens"))
-    head = adapter.model.lm_head.weight
-    return n + head.numel() * head.element_size()
-
-
-def kv_bytes(adapter, context: int) -> int:
-    layer = adapter.language_model.config
-    head_dim = getattr(layer, "head_dim", None) or layer.hidden_size // layer.num_attention_heads
-    return 2 * layer.num_hidden_layers * layer.num_key_value_heads * head_dim * context * 2
+weight_bytes, kv_bytes = shapes.weight_bytes, shapes.kv_bytes
 
 
 def pruned_context(context: int) -> int:
@@ -223,9 +209,10 @@ def main() -> None:
     parser.add_argument("--tau", nargs="+", type=float, default=[3.8])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test of the script")
+    parser.add_argument("--no-compile", action="store_true", help="static steps without torch.compile")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, COMPILE
+    DEVICE, COMPILE = args.device, not args.no_compile and args.device == "cuda"
     bandwidth = copy_bandwidth()
     name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
     print(f"{name}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")

@@ -2,36 +2,62 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from specvlm.engine.static import gqa_attention, static_mask
+from specvlm.engine.static import StaticMask, bucket_capacity, static_attention
 
 
-def test_gqa_attention_equals_sdpa_with_repeated_heads():
+@pytest.mark.parametrize("q", [5, 40])  # 4 x 5 rows: FlexAttention; 4 x 40: the grouped matmul
+def test_static_attention_equals_sdpa_with_repeated_heads(q):
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 8, 5, 16, generator=g)
-    k = torch.randn(1, 2, 11, 16, generator=g)
-    v = torch.randn(1, 2, 11, 16, generator=g)
-    allowed = torch.rand(5, 11, generator=g) > 0.3
-    allowed[:, 0] = True
-    mask = torch.zeros(5, 11).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
-    ours, weights = gqa_attention(None, q, k, v, mask, scaling=0.25)
+    mask = StaticMask(q=q, width=6 + q, capacity=256, device="cpu", group=4)
+    mask.prefix.fill_(9)
+    pattern = torch.rand(q, 6 + q, generator=g) > 0.4
+    mask.pattern.copy_(pattern)
+    mask.update()
+    assert int(mask.num_blocks) == 1  # the prefix and the pattern fit in the first block of 128
+    n = q
+    q = torch.randn(1, 8, n, 16, generator=g)
+    k = torch.randn(1, 2, 256, 16, generator=g)
+    v = torch.randn(1, 2, 256, 16, generator=g)
+    ours, weights = static_attention(None, q, k, v, mask.block_mask, scaling=0.25)
+    dense = mask.dense(torch.float32)
     ref = torch.nn.functional.scaled_dot_product_attention(
-        q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1), attn_mask=mask, scale=0.25
+        q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1), attn_mask=dense, scale=0.25
     )
-    assert weights is None and ours.shape == (1, 5, 8, 16)
+    assert weights is None and ours.shape == (1, n, 8, 16)
     torch.testing.assert_close(ours, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
 
 
 def test_static_mask_places_the_pattern_after_the_prefix():
     pattern = torch.tensor([[True, False, False], [True, True, False]])
-    mask = static_mask(torch.tensor(4), pattern, capacity=9, dtype=torch.float32)[0, 0]
-    visible = mask == 0
-    expected = torch.zeros(2, 9, dtype=torch.bool)
+    mask = StaticMask(q=2, width=3, capacity=128, device="cpu")
+    mask.prefix.fill_(4)
+    mask.pattern.copy_(pattern)
+    visible = mask.dense(torch.float32)[0, 0] == 0
+    expected = torch.zeros(2, 128, dtype=torch.bool)
     expected[:, :4] = True
     expected[:, 4:7] = pattern
     assert torch.equal(visible, expected)
-    assert float(mask.min()) == torch.finfo(torch.float32).min
+    mask.prefix.fill_(300)
+    with pytest.raises(ValueError, match="whole blocks"):
+        StaticMask(q=2, width=3, capacity=100, device="cpu")
+
+
+def test_static_mask_visits_only_the_filled_blocks():
+    mask = StaticMask(q=1, width=26, capacity=1024, device="cpu")
+    for prefix, blocks in ((0, 1), (102, 1), (103, 2), (1000, 8)):
+        mask.prefix.fill_(prefix)
+        mask.update()
+        assert int(mask.num_blocks) == blocks
+
+
+def test_capacities_come_in_few_sizes():
+    sizes = {bucket_capacity(n) for n in range(1, 70000, 37)}
+    assert all(bucket_capacity(n) >= n for n in range(1, 70000, 37))
+    assert len(sizes) <= 8 + 4 * 5  # multiples of 512 to 4096, then four per doubling
+    assert bucket_capacity(16500) == 20480 and bucket_capacity(4096) == 4096
 
 
 def test_workspaces_are_reused_and_do_not_keep_models_alive(tiny_pairs):

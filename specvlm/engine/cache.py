@@ -7,7 +7,12 @@ The cache promises:
   ``[0, length + q)``; nothing is committed until the caller says so, so rejecting speculative
   tokens costs nothing: the length simply does not advance (gpt-fast style);
 - ``commit(n)`` keeps the first ``n`` written slots, ``commit_path(slots)`` keeps an arbitrary
-  subset (an accepted tree path) by compacting it in place to ``[length, length + len(slots))``.
+  subset (an accepted tree path) by compacting it in place to ``[length, length + len(slots))``;
+  ``move(src, dst)`` is the same copy with a device-side index and no host check, so an engine can
+  compact without waiting for the device;
+- a static cache (``static=True``) keeps every layer in one buffer when the layers agree in shape
+  and device, so one copy moves a path in all layers, and rounds its capacity up to whole attention
+  blocks (``BLOCK`` slots).
 
 The cache knows nothing about positions: rotary positions are the model adapter's business.
 """
@@ -38,9 +43,21 @@ class _StaticKVLayer(CacheLayerMixin):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, k_dim = key_states.shape
-        capacity = self.owner.capacity
+        owner = self.owner
+        capacity = owner.capacity
         self.dtype, self.device = key_states.dtype, key_states.device
-        self.keys = key_states.new_zeros((batch, heads, capacity, k_dim))
+        shape = (batch, heads, capacity, k_dim)
+        if owner.static and k_dim == value_states.shape[-1]:
+            storage = owner.storage
+            if storage is None and self is owner.layers[0]:
+                storage = owner.storage = key_states.new_zeros((len(owner.layers), 2) + shape)
+            if storage is not None and storage.shape[2:] == shape and storage.device == key_states.device:
+                index = owner.layers.index(self)
+                self.keys, self.values = storage[index, 0], storage[index, 1]
+                self.is_initialized = True
+                return
+            owner.storage = None  # layers differ: each keeps its own buffers
+        self.keys = key_states.new_zeros(shape)
         self.values = value_states.new_zeros((batch, heads, capacity, value_states.shape[-1]))
         self.is_initialized = True
 
@@ -49,23 +66,18 @@ class _StaticKVLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         owner = self.owner
         q = key_states.shape[-2]
-        start = owner.length
-        end = start + q
-        if end > owner.capacity:
-            raise CacheFullError(
-                f"KV cache capacity {owner.capacity} exceeded: {start} tokens cached, "
-                f"{q} more requested; build the cache with a larger capacity"
-            )
-        if owner.static:
-            # slots from the device-side length: a captured graph replays with the current one
+        if owner.full_view:
+            # a static step: slots from the device-side length, no host value read (a captured graph
+            # replays with the current length; the step checked the capacity before running)
             slots = (owner.length_tensor + torch.arange(q, device=owner.length_tensor.device)).to(self.keys.device)
             self.keys.index_copy_(2, slots, key_states)
             self.values.index_copy_(2, slots, value_states)
-        else:
-            self.keys[:, :, start:end] = key_states
-            self.values[:, :, start:end] = value_states
-        if owner.full_view:
             return self.keys, self.values
+        start = owner.length
+        end = start + q
+        owner.check_room(q)
+        self.keys[:, :, start:end] = key_states
+        self.values[:, :, start:end] = value_states
         return self.keys[:, :, :end], self.values[:, :, :end]
 
     def get_seq_length(self) -> int:
@@ -86,7 +98,7 @@ class _StaticKVLayer(CacheLayerMixin):
         """Copy slots ``src`` (ascending) to ``[dst_start, dst_start + len(src))``."""
         if not self.is_initialized:
             return
-        src = src.to(self.keys.device)
+        src = src.to(self.keys.device, non_blocking=True)
         n = src.numel()
         # index_select makes a copy first, so overlapping source and destination ranges are safe.
         self.keys[:, :, dst_start : dst_start + n] = self.keys.index_select(2, src)
@@ -102,10 +114,15 @@ class KVCache(Cache):
             speculative block.
     """
 
+    BLOCK = 128  # static caches hold whole blocks of this many slots (FlexAttention's KV block)
+
     def __init__(self, num_layers: int, capacity: int, *, static: bool = False, device=None):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if static:
+            capacity = -(-capacity // self.BLOCK) * self.BLOCK
         self.capacity = capacity
+        self.storage: torch.Tensor | None = None  # (layers, 2, B, H, capacity, D) when layers share one buffer
         self._length = 0
         # static: writes go to slots given by a device tensor mirror of the length, so a step can be
         # captured as a CUDA graph; full_view: attention sees the whole capacity (under a mask)
@@ -126,6 +143,13 @@ class KVCache(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
+
+    def check_room(self, q: int) -> None:
+        if self.length + q > self.capacity:
+            raise CacheFullError(
+                f"KV cache capacity {self.capacity} exceeded: {self.length} tokens cached, "
+                f"{q} more requested; build the cache with a larger capacity"
+            )
 
     def commit(self, n: int) -> None:
         """Keep the first ``n`` slots written by the last forward pass."""
@@ -150,10 +174,22 @@ class KVCache(Cache):
                 f"path slot {int(offsets[-1])} at length {self.length} lies past capacity {self.capacity}"
             )
         if not torch.equal(offsets, torch.arange(n)):
-            src = offsets + self.length
-            for layer in self.layers:
-                layer.move_slots(src, self.length)
+            self.move(offsets + self.length, self.length)
         self.commit(n)
+
+    def move(self, src: torch.Tensor, dst_start: int) -> None:
+        """Copy the slots ``src`` (absolute, ascending, each >= its destination) to ``[dst_start, ...)``
+        in every layer. Nothing is checked on the host: ``src`` may live on the device, so the copy is
+        queued without waiting for it."""
+        if src.numel() == 0:
+            return
+        if self.storage is not None:
+            src = src.to(self.storage.device, non_blocking=True)
+            n = src.numel()
+            self.storage[:, :, :, :, dst_start : dst_start + n] = self.storage.index_select(4, src)
+            return
+        for layer in self.layers:
+            layer.move_slots(src, dst_start)
 
     def rollback(self, length: int) -> None:
         """Forget everything after the first ``length`` slots."""

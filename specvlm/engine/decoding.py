@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from specvlm.engine.sampling import SamplingConfig, next_token
-from specvlm.engine.static import Workspace, default_static
+from specvlm.engine.static import Workspace, default_compile, default_static
 from specvlm.engine.stopping import StopRule
 from specvlm.models.base import PreparedInputs, VideoLMAdapter
 
@@ -27,6 +27,8 @@ class DecodeStats:
     target_passes: int = 0  # forward passes of the target after its prefill
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    warmup_s: float = 0.0  # of decode_s: compiling and capturing steps this call met first
+
 
     @property
     def tokens_per_s(self) -> float:
@@ -47,6 +49,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class Clock:
+    """Time spent in named phases, measured on the device's own clock (CUDA events on a GPU), so
+    timing a phase never makes the host wait for the device. ``mark(name)`` starts a phase and ends
+    the one before; ``seconds(name)`` (after the device has finished) sums a phase's spans."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list[tuple[str, object]] = []
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append((name, event))
+        else:
+            self.marks.append((name, time.perf_counter()))
+
+    def seconds(self, name: str) -> float:
+        total = 0.0
+        for (label, start), (_, end) in zip(self.marks, self.marks[1:]):
+            if label == name:
+                total += start.elapsed_time(end) / 1000 if self.cuda else end - start
+        return total
+
+
 def decode_target(
     adapter: VideoLMAdapter,
     prepared: PreparedInputs,
@@ -56,15 +83,19 @@ def decode_target(
     generator: torch.Generator | None = None,
     stop_strings: tuple[str, ...] = (),
     static: bool | None = None,
+    compile: bool | None = None,
 ) -> GenerationResult:
     """Decode with the target alone; stops on an EOS id (kept in the output), max_new_tokens or a
-    stop string (see stopping.StopRule)."""
+    stop string (see stopping.StopRule). ``static`` and ``compile`` as in ``speculative_decode``:
+    the baseline runs the same compiled, captured one-token step the speculative loop would."""
     stop = StopRule(adapter.eos_token_ids, max_new_tokens, stop_strings, adapter.tokenizer)
     stats = DecodeStats()
-    ws = Workspace.reuse(adapter, prepared.length + max_new_tokens, role="target", static=default_static(adapter, static))
+    ws = Workspace.reuse(adapter, prepared.length + max_new_tokens, role="target",
+                         static=default_static(adapter, static), compile=default_compile(adapter, compile))  # fmt: skip
+    warm = ws.warmup_s
     cache = ws.cache
     device = adapter.device
-    one = torch.ones(1, 1, dtype=torch.bool)
+    one = torch.ones(1, 1, dtype=torch.bool, device=device)
 
     _sync(device)
     t0 = time.perf_counter()
@@ -81,12 +112,14 @@ def decode_target(
         tokens.append(token_id)
         if stop.done(tokens):
             break
-        logits = ws.step(token.view(1, 1), torch.tensor([[position]]), cache.length, one)
+        positions = torch.full((1, 1), position, dtype=torch.long, device=device)
+        logits = ws.step(token.view(1, 1), positions, cache.length, one)
         cache.commit(1)
         stats.target_passes += 1
         position += 1
         token = next_token(logits[:, -1], sampling, generator)
     _sync(device)
     stats.decode_s = time.perf_counter() - t1
+    stats.warmup_s = ws.warmup_s - warm
     stats.new_tokens = len(tokens)
     return GenerationResult(token_ids=tokens, stats=stats)

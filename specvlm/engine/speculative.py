@@ -9,8 +9,9 @@ What it promises:
   sampled output distributed exactly as the target's, for chains and trees;
 - the draft may see a pruned prompt (``draft_inputs`` from ``drop_video_tokens``); positions come from
   each model's prepared inputs, never from a cache length;
-- fixed-capacity caches allocated once per call; rollback is a length change plus an in-place
-  compaction of the accepted tree path; one host sync per cycle for the accept decision (greedy).
+- fixed-capacity caches kept between calls; rollback is a length change plus an in-place compaction
+  of the accepted tree path, queued on the device; greedy cycles wait for the device once, for the
+  accept decision; drafting and verifying are timed on the device's clock, not by waiting.
 
 The engine knows nothing about video files or tokenization beyond the stop rules.
 """
@@ -23,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specvlm.engine.decoding import DecodeStats, GenerationResult, _sync
+from specvlm.engine.decoding import Clock, DecodeStats, GenerationResult, _sync
 from specvlm.engine.sampling import SamplingConfig, next_token, probabilities
-from specvlm.engine.static import Workspace, default_static
+from specvlm.engine.static import Workspace, default_compile, default_static
 from specvlm.engine.stopping import StopRule
 from specvlm.engine.tree import DraftTree
 from specvlm.engine.verify import Verdict, greedy_verdict, sampled_verdict
@@ -81,6 +82,7 @@ class SpecStats(DecodeStats):
             "drafting_s": self.drafting_s,
             "verify_s": self.verify_s,
             "decode_s": self.decode_s,
+            "warmup_s": self.warmup_s,
             "tokens_per_s": self.tokens_per_s,
         }
 
@@ -104,7 +106,7 @@ def check_pair(target: VideoLMAdapter, draft: VideoLMAdapter) -> None:
 
 @dataclass
 class _Draft:
-    tokens: torch.Tensor  # (N,) long on the target's device; node 0 is the root
+    tokens: torch.Tensor  # (N,) long on the draft's device; node 0 is the root
     q: torch.Tensor | None  # (N, V) float32, the distribution each node's children came from (sampling)
 
 
@@ -119,40 +121,46 @@ def _propose(
 ) -> tuple[_Draft, int, int]:
     """Draft a tree rooted at pending[-1]; returns the draft, the root's cache slot and the draft passes.
 
-    ``pending`` are accepted tokens the draft has not processed yet (the root last). The cache is
-    left holding them plus every drafted node above the deepest level, committed; the caller
-    rolls it back to the accepted path.
+    ``pending`` are accepted tokens the draft has not processed yet (the root last; one or two). Every
+    pass has ``tree.draft_width`` rows (padding rows see only the prefix), so one compiled, captured
+    step serves the whole tree; nothing here waits for the device. The cache is left holding the
+    pending tokens committed and the drafted levels written; the caller rolls it back to the
+    accepted path.
     """
     cache = ws.cache
-    n_nodes, device = tree.num_nodes, draft.device
-    tokens = torch.empty(n_nodes, dtype=torch.long, device=device)
-    tokens[0] = pending[-1]
+    n_nodes, device, rows = tree.num_nodes, draft.device, tree.draft_width
+    on = tree.on(device)
+    tokens = torch.zeros(n_nodes, dtype=torch.long, device=device)
+    step_tokens = torch.zeros(1, rows, dtype=torch.long, device=device)
+    for i, t in enumerate(pending):
+        step_tokens[0, i].fill_(t)
+    tokens[0].fill_(pending[-1])
     q = None if sampling.greedy else torch.zeros(n_nodes, draft.vocab_size, device=device)
     first = root_position - len(pending) + 1
-    causal = torch.ones(len(pending), len(pending), dtype=torch.bool).tril()
-    logits = ws.step(
-        torch.tensor([pending], device=device), torch.arange(first, root_position + 1)[None], cache.length, causal
-    )[:, -1:]  # (1, 1, V): the root's logits
+    logits = ws.step(step_tokens, (on.draft_rows + first)[None], cache.length, on.draft_patterns[len(pending) - 1])
     cache.commit(len(pending))
     root_slot = cache.length - 1
+    parent_logits = logits[0, len(pending) - 1 : len(pending)]  # (1, V): the root's logits
     passes = 1
     for depth in range(1, tree.depth + 1):
         parents = tree.level_slices[depth - 1]
         level = tree.level_slices[depth]
-        parent_logits = logits[0]  # (len(parents), V)
-        child_parent = tree.parent[level] - parents.start  # (len(level),) index into parents
+        child_parent = on.parent[level] - parents.start  # (len(level),) index into parents
         if sampling.greedy:
             top = torch.topk(parent_logits, min(tree.max_children, draft.vocab_size), dim=-1).indices
-            tokens[level] = top[child_parent.to(device), tree.rank[level].to(device)]
+            tokens[level] = top[child_parent, on.rank[level]]
         else:
             dist = probabilities(parent_logits, sampling)  # (len(parents), V)
             q[parents] = dist
-            tokens[level] = torch.multinomial(dist[child_parent.to(device)], 1, generator=generator).flatten()
+            tokens[level] = torch.multinomial(dist[child_parent], 1, generator=generator).flatten()
         if depth == tree.depth:
             break
-        positions = (root_position + depth) * torch.ones(1, level.stop - level.start, dtype=torch.long)
-        logits = ws.step(tokens[level][None], positions, root_slot, tree.ancestor_mask[level, : level.stop])
-        cache.commit(level.stop - level.start)
+        width = level.stop - level.start
+        step_tokens[0, :width] = tokens[level]
+        positions = torch.full((1, rows), root_position + depth, dtype=torch.long, device=device)
+        logits = ws.step(step_tokens, positions, root_slot, on.draft_patterns[depth + 1])
+        cache.commit(width)
+        parent_logits = logits[0, :width]
         passes += 1
     return _Draft(tokens=tokens, q=q), root_slot, passes
 
@@ -172,6 +180,8 @@ def speculative_decode(
     prune: PruneConfig | None = None,
     reindex: bool = False,
     static: bool | None = None,
+    compile: bool | None = None,
+    on_proposal: Callable[[torch.Tensor, int], None] | None = None,
 ) -> GenerationResult:
     """Generate with the target's exact output, drafting with ``draft`` on ``draft_inputs``.
 
@@ -180,18 +190,22 @@ def speculative_decode(
     the video tokens when the strategy needs scores) picks the kept tokens, and the draft is
     prefilled with those only (``reindex`` as in ``drop_video_tokens``). ``on_tokens`` receives
     each cycle's newly accepted tokens (for streaming). ``static`` runs the draft and verify steps
-    as captured CUDA graphs (default: on a single GPU; see engine/static.py).
+    as captured CUDA graphs (default: on a single GPU), ``compile`` compiles them (default: with
+    static steps on a GPU; see engine/static.py). ``on_proposal(tokens, emitted)`` may rewrite the
+    proposal's node tokens (N,) on the device before verification, ``emitted`` tokens into the
+    output (benchmarks use it to control acceptance; the output stays the target's).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     stop = StopRule(target.eos_token_ids, max_new_tokens, stop_strings, target.tokenizer)
     stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
-    n_nodes = tree.num_nodes
-    t_ws = Workspace.reuse(
-        target, target_inputs.length + max_new_tokens + n_nodes, role="target", static=default_static(target, static)
-    )
-    t_cache = t_ws.cache
-    t_device = target.device
+    room = max_new_tokens + tree.num_nodes + tree.draft_width
+    t_static, d_static = default_static(target, static), default_static(draft, static)
+    t_ws = Workspace.reuse(target, target_inputs.length + room, role="target", static=t_static,
+                           compile=default_compile(target, compile))  # fmt: skip
+    t_cache, t_device = t_ws.cache, target.device
+    t_tree = tree.on(t_device)
+    warm = t_ws.warmup_s
 
     _sync(t_device)
     t0 = time.perf_counter()
@@ -208,10 +222,10 @@ def speculative_decode(
     stats.video_tokens, stats.draft_video_tokens = len(target_inputs.video), len(draft_inputs.video)
     _sync(t_device)
     t1 = time.perf_counter()
-    d_ws = Workspace.reuse(
-        draft, draft_inputs.length + max_new_tokens + n_nodes, role="draft", static=default_static(draft, static)
-    )
+    d_ws = Workspace.reuse(draft, draft_inputs.length + room, role="draft", static=d_static,
+                           compile=default_compile(draft, compile))  # fmt: skip
     d_cache = d_ws.cache  # sized for the pruned prompt: smaller
+    warm += d_ws.warmup_s
     draft.prefill(draft_inputs, d_cache)
     _sync(draft.device)
     t2 = time.perf_counter()
@@ -223,46 +237,55 @@ def speculative_decode(
     position = target_inputs.next_position  # the root's rotary position in the target
     draft_offset = draft_inputs.next_position - target_inputs.next_position
     pending = [root]
+    clock = Clock(t_device)
     while not stop.done(tokens):
         # propose
-        ta = time.perf_counter()
-        proposal, root_slot, passes = _propose(
-            draft, d_ws, tree, pending, position + draft_offset, sampling, generator
-        )
+        clock.mark("draft")
+        proposal, root_slot, passes = _propose(draft, d_ws, tree, pending, position + draft_offset, sampling, generator)
         stats.draft_passes += passes
-        _sync(draft.device)
-        tb = time.perf_counter()
-        # verify: every node in one target pass
         node_tokens = proposal.tokens.to(t_device)
-        positions = (position + tree.node_depth)[None]
-        logits = t_ws.step(node_tokens[None], positions, t_cache.length, tree.ancestor_mask)[0]  # (N, V)
+        if on_proposal is not None:
+            on_proposal(node_tokens, len(tokens))
+        # verify: every node in one target pass, the accept decision on the device, one transfer back
+        clock.mark("verify")
+        logits = t_ws.step(node_tokens[None], (position + t_tree.node_depth)[None], t_cache.length, t_tree.ancestor_mask)[0]
         if sampling.greedy:
             verdict: Verdict = greedy_verdict(tree, node_tokens, logits.argmax(-1))
         else:
             p = probabilities(logits, sampling)
             verdict = sampled_verdict(tree, node_tokens, proposal.q.to(t_device), p, generator)
         stats.target_passes += 1
-        # roll back both caches to the accepted path
-        t_cache.commit_path(torch.tensor(verdict.accepted))
-        processed = [a for a in verdict.accepted[1:] if tree.node_depth[a] < tree.depth]
+        # roll back both caches to the accepted path: device-side copies, queued without waiting
+        n = verdict.num_accepted
+        path = verdict.path if verdict.path is not None else _padded_path(verdict.accepted, tree.depth, t_device)
+        t_cache.move(path.clamp(min=0) + t_cache.length, t_cache.length)
+        t_cache.commit(n + 1)
+        processed = min(n, tree.depth - 1)  # the draft never ran the last level
         d_cache.rollback(root_slot + 1)
-        d_cache.commit_path(torch.tensor(processed, dtype=torch.long) - 1)
+        d_cache.move(path[1 : tree.depth].clamp(min=0).to(draft.device) + root_slot, root_slot + 1)
+        d_cache.commit(processed)
         # emit
-        accepted_tokens = node_tokens[verdict.accepted[1:]].tolist()
+        accepted_tokens = verdict.accepted_tokens
+        if accepted_tokens is None:
+            accepted_tokens = node_tokens[verdict.accepted[1:]].tolist()
         new = accepted_tokens + [verdict.next_token]
-        for d in range(verdict.num_accepted + 1):
+        for d in range(n + 1):
             stats.reached_depth[d] += 1
         kept = stop.cut(tokens, new)
         tokens.extend(kept)
         stats.cycle_tokens += len(kept)
         if on_tokens is not None and kept:
             on_tokens(kept)
-        unprocessed = accepted_tokens[len(processed) :]  # the deepest accepted node, if any
-        pending = unprocessed + [verdict.next_token]
-        position += verdict.num_accepted + 1
-        _sync(t_device)
-        stats.verify_s += time.perf_counter() - tb
-        stats.drafting_s += tb - ta
+        pending = accepted_tokens[processed:] + [verdict.next_token]  # the deepest accepted node, if unprocessed
+        position += n + 1
+    clock.mark("end")
+    _sync(t_device)
     stats.decode_s = time.perf_counter() - t2
+    stats.drafting_s, stats.verify_s = clock.seconds("draft"), clock.seconds("verify")
     stats.new_tokens = len(tokens)
+    stats.warmup_s = t_ws.warmup_s + d_ws.warmup_s - warm
     return GenerationResult(token_ids=tokens, stats=stats, selection=selection, scores=scores)
+
+
+def _padded_path(accepted: list[int], depth: int, device) -> torch.Tensor:
+    return torch.tensor(accepted + [-1] * (depth + 1 - len(accepted)), device=device)

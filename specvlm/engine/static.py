@@ -1,73 +1,136 @@
-"""Static-shape decode steps, captured as CUDA graphs: drafting and verifying near the bandwidth floor.
+"""Static-shape decode steps: compiled, captured as CUDA graphs, near the bandwidth floor.
 
 A one-token step of a 7B model is ~15 us of work per kernel and hundreds of kernels; launched from
-Python it costs several times the time to read the weights. Here each step shape (q new tokens
-with a fixed attention pattern among them) is captured once as a CUDA graph and replayed:
-- the KV cache is written at slots ``length + arange(q)`` given by a device tensor, and attention
-  spans the whole preallocated capacity under a mask built on the device from the same length, so
-  nothing in the step depends on a Python number;
-- attention is grouped-query matmul attention (``gqa_attention``): each key/value head is read
-  once for all of its query heads, never repeated into a copy of the cache;
-- the prefix/tree mask: slots before ``prefix`` are visible; the ``width`` slots from ``prefix`` on
-  follow a fixed boolean ``pattern`` (q x width); everything else is hidden.
+Python it costs several times the time to read the weights. Here each step shape (q new tokens and a
+visibility pattern among them) is built once per model and replayed:
+- the language model's forward is compiled (``torch.compile``, static shapes) so norms, rotary
+  embeddings and activations fuse; the compiled step is captured as a CUDA graph and replayed;
+- the KV cache is written at slots ``length + arange(q)`` given by a device tensor, and attention is
+  FlexAttention over the cache's whole capacity under a block mask whose block count and pattern are
+  device tensors: it reads each key/value head once for all query heads and all q tokens, only the
+  blocks up to the filled length, at flash-decoding speed; nothing in a step depends on a host value;
+- the mask: slots before ``prefix`` are visible; the ``width`` slots from ``prefix`` on follow a
+  boolean ``pattern`` (q x width) held in the step's own buffer, so one graph serves every pattern of
+  its shape (every level of a draft tree, padded to one q).
 
-Off the GPU (or with ``use_graphs=False``) the same static step runs eagerly, which is how the CPU
-tests check it against the ordinary path. Prefill stays on the ordinary kernels.
+Off the GPU the same static step runs eagerly (FlexAttention's reference path), which is how the
+CPU tests check it against the ordinary path. Prefill stays on the ordinary kernels.
+
+Compilation is on by default on a GPU; ``compile=False`` (or ``SPECVLM_COMPILE=0``) turns it off,
+leaving the graphs and the compiled attention kernel. Inductor keeps its compiled code on disk
+(``TORCHINDUCTOR_CACHE_DIR``, by default ``~/.cache/specvlm/inductor``), so a later process with the
+same model shapes starts warm.
 """
 
 from __future__ import annotations
 
+import os
+import time
+import warnings
 import weakref
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from specvlm.engine.cache import KVCache
 
-STATIC_ATTENTION = "specvlm_static_gqa"
+STATIC_ATTENTION = "specvlm_static_flex"
+KV_BLOCK = KVCache.BLOCK
+
+_compiled_flex = None
 
 
-def gqa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """softmax(q k^T * scaling + mask) v with key/value heads shared by groups of query heads.
+def _flex(query, key, value, block_mask, scale):
+    """FlexAttention: compiled on a GPU (the fused kernel), the reference path on a CPU."""
+    global _compiled_flex
+    if torch.compiler.is_compiling():
+        return flex_attention(query, key, value, block_mask=block_mask, scale=scale)
+    if query.device.type != "cuda":
+        with warnings.catch_warnings():  # the reference path is what a CPU run wants
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex_attention(query, key, value, block_mask=block_mask, scale=scale)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(query, key, value, block_mask=block_mask, scale=scale)
 
-    query (B, Hq, q, D); key, value (B, Hkv, C, D); attention_mask (B, 1, q, C) additive.
-    Returns (B, q, Hq, D) like transformers' attention functions, and no weights.
+
+FLEX_DECODING_ROWS = 128  # FlexAttention's decoding kernel takes fewer query rows than this
+
+
+def static_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention of q new tokens over a whole static cache under a StaticMask's BlockMask.
+
+    query (B, Hq, q, D); key, value (B, Hkv, C, D). The query heads sharing a key/value head are
+    folded into the query length (rep * q rows per KV head), so each KV head is read once for all
+    of them: on FlexAttention's split-KV decoding kernel when the rows fit it (one-token steps,
+    draft levels), else as a grouped matmul under the same mask (tree verification: 130-182 rows
+    for the published targets). Returns (B, q, Hq, D) like transformers' attention functions, and
+    no weights.
     """
     b, hq, q, d = query.shape
     hkv, c = key.shape[1], key.shape[2]
     rep = hq // hkv
-    scale = scaling if scaling is not None else d**-0.5
-    grouped = query.reshape(b, hkv, rep * q, d)  # query heads h*rep..h*rep+rep-1 share kv head h
-    scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scale  # (B, Hkv, rep*q, C)
-    scores = scores.view(b, hkv, rep, q, c)
-    if attention_mask is not None:
-        scores = scores + attention_mask[:, :, None].float()  # (B, 1, 1, q, C)
-    probs = scores.softmax(-1).to(value.dtype).view(b, hkv, rep * q, c)
-    out = torch.matmul(probs, value).view(b, hq, q, d)
-    return out.transpose(1, 2).contiguous(), None
+    grouped = query.reshape(b, hkv, rep * q, d)  # row r * q + i: head h * rep + r, token i
+    if rep * q < FLEX_DECODING_ROWS:
+        out = _flex(grouped, key, value, attention_mask, scaling)
+    else:
+        scale = scaling if scaling is not None else d**-0.5
+        rows = torch.arange(q, device=query.device)[:, None]
+        allowed = attention_mask.mask_mod(0, 0, rows, torch.arange(c, device=query.device)[None])  # (q, C)
+        scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scale
+        scores = scores.view(b, hkv, rep, q, c).masked_fill(~allowed, float("-inf"))
+        probs = scores.softmax(-1).to(value.dtype).view(b, hkv, rep * q, c)
+        out = torch.matmul(probs, value)
+    return out.view(b, hq, q, d).transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(STATIC_ATTENTION, gqa_attention)
+AttentionInterface.register(STATIC_ATTENTION, static_attention)
 AttentionMaskInterface.register(STATIC_ATTENTION, AttentionMaskInterface._global_mapping["sdpa"])
 
 
-def static_mask(
-    prefix: torch.Tensor,  # () long, slots before it are visible
-    pattern: torch.Tensor,  # (q, width) bool, visibility of the slots [prefix, prefix + width)
-    capacity: int,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Additive mask (1, 1, q, capacity) built on the device (capturable: no host values)."""
-    q, width = pattern.shape
-    slot = torch.arange(capacity, device=pattern.device)
-    offset = slot - prefix
-    in_block = (offset >= 0) & (offset < width)
-    block = pattern[:, offset.clamp(0, width - 1)] & in_block  # (q, capacity)
-    allowed = (slot < prefix) | block
-    mask = torch.zeros(q, capacity, dtype=dtype, device=pattern.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+class StaticMask:
+    """The prefix/pattern mask of one step shape as a FlexAttention BlockMask over a whole capacity.
+
+    ``prefix`` (a 0-d long) and ``pattern`` (q x width bool) are device buffers the caller fills;
+    ``update()`` sets the number of KV blocks to visit from the prefix, on the device, so blocks past
+    the filled part are never read.
+    """
+
+    def __init__(self, q: int, width: int, capacity: int, device, *, group: int = 1):
+        if capacity % KV_BLOCK:
+            raise ValueError(f"a static mask needs a capacity in whole blocks of {KV_BLOCK}, got {capacity}")
+        self.width, self.blocks = width, capacity // KV_BLOCK
+        self.prefix = torch.zeros((), dtype=torch.long, device=device)
+        self.pattern = torch.zeros(q, width, dtype=torch.bool, device=device)
+        self.num_blocks = torch.zeros(1, 1, 1, dtype=torch.int32, device=device)
+        indices = torch.arange(self.blocks, dtype=torch.int32, device=device).view(1, 1, 1, -1)
+        prefix, pattern = self.prefix, self.pattern
+
+        def mask_mod(b, h, q_idx, kv_idx):  # q_idx: row r * q + i of a folded group (see static_attention)
+            offset = kv_idx - prefix
+            inside = (offset >= 0) & (offset < width)
+            return (kv_idx < prefix) | (inside & pattern[q_idx % q, offset.clamp(0, width - 1)])
+
+        self.mask_mod = mask_mod
+        self.block_mask = BlockMask.from_kv_blocks(
+            self.num_blocks, indices, BLOCK_SIZE=(KV_BLOCK, KV_BLOCK), mask_mod=mask_mod,
+            seq_lengths=(group * q, capacity), compute_q_blocks=False,
+        )  # fmt: skip
+
+    def update(self) -> None:
+        blocks = torch.div(self.prefix + (self.width + KV_BLOCK - 1), KV_BLOCK, rounding_mode="floor")
+        self.num_blocks.copy_(blocks.clamp(max=self.blocks).view(1, 1, 1))
+
+    def dense(self, dtype: torch.dtype) -> torch.Tensor:
+        """The same mask as an additive (1, 1, q, capacity) tensor (for checking)."""
+        q = self.pattern.shape[0]
+        kv = torch.arange(self.blocks * KV_BLOCK, device=self.prefix.device)
+        allowed = self.mask_mod(0, 0, torch.arange(q, device=kv.device)[:, None], kv[None])
+        return torch.zeros(allowed.shape, dtype=dtype, device=kv.device).masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
 
 
 def block_mask(prefix: int, pattern: torch.Tensor, kv_length: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -76,51 +139,96 @@ def block_mask(prefix: int, pattern: torch.Tensor, kv_length: int, dtype: torch.
     q, width = pattern.shape
     allowed = torch.zeros(q, kv_length, dtype=torch.bool)
     allowed[:, :prefix] = True
-    allowed[:, prefix : prefix + width] = pattern.cpu()
+    end = min(prefix + width, kv_length)
+    allowed[:, prefix:end] = pattern.cpu()[:, : end - prefix]
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask.to(device)[None, None]
 
 
-class StaticStep:
-    """One step shape of one model: q tokens written at ``cache.length``, a fixed pattern among them.
+@contextmanager
+def _static_run(adapter, cache: KVCache):
+    """The language model on the static attention over the cache's whole capacity."""
+    config = adapter.language_model.config
+    original = config._attn_implementation
+    config._attn_implementation = STATIC_ATTENTION
+    cache.full_view = True
+    try:
+        yield
+    finally:
+        config._attn_implementation = original
+        cache.full_view = False
 
-    Call with token ids (1, q), rotary positions (1, q) and the prefix length; returns logits
-    (1, q, V). The cache must be a static KVCache (``KVCache(..., static=True)``).
+
+def default_compile(adapter, compile: bool | None) -> bool:
+    """Compile static steps on a GPU unless told not to (argument, or SPECVLM_COMPILE=0)."""
+    if compile is not None:
+        return compile
+    return adapter.device.type == "cuda" and os.environ.get("SPECVLM_COMPILE", "1") != "0"
+
+
+def _prepare_compiler() -> None:
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "specvlm" / "inductor"))
+    config = torch._dynamo.config
+    # one compiled graph per (model, step shape, capacity): more than dynamo's default of 8
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 64))
+    if hasattr(config, "accumulated_recompile_limit"):
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 512)
+
+
+# adapter -> compiled language model; weak, so dropping a model drops its compiled code
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_language_model(adapter):
+    lm = _COMPILED.get(adapter.language_model)
+    if lm is None:
+        _prepare_compiler()
+        lm = _COMPILED[adapter.language_model] = torch.compile(adapter.language_model, dynamic=False)
+    return lm
+
+
+class StaticStep:
+    """One step shape of one model: q tokens written at ``cache.length``, a q x width pattern among
+    the ``width`` slots from the prefix on.
+
+    Call with token ids (1, q), rotary positions (1, q), the prefix length and the pattern, all
+    device tensors (or ints), so nothing waits for the device; returns logits (1, q, V) in a buffer
+    the next call overwrites. The cache must be a static KVCache (``KVCache(..., static=True)``).
     """
 
-    def __init__(self, adapter, cache: KVCache, pattern: torch.Tensor, *, use_graphs: bool | None = None):
+    def __init__(self, adapter, cache: KVCache, q: int, width: int, *, use_graphs: bool | None = None,
+                 compile: bool = False):  # fmt: skip
         if not cache.static:
             raise ValueError("static steps need a KVCache built with static=True")
         device = adapter.device
-        self.adapter, self.cache = adapter, cache
-        self.pattern = pattern.to(device)
-        q = pattern.shape[0]
+        self.adapter, self.cache, self.q = adapter, cache, q
+        config = adapter.language_model.config
+        group = config.num_attention_heads // config.num_key_value_heads
+        self.mask = StaticMask(q, width, cache.capacity, device, group=group)
         self.tokens = torch.zeros(1, q, dtype=torch.long, device=device)
         self.positions = torch.zeros(1, q, dtype=torch.long, device=device)
-        self.prefix = torch.zeros((), dtype=torch.long, device=device)
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
+        self.language_model = compiled_language_model(adapter) if compile else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
+        self.warmup_s = 0.0  # compiling and capturing, paid once
 
     def _run(self) -> torch.Tensor:
-        adapter, cache = self.adapter, self.cache
-        mask = static_mask(self.prefix, self.pattern, cache.capacity, adapter.dtype)
-        config = adapter.language_model.config
-        original = config._attn_implementation
-        config._attn_implementation = STATIC_ATTENTION
-        cache.full_view = True
-        try:
-            return adapter.step(self.tokens, self.positions, cache, mask)
-        finally:
-            config._attn_implementation = original
-            cache.full_view = False
+        self.mask.update()
+        with _static_run(self.adapter, self.cache):
+            return self.adapter.step(
+                self.tokens, self.positions, self.cache, self.mask.block_mask, language_model=self.language_model
+            )
 
     def _capture(self) -> None:
         cache = self.cache
         length = cache.length
+        t0 = time.perf_counter()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up off the capture, as CUDA graphs require
+        with torch.cuda.stream(stream):  # warm-up (and compilation) off the capture, as CUDA graphs require
             for _ in range(2):
                 self._run()
         torch.cuda.current_stream().wait_stream(stream)
@@ -128,12 +236,24 @@ class StaticStep:
         with torch.cuda.graph(self.graph):
             self.logits = self._run()
         cache.rollback(length)  # the warm-ups wrote slots past the length, nothing was committed
+        torch.cuda.synchronize()
+        self.warmup_s += time.perf_counter() - t0
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, prefix: int | torch.Tensor) -> torch.Tensor:
-        self.tokens.copy_(tokens)
-        self.positions.copy_(positions)
-        self.prefix.copy_(torch.as_tensor(prefix))
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, prefix, pattern: torch.Tensor) -> torch.Tensor:
+        self.cache.check_room(self.q)
+        self.tokens.copy_(tokens, non_blocking=True)
+        self.positions.copy_(positions, non_blocking=True)
+        if isinstance(prefix, torch.Tensor):
+            self.mask.prefix.copy_(prefix, non_blocking=True)
+        else:
+            self.mask.prefix.fill_(prefix)
+        self.mask.pattern.copy_(pattern, non_blocking=True)
         if not self.use_graphs:
+            if self.language_model is not None and self.logits is None:
+                t0 = time.perf_counter()
+                self.logits = self._run()  # the first call compiles
+                self.warmup_s += time.perf_counter() - t0
+                return self.logits
             return self._run()
         if self.graph is None:
             self._capture()
@@ -150,9 +270,17 @@ def default_static(adapter, static: bool | None) -> bool:
     return adapter.device.type == "cuda" and not multi
 
 
-# adapter -> {(role, static): Workspace}; weak, so dropping a model frees its caches and graphs
+# adapter -> {(role, static, compile): Workspace}; weak, so dropping a model frees its caches and graphs
 _REUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_CAPACITY_STEP = 512
+
+
+def bucket_capacity(n: int) -> int:
+    """Capacities come in few sizes (multiples of 512 up to 4096, then four per doubling), so a new
+    prompt length rarely needs newly compiled steps."""
+    if n <= 4096:
+        return -(-n // 512) * 512
+    step = 1 << (n.bit_length() - 3)  # a quarter of the power of two below n
+    return -(-n // step) * step
 
 
 class Workspace:
@@ -160,42 +288,52 @@ class Workspace:
 
     ``step(tokens, positions, prefix, pattern)`` writes q tokens at ``cache.length``; they see every
     slot before ``prefix`` and, among the ``width`` slots from ``prefix`` on, those ``pattern``
-    (q x width bool) allows. Static workspaces run each pattern as a captured CUDA graph (on a GPU);
-    dynamic ones run the ordinary kernels on the filled part of the cache only.
+    (q x width bool) allows. Static workspaces run one compiled, captured step per (q, width) shape
+    (on a GPU); dynamic ones run the ordinary kernels on the filled part of the cache only.
     """
 
-    def __init__(self, adapter, capacity: int, *, static: bool = False, use_graphs: bool | None = None):
+    def __init__(self, adapter, capacity: int, *, static: bool = False, use_graphs: bool | None = None,
+                 compile: bool = False):  # fmt: skip
         self.adapter = adapter
         self.static = static
+        self.compile = compile and static
         self.use_graphs = use_graphs
         self.cache = adapter.new_cache(capacity, static=static)
-        self._steps: dict[tuple, StaticStep] = {}
+        self._steps: dict[tuple[int, int], StaticStep] = {}
 
     @classmethod
-    def reuse(cls, adapter, capacity: int, *, role: str, static: bool) -> "Workspace":
+    def reuse(cls, adapter, capacity: int, *, role: str, static: bool, compile: bool = False) -> "Workspace":
         """An emptied workspace of at least ``capacity`` for (adapter, role), kept between calls.
 
-        Keeping it keeps the preallocated cache and the captured graphs, so only the first call
-        of a size pays for allocation and capture. One generation at a time per adapter and role.
+        Keeping it keeps the preallocated cache and the compiled, captured steps, so only the first
+        call of a size pays for allocation, compilation and capture. One generation at a time per
+        adapter and role.
         """
         kept = _REUSED.setdefault(adapter, {})
-        ws = kept.get((role, static))
+        key = (role, static, compile and static)
+        ws = kept.get(key)
         if ws is None or ws.cache.capacity < capacity:
-            kept.pop((role, static), None)  # free the old buffers before allocating larger ones
-            capacity = -(-capacity // _CAPACITY_STEP) * _CAPACITY_STEP
+            kept.pop(key, None)  # free the old buffers before allocating larger ones
             # a proxy, not the adapter: the workspace must not keep its own key alive
-            ws = kept[(role, static)] = cls(weakref.proxy(adapter), capacity, static=static)
+            ws = kept[key] = cls(weakref.proxy(adapter), bucket_capacity(capacity), static=static, compile=compile)
         ws.cache.rollback(0)
         return ws
+
+    @property
+    def warmup_s(self) -> float:
+        """Seconds spent so far compiling and capturing this workspace's steps."""
+        return sum(step.warmup_s for step in self._steps.values())
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, prefix: int, pattern: torch.Tensor) -> torch.Tensor:
         """Logits (1, q, V); the tokens' keys/values are written, not committed."""
         if self.static:
-            key = (tuple(pattern.shape), pattern.cpu().numpy().tobytes())
+            key = tuple(pattern.shape)
             step = self._steps.get(key)
             if step is None:
-                step = self._steps[key] = StaticStep(self.adapter, self.cache, pattern, use_graphs=self.use_graphs)
-            return step(tokens, positions, prefix)
+                step = self._steps[key] = StaticStep(
+                    self.adapter, self.cache, *key, use_graphs=self.use_graphs, compile=self.compile
+                )
+            return step(tokens, positions, prefix, pattern)
         cache = self.cache
         q = pattern.shape[0]
         if q == 1 and prefix == cache.length and bool(pattern.all()):

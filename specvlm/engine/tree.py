@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -151,6 +152,55 @@ class DraftTree:
             path.reverse()
             rows.append(path + [-1] * (self.depth + 1 - len(path)))
         return torch.tensor(rows)
+
+    @cached_property
+    def draft_width(self) -> int:
+        """Rows of every draft pass: the widest level the draft runs (levels 1..depth-1), at least 2
+        (the root pass may hold an accepted leaf and the new root)."""
+        widths = [s.stop - s.start for s in self.level_slices[1:-1]]
+        return max([2, *widths])
+
+    def draft_patterns(self) -> tuple[torch.Tensor, ...]:
+        """(draft_width, num_nodes) bool visibility patterns of the draft's passes, all one shape:
+        [0], [1]: the root pass with 1 or 2 pending tokens (causal among them); [d + 1]: level d's
+        nodes over the block of nodes 0..N-1 (their ancestors). Padding rows see only the prefix."""
+        rows, n = self.draft_width, self.num_nodes
+        patterns = []
+        for pending in (1, 2):
+            p = torch.zeros(rows, n, dtype=torch.bool)
+            p[:pending, :pending] = torch.ones(pending, pending, dtype=torch.bool).tril()
+            patterns.append(p)
+        for level in self.level_slices[1:-1]:
+            p = torch.zeros(rows, n, dtype=torch.bool)
+            p[: level.stop - level.start] = self.ancestor_mask[level]
+            patterns.append(p)
+        return tuple(patterns)
+
+    @cached_property
+    def _on_device(self) -> dict:
+        return {}
+
+    def on(self, device) -> SimpleNamespace:
+        """The tensors the engine needs each cycle, copied to ``device`` once: parent, rank,
+        node_depth, ancestor_mask, retrieve_paths, draft_patterns, the main path (nodes 0, 00, ...)."""
+        device = torch.device(device)
+        found = self._on_device.get(device)
+        if found is None:
+            main, node = [0], 0
+            while self.children(node):
+                node = self.children(node)[0]
+                main.append(node)
+            found = self._on_device[device] = SimpleNamespace(
+                parent=self.parent.to(device),
+                rank=self.rank.to(device),
+                node_depth=self.node_depth.to(device),
+                ancestor_mask=self.ancestor_mask.to(device),
+                retrieve_paths=self.retrieve_paths.to(device),
+                draft_patterns=tuple(p.to(device) for p in self.draft_patterns()),
+                draft_rows=torch.arange(self.draft_width, device=device),
+                main_path=torch.tensor(main, device=device),
+            )
+        return found
 
     def children(self, node: int) -> list[int]:
         """Child node indices of ``node`` in rank order."""

@@ -17,7 +17,7 @@ after a rejection p becomes norm(max(0, p - q)) for the next sibling. Exact in d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,9 @@ class Verdict:
     accepted: list[int]  # node indices root-first: [0, a1, ..., am]; m accepted draft tokens
     next_token: int  # bonus or recovered token
     recovered: bool  # True when next_token was resampled after a rejection
+    accepted_tokens: list[int] | None = field(default=None, compare=False)  # tokens of accepted[1:]
+    # (depth + 1,) long on the device: accepted, then any nodes (or -1) as padding
+    path: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_accepted(self) -> int:
@@ -42,17 +45,26 @@ def greedy_verdict(
     tokens: torch.Tensor,  # (N,) long, node tokens (root included)
     target_argmax: torch.Tensor,  # (N,) long, the target's argmax at each node
 ) -> Verdict:
-    """Longest path whose tokens all equal the target's argmax at their parents, then the bonus."""
-    parent = tree.parent.to(tokens.device)
+    """Longest path whose tokens all equal the target's argmax at their parents, then the bonus.
+
+    Computed on the device; one transfer brings back the accepted length, the path and its tokens.
+    """
+    on = tree.on(tokens.device)
+    target_argmax = target_argmax.to(tokens.device)
     correct = torch.zeros(tree.num_nodes + 1, dtype=torch.bool, device=tokens.device)  # last slot: padding
-    correct[1:-1] = tokens[1:] == target_argmax[parent[1:]]
-    paths = tree.retrieve_paths.to(tokens.device)  # (leaves, depth + 1), -1 padded
+    correct[1:-1] = tokens[1:] == target_argmax[on.parent[1:]]
+    paths = on.retrieve_paths  # (leaves, depth + 1), -1 padded
     along = correct[paths[:, 1:]]  # -1 indexes the False padding slot
     lengths = along.long().cumprod(dim=1).sum(dim=1)  # accepted draft tokens per path
-    best = int(lengths.argmax())
-    n = int(lengths[best])
-    accepted = paths[best, : n + 1].tolist()
-    return Verdict(accepted=accepted, next_token=int(target_argmax[accepted[-1]]), recovered=False)
+    best = lengths.argmax()
+    n = lengths[best]
+    path = paths[best]
+    last = path.gather(0, n.view(1))
+    packed = torch.cat([n.view(1), target_argmax[last], path, tokens[path.clamp(min=0)]]).tolist()
+    n, next_token, depth = packed[0], packed[1], tree.depth
+    accepted = packed[2 : 2 + n + 1]
+    tokens_along = packed[3 + depth + 1 : 3 + depth + 1 + n]
+    return Verdict(accepted=accepted, next_token=next_token, recovered=False, accepted_tokens=tokens_along, path=path)
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

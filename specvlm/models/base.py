@@ -251,6 +251,7 @@ class VideoLMAdapter(ABC):
         attention_mask: torch.Tensor | None = None,  # (1, 1, q, cache.length + q) additive float
         *,
         logits_at: slice | torch.Tensor | None = None,
+        language_model=None,
         **lm_kwargs,
     ) -> torch.Tensor:
         """Run the language model on ``q`` new tokens after ``cache.length`` cached ones.
@@ -258,12 +259,15 @@ class VideoLMAdapter(ABC):
         Writes the new keys/values at slots [cache.length, cache.length + q) without committing them.
         Returns logits (1, q', vocab_size) in float32 on ``self.device`` for the positions
         ``logits_at`` (all by default).
-        A ``None`` mask means plain causal attention (the fast kernel's causal path on a prefill).
+        A ``None`` mask means plain causal attention (the fast kernel's causal path on a prefill); a
+        FlexAttention ``BlockMask`` goes to the static steps' attention (engine/static.py).
+        ``language_model`` runs in place of the model's own (its compiled form).
         """
-        if attention_mask is not None:
+        if isinstance(attention_mask, torch.Tensor):
             attention_mask = attention_mask.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
+        lm = self.language_model if language_model is None else language_model
         with torch.no_grad(), sdpa_kernel(ATTENTION_BACKENDS):
-            out = self.language_model(
+            out = lm(
                 inputs_embeds=inputs_embeds,
                 position_ids=position_ids.to(inputs_embeds.device),
                 attention_mask=attention_mask,
@@ -324,10 +328,14 @@ class VideoLMAdapter(ABC):
         token_ids: torch.Tensor,  # (1, q) long
         positions: torch.Tensor,  # (1, q) long rotary positions
         cache: KVCache,
-        attention_mask: torch.Tensor | None = None,
+        attention_mask=None,
+        *,
+        language_model=None,
     ) -> torch.Tensor:
         """Logits (1, q, V) for new text tokens; their keys/values are written but not committed."""
-        return self.forward(self.embed(token_ids), self.position_tensor(positions), cache, attention_mask)
+        return self.forward(
+            self.embed(token_ids), self.position_tensor(positions), cache, attention_mask, language_model=language_model
+        )
 
     # ------------------------------------------------------------------ family-specific
     @abstractmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from specvlm.models import adapter_for
-from specvlm.models.base import VideoLMAdapter
+from specvlm.models.base import PreparedInputs, VideoLMAdapter, grid_layout
 from specvlm.testing import tiny
 
 # (family, hidden, layers, heads, kv_heads, intermediate, vocab) from the released configs
@@ -66,3 +66,78 @@ def random_adapter(name: str, *, dtype: torch.dtype = torch.bfloat16, device: st
     # as it does with a real checkpoint, so tokens compare with generate's.
     adapter.vocab_size = config.text_config.vocab_size
     return adapter
+
+
+def weight_bytes(adapter) -> int:
+    """Bytes of the language model and head read per step (embedding rows are gathered, not read)."""
+    lm = adapter.language_model
+    n = sum(p.numel() * p.element_size() for name, p in lm.named_parameters() if not name.startswith("embed_tokens"))
+    head = adapter.model.lm_head.weight
+    return n + head.numel() * head.element_size()
+
+
+def kv_bytes(adapter, context: int) -> int:
+    """Bytes of the KV cache of ``context`` tokens (read once per step)."""
+    c = adapter.language_model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * context * adapter.dtype.itemsize
+
+
+def copy_bandwidth(device: str = "cuda") -> float:
+    """Bytes read + written per second of a large device-to-device copy (median of 10)."""
+    import statistics
+    import time
+
+    n = 2**31 if device == "cuda" else 2**24
+    src = torch.empty(n, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(12):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        dst.copy_(src)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 2 * n * 2 / statistics.median(times[2:])
+
+
+def token_local(adapter: VideoLMAdapter) -> None:
+    """Zero every layer's output projections (attention o_proj, MLP down_proj).
+
+    Each step still does all of its work (same kernels, same bytes), but the residual stream then
+    holds only the token's own embedding: a token's logits depend on that token alone, so a tree
+    pass and a one-token pass agree on the next token even in bf16, where random models have
+    near-tied logits that different kernels round apart.
+    """
+    for layer in adapter.language_model.layers:
+        layer.self_attn.o_proj.weight.data.zero_()
+        layer.mlp.down_proj.weight.data.zero_()
+
+
+def synthetic_inputs(
+    adapter: VideoLMAdapter, context: int, *, frame_tokens: int = 196, before: int = 16, question: int = 48, seed: int = 0
+) -> PreparedInputs:
+    """A prompt of ``context`` tokens laid out like a video chat: ``before`` text tokens, whole
+    frames of ``frame_tokens`` video tokens (random embeddings), the question. Same token ids and
+    layout for any adapter and seed, so a target and a draft get the same prompt."""
+    side = int(frame_tokens**0.5)
+    frames = (context - before - question) // (side * side)
+    if frames < 1:
+        raise ValueError(f"a context of {context} tokens holds no frame of {side * side} video tokens")
+    n_video = frames * side * side
+    length = before + n_video + question
+    device = adapter.device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, min(adapter.vocab_size, 1000), (1, length), generator=g)
+    ids[0, before : before + n_video] = adapter.video_token_id
+    ids = ids.to(device)
+    hidden = adapter.language_model.config.hidden_size
+    with torch.no_grad():
+        embeds = adapter.embed(ids).clone()
+        video = 0.02 * torch.randn(n_video, hidden, generator=g)
+        embeds[0, before : before + n_video] = video.to(device, embeds.dtype)
+    positions = adapter.position_tensor(torch.arange(length, device=device)[None])
+    layout = grid_layout(torch.arange(before, before + n_video), (frames, side, side))
+    return PreparedInputs(input_ids=ids, inputs_embeds=embeds, position_ids=positions, video=layout, next_position=length)

@@ -1,0 +1,309 @@
+"""End to end at real sizes: target-only vs HF generate vs plain SD vs pruned SD, controlled acceptance.
+
+    python benchmarks/e2e.py [--pairs qwen2.5-vl-32b:qwen2.5-vl-7b llava-ov-7b:llava-ov-0.5b]
+                             [--contexts 65536 16384 4096] [--tau 3.8] [--bundled] [--ratios 0.9 0.95]
+                             [--new-tokens 256] [--sampling] [--no-compile] [--out results/e2e.json]
+
+Random-weight models with the published language-model shapes (specvlm.testing.shapes), bf16, one
+GPU, prompts of the given context laid out like a video chat (video tokens in whole 14x14 frames,
+then a question). Random weights accept nothing, so acceptance is controlled by an oracle:
+- every layer's output projections are zeroed in both models (``shapes.token_local``): all the
+  work stays, but each token's logits depend on that token only, so the target's greedy
+  continuation is known from one target-only run and bf16 rounding cannot make passes disagree;
+- the draft runs all of its real passes; then the oracle rewrites the proposal's main path (nodes
+  0, 00, 000, ...) with the target's continuation for an accepted length drawn with per-depth
+  acceptance alpha (seeded) and the node after it with a wrong token. The target verifies as
+  always; every run's output is checked against target-only decoding (``equal`` in the records).
+Acceptance settings: a constant alpha giving the expected tau (``--tau``), and the bundled trained
+pair's measured per-depth acceptance (``--bundled``, from ``benchmarks/bundled_pair.py``).
+
+Per (pair, context, method): ms per new token, speedup over our target-only and over HF generate
+(measured in the same run, ms per token from a long minus a one-token generate), tau, drafting and
+verify ms per cycle (device clock), prefill and draft prefill, whole-request latency, warm-up paid
+by the first call, and the ceiling tau / (1 + draft passes x draft floor / target floor) with floors
+= (weights + KV at that context) / measured copy bandwidth. Records are appended to ``--out`` (JSON
+lines) as they are measured; a rerun skips what is there. ``--summary`` writes the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specvlm.engine.decoding import decode_target
+from specvlm.engine.sampling import SamplingConfig
+from specvlm.engine.speculative import speculative_decode
+from specvlm.engine.tree import DraftTree
+from specvlm.pruning import PruneConfig
+from specvlm.testing import shapes
+
+# the bundled pair's plain SD, default tree, 8 held-out clips (tau 4.08), measured by
+# python benchmarks/bundled_pair.py --clips 8 --methods "plain SD" "specvlm 0.9" "specvlm 0.95"
+BUNDLED_ACCEPTANCE = (0.972, 0.971, 0.746, 0.540, 0.556)
+
+
+def alpha_for_tau(tau: float, depth: int) -> float:
+    """The constant per-depth acceptance alpha with 1 + alpha + ... + alpha^depth = tau."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if 1 + sum(mid**d for d in range(1, depth + 1)) < tau:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def expected_tau(alphas) -> float:
+    tau, reach = 1.0, 1.0
+    for a in alphas:
+        reach *= a
+        tau += reach
+    return tau
+
+
+class Oracle:
+    """Rewrites each proposal's main path with the target's known continuation (see the module doc)."""
+
+    def __init__(self, truth: list[int], alphas, tree: DraftTree, vocab: int, device, seed: int = 0):
+        self.truth = torch.tensor(truth, device=device)
+        self.alphas = list(alphas)
+        self.main = tree.on(device).main_path  # nodes 0, 00, 000, ...
+        self.vocab = vocab
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, tokens: torch.Tensor, emitted: int) -> None:
+        m = 0
+        while m < len(self.alphas) and self.rng.random() < self.alphas[m]:
+            m += 1
+        # the root is truth[emitted - 1]; the node at depth d should be truth[emitted - 1 + d]
+        if m:
+            tokens[self.main[1 : m + 1]] = self.truth[emitted : emitted + m]
+        if m < len(self.alphas):
+            tokens[self.main[m + 1]] = (self.truth[emitted + m] + 1) % self.vocab
+
+
+DEVICE = "cuda"
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def empty_cache() -> None:
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def ms_per_token(stats) -> float:
+    return 1000 * stats.decode_s / max(stats.new_tokens - 1, 1)
+
+
+def generate_ms_per_token(adapter, prepared, n: int) -> float:
+    """HF generate's ms per new token on the same prompt (inputs_embeds, greedy): (n - 1 tokens)."""
+    model = adapter.model
+    kw = dict(inputs_embeds=prepared.inputs_embeds, attention_mask=torch.ones_like(prepared.input_ids),
+              do_sample=False, eos_token_id=None, pad_token_id=0)  # fmt: skip
+
+    def run(k: int) -> float:
+        sync()
+        t = time.perf_counter()
+        with torch.no_grad():
+            model.generate(**kw, max_new_tokens=k, min_new_tokens=k)
+        sync()
+        return time.perf_counter() - t
+
+    run(2)  # warm-up
+    one, many = run(1), run(n)
+    return 1000 * (many - one) / (n - 1)
+
+
+def done_keys(path: Path) -> set:
+    if not path.exists():
+        return set()
+    keys = set()
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            keys.add((r["pair"], r["context"], r["method"], r["acceptance"]))
+    return keys
+
+
+def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: set) -> None:
+    pair = f"{target_name}:{draft_name}"
+    tree = DraftTree.default()
+    sampling = SamplingConfig(temperature=0.7) if args.sampling else SamplingConfig()
+    settings = [(f"tau {args.tau}", [alpha_for_tau(args.tau, tree.depth)] * tree.depth)]
+    if args.bundled:
+        settings.append(("bundled pair", list(BUNDLED_ACCEPTANCE)))
+    methods = [("plain SD", None)] + [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r)) for r in args.ratios]
+    if args.sampling:
+        methods = [(f"{name}, T=0.7", prune) for name, prune in methods]
+    target = shapes.random_adapter(target_name, device=DEVICE)
+    draft = shapes.random_adapter(draft_name, device=DEVICE)
+    for adapter in (target, draft):
+        shapes.token_local(adapter)
+        adapter.eos_token_ids = ()
+    t_weights, d_weights = shapes.weight_bytes(target), shapes.weight_bytes(draft)
+    compile = not args.no_compile
+    for context in sorted(args.contexts, reverse=True):  # largest first: one workspace serves all
+        full = shapes.synthetic_inputs(target, context)
+        d_full = shapes.synthetic_inputs(draft, context)
+        n = args.new_tokens
+        t0 = time.perf_counter()
+        truth = decode_target(target, full, max_new_tokens=n + tree.depth + 2, compile=compile)
+        warm_target = truth.stats.warmup_s
+        print(f"[{pair} @ {context}] truth run {time.perf_counter() - t0:.1f}s (warm-up {warm_target:.1f}s)", flush=True)
+        baseline = decode_target(target, full, max_new_tokens=n, compile=compile)
+        reference = baseline.token_ids
+        if reference != truth.token_ids[:n]:
+            print(f"  target-only runs disagree with each other at {context}: bf16 nondeterminism", flush=True)
+        base_ms = ms_per_token(baseline.stats)
+        gen_ms = None
+        if args.generate and context <= args.generate_max_context:
+            try:
+                gen_ms = generate_ms_per_token(target, full, args.generate_tokens)
+            except torch.OutOfMemoryError:
+                print("  HF generate ran out of memory at this context", flush=True)
+            empty_cache()
+        t_floor = 1000 * (t_weights + shapes.kv_bytes(target, context)) / bandwidth
+        common = {"pair": pair, "target": target_name, "draft": draft_name, "context": full.length,
+                  "device": device_name(), "torch": torch.__version__, "compile": compile,
+                  "new_tokens": n, "sampling": sampling.temperature, "target_floor_ms": t_floor}  # fmt: skip
+        record = {**common, "method": "target-only", "acceptance": "-", "ms_per_token": base_ms,
+                  "generate_ms_per_token": gen_ms, "speedup": 1.0,
+                  "speedup_vs_generate": gen_ms / base_ms if gen_ms else None,
+                  "prefill_s": baseline.stats.prefill_s, "latency_s": baseline.stats.prefill_s + baseline.stats.decode_s,
+                  "warmup_s": warm_target, "step_vs_floor": base_ms / t_floor, "equal": True}  # fmt: skip
+        emit(args, record, done)
+        for label, alphas in settings:
+            for name, prune in methods:
+                if (pair, full.length, name, label) in done:
+                    continue
+                oracle = Oracle(truth.token_ids, alphas, tree, target.vocab_size, target.device, seed=context)
+                run = lambda: speculative_decode(  # noqa: E731
+                    target, draft, full, d_full, tree=tree, max_new_tokens=n, prune=prune, sampling=sampling,
+                    generator=torch.Generator(device=DEVICE).manual_seed(0), on_proposal=oracle, compile=compile,
+                )
+                result = first = run()
+                if first.stats.warmup_s > 0:  # it compiled or captured a step: measure again, warm
+                    oracle.rng = np.random.default_rng(context)
+                    result = run()
+                s = result.stats
+                cycles = s.target_passes
+                d_context = full.length - s.video_tokens + s.draft_video_tokens
+                d_floor = 1000 * (d_weights + shapes.kv_bytes(draft, d_context)) / bandwidth
+                passes = s.draft_passes / cycles
+                ms = ms_per_token(s)
+                equal = result.token_ids == reference and first.token_ids == reference
+                record = {**common, "method": name, "acceptance": label, "alphas": alphas,
+                          "expected_tau": expected_tau(alphas), "tau": s.tau,
+                          "acceptance_by_depth": s.acceptance_by_depth, "ms_per_token": ms,
+                          "speedup": base_ms / ms, "speedup_vs_generate": gen_ms / ms if gen_ms else None,
+                          "drafting_ms_per_cycle": 1000 * s.drafting_s / cycles,
+                          "verify_ms_per_cycle": 1000 * s.verify_s / cycles,
+                          "host_ms_per_cycle": 1000 * (s.decode_s - s.drafting_s - s.verify_s) / cycles,
+                          "draft_passes_per_cycle": passes, "draft_video_tokens": s.draft_video_tokens,
+                          "video_tokens": s.video_tokens, "draft_context": d_context, "draft_floor_ms": d_floor,
+                          "ceiling": s.tau / (1 + passes * d_floor / t_floor),
+                          "prefill_s": s.prefill_s, "draft_prefill_s": s.draft_prefill_s,
+                          "latency_s": s.prefill_s + s.draft_prefill_s + s.decode_s,
+                          "cycle_ms": 1000 * s.decode_s / cycles, "warmup_s": first.stats.warmup_s,
+                          "equal": None if args.sampling else equal}  # fmt: skip
+                emit(args, record, done)
+        del full, d_full
+        empty_cache()
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
+
+
+def emit(args, record: dict, done: set) -> None:
+    key = (record["pair"], record["context"], record["method"], record["acceptance"])
+    if key in done:
+        return
+    done.add(key)
+    with args.out.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    extra = ""
+    if record["method"] != "target-only":
+        extra = (f" tau {record['tau']:.2f} ceiling {record['ceiling']:.2f}x draft {record['drafting_ms_per_cycle']:.1f}"
+                 f" verify {record['verify_ms_per_cycle']:.1f} host {record['host_ms_per_cycle']:.1f} ms/cycle")
+    else:
+        extra = f" generate {record['generate_ms_per_token']} ms/token, step {record['step_vs_floor']:.2f}x floor"
+    print(f"  {record['method']:<22} {record['acceptance']:<13} {record['ms_per_token']:6.2f} ms/token "
+          f"{record['speedup']:.2f}x equal={record['equal']}{extra}", flush=True)  # fmt: skip
+
+
+def fmt(x, spec=".2f", suffix="") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:{spec}}{suffix}"
+
+
+def summary(records: list[dict]) -> str:
+    lines = []
+    for pair in dict.fromkeys(r["pair"] for r in records):
+        rows = [r for r in records if r["pair"] == pair]
+        lines.append(f"\n## {pair} (bf16, {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['new_tokens']} new tokens)\n")
+        lines.append("| context | method | acceptance | tau | ms/token | speedup | vs generate | ceiling | "
+                     "draft ms/cycle | verify ms/cycle | prefill s | draft prefill s | latency s | equal |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in sorted(rows, key=lambda r: (r["context"], r["acceptance"] != "-", r["acceptance"])):
+            gen = r.get("generate_ms_per_token")
+            method = r["method"] + (f" (generate {gen:.2f} ms/token)" if gen else "")
+            lines.append(
+                f"| {r['context']} | {method} | {r['acceptance']} | {fmt(r.get('tau'))} | {r['ms_per_token']:.2f} | "
+                f"{r['speedup']:.2f}x | {fmt(r.get('speedup_vs_generate'), suffix='x')} | "
+                f"{fmt(r.get('ceiling'), suffix='x')} | {fmt(r.get('drafting_ms_per_cycle'))} | "
+                f"{fmt(r.get('verify_ms_per_cycle'))} | {r['prefill_s']:.2f} | {fmt(r.get('draft_prefill_s'))} | "
+                f"{r['latency_s']:.2f} | {'-' if r['equal'] is None else 'yes' if r['equal'] else 'NO'} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", nargs="+", default=["qwen2.5-vl-32b:qwen2.5-vl-7b", "llava-ov-7b:llava-ov-0.5b"])
+    parser.add_argument("--contexts", nargs="+", type=int, default=[65536, 16384, 4096])
+    parser.add_argument("--tau", type=float, default=3.8)
+    parser.add_argument("--bundled", action="store_true", help="also at the bundled pair's per-depth acceptance")
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.9, 0.95])
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--sampling", action="store_true", help="temperature 0.7 instead of greedy")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--no-generate", dest="generate", action="store_false", help="skip HF generate")
+    parser.add_argument("--generate-tokens", type=int, default=32)
+    parser.add_argument("--generate-max-context", type=int, default=1 << 30)
+    parser.add_argument("--out", type=Path, default=Path("e2e.jsonl"))
+    parser.add_argument("--summary", type=Path, help="write the markdown table of --out here and stop")
+    parser.add_argument("--device", default="cuda", help="cpu only for a smoke test (shapes test-target:test-draft)")
+    args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if args.summary:
+        records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+        args.summary.write_text(summary(records) + "\n")
+        print(summary(records))
+        return
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        parser.error("this benchmark needs a GPU (random models of real sizes); --device cpu for a smoke test")
+    bandwidth = shapes.copy_bandwidth(DEVICE)
+    print(f"{device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
+    done = done_keys(args.out)
+    for pair in args.pairs:
+        target_name, draft_name = pair.split(":")
+        run_pair(args, target_name, draft_name, bandwidth, done)
+        empty_cache()
+
+
+if __name__ == "__main__":
+    main()
