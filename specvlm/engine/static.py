@@ -54,6 +54,7 @@ def _flex(query, key, value, block_mask, scale):
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             return flex_attention(query, key, value, block_mask=block_mask, scale=scale)
     if _compiled_flex is None:
+        _prepare_compiler()
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex(query, key, value, block_mask=block_mask, scale=scale)
 
@@ -169,12 +170,13 @@ def default_compile(adapter, compile: bool | None) -> bool:
 def _prepare_compiler() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "specvlm" / "inductor"))
     config = torch._dynamo.config
-    # one compiled graph per (model, step shape, capacity): more than dynamo's default of 8
+    # one compiled graph per (model, step shape, capacity): far more than dynamo's default of 8,
+    # past which it would silently run the unfused reference attention
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), 64))
+            setattr(config, name, max(getattr(config, name), 256))
     if hasattr(config, "accumulated_recompile_limit"):
-        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 512)
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4096)
 
 
 # adapter -> compiled language model; weak, so dropping a model drops its compiled code
