@@ -284,7 +284,8 @@ def main() -> None:
     parser.add_argument("--generate-tokens", type=int, default=32)
     parser.add_argument("--generate-max-context", type=int, default=1 << 30)
     parser.add_argument("--out", type=Path, default=Path("e2e.jsonl"))
-    parser.add_argument("--summary", type=Path, help="write the markdown table of --out here and stop")
+    parser.add_argument("--summary", type=Path, help="write the markdown table of --out here (and the records as a "
+                        "JSON list beside it, same name, .json) and stop")
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test (shapes test-target:test-draft)")
     args = parser.parse_args()
     global DEVICE
@@ -292,6 +293,7 @@ def main() -> None:
     if args.summary:
         records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
         args.summary.write_text(summary(records) + "\n")
+        args.summary.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
         print(summary(records))
         return
     if DEVICE == "cuda" and not torch.cuda.is_available():

@@ -60,10 +60,15 @@ class SpeculativeVLM:
         tree: DraftTree | str = "default",
         prune: PruneConfig | None = PruneConfig(),
         reindex: bool = False,
+        compile: bool | None = None,
     ):
         """``prune`` decides which video tokens the draft sees (default: the method's two-stage
-        selection keeping 10%); None shows the draft every token (plain speculative decoding)."""
+        selection keeping 10%); None shows the draft every token (plain speculative decoding).
+        ``compile`` compiles the decode steps with torch.compile (default: on a single GPU; the first
+        call of each prompt-length bucket then pays tens of seconds of compilation, later ones and
+        later processes reuse it)."""
         check_pair(target, draft)
+        self.compile = compile
         self.target = target
         self.draft = draft
         self.tree = tree if isinstance(tree, DraftTree) else DraftTree.parse(tree)
@@ -84,6 +89,7 @@ class SpeculativeVLM:
         tree: DraftTree | str = "default",
         prune: PruneConfig | None = PruneConfig(),
         reindex: bool = False,
+        compile: bool | None = None,
     ) -> "SpeculativeVLM":
         """Load both models from hub ids or folders. The draft goes to ``draft_device`` (default: the
         target's ``device``, or its first device under a device map)."""
@@ -92,7 +98,7 @@ class SpeculativeVLM:
         )
         draft_device = draft_device or device or (None if device_map is None else str(target_adapter.device))
         draft_adapter = load_adapter(draft, dtype=dtype, device=draft_device, attn_implementation=attn_implementation)
-        return cls(target_adapter, draft_adapter, tree=tree, prune=prune, reindex=reindex)
+        return cls(target_adapter, draft_adapter, tree=tree, prune=prune, reindex=reindex, compile=compile)
 
     def _generator(self, seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
         if generator is not None:
@@ -145,6 +151,7 @@ class SpeculativeVLM:
                 on_tokens=on_tokens,
                 prune=prune,
                 reindex=self.reindex,
+                compile=self.compile,
             )
         else:
             result = decode_target(
@@ -154,6 +161,7 @@ class SpeculativeVLM:
                 sampling=sampling,
                 generator=gen,
                 stop_strings=stop_strings,
+                compile=self.compile,
             )
             if on_tokens is not None:
                 on_tokens(result.token_ids)

@@ -124,6 +124,7 @@ def load_pair(args, *, prune=None):
             tree=args.tree,
             prune=prune,
             reindex=args.reindex,
+            compile=False if args.no_compile else None,
         )
     except OSError as error:  # a file missing from a checkpoint folder, a hub id that does not resolve
         raise CLIError(f"cannot load the models: {_one_line(error)}") from None
@@ -239,6 +240,9 @@ def _add_speculation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tree", type=_tree, default="default", metavar="SPEC",
                    help="draft tree: default | chain:K | a file of paths (default: the published 25-node tree)")
     p.add_argument("--reindex", action="store_true", help="close the position gaps of pruned tokens in the draft")
+    p.add_argument("--no-compile", action="store_true",
+                   help="do not torch.compile the decode steps (on a GPU they are compiled by default: the first "
+                        "call of a prompt-length bucket pays tens of seconds, later calls and processes reuse it)")
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:

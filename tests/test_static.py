@@ -78,3 +78,16 @@ def test_workspaces_are_reused_and_do_not_keep_models_alive(tiny_pairs):
     del adapter, ws, again
     gc.collect()
     assert ref() is None
+
+
+def test_compilation_is_a_switch(monkeypatch, tiny_pairs):
+    from specvlm.engine.static import default_compile
+    from specvlm.models import load_adapter
+
+    adapter = load_adapter(str(tiny_pairs("qwen2_5_vl")[1]), dtype="float32")
+    assert default_compile(adapter, None) is False  # CPU: eager
+    assert default_compile(adapter, True) is True and default_compile(adapter, False) is False
+    monkeypatch.setattr(type(adapter), "device", property(lambda self: torch.device("cuda")))
+    assert default_compile(adapter, None) is True  # a GPU compiles by default...
+    monkeypatch.setenv("SPECVLM_COMPILE", "0")
+    assert default_compile(adapter, None) is False  # ...unless told not to

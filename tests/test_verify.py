@@ -95,6 +95,9 @@ def test_greedy_second_sibling_subtree(default):
     argmax[13] = tokens[21]
     verdict = greedy(default, tokens, argmax)
     assert verdict.accepted == [0, 2, 8, 20] and verdict.next_token == 777
+    # what the engine uses without going back to the device: the tokens and the padded path
+    assert verdict.accepted_tokens == tokens[[2, 8, 20]].tolist()
+    assert verdict.path.tolist()[:4] == [0, 2, 8, 20] and verdict.path.numel() == default.depth + 1
 
 
 def test_greedy_stops_inside_the_tree(default):

@@ -446,13 +446,14 @@ class Bench:
 
         target, draft = self.pair.target, self.pair.draft
         if method.kind == "target":
-            result = decode_target(target, prepared.target_inputs, max_new_tokens=max_new_tokens)
+            result = decode_target(target, prepared.target_inputs, max_new_tokens=max_new_tokens,
+                                   compile=self.pair.compile)  # fmt: skip
             return result.token_ids, result.stats, None
         if method.kind in ("sd", "pruned"):
             result = speculative_decode(
                 target, draft, prepared.target_inputs, prepared.draft_inputs,
                 tree=self.pair.tree, max_new_tokens=max_new_tokens, prune=method.prune,
-                reindex=self.settings.reindex,
+                reindex=self.settings.reindex, compile=self.pair.compile,
             )
             return result.token_ids, result.stats, None
         # The Hugging Face peer: repetition_penalty pinned to 1 so that checkpoints whose
