@@ -39,6 +39,7 @@ class GenerateOutput:
     scores: torch.Tensor | None = None  # Stage I attention scores of the video tokens
     clip: VideoClip | None = None  # the frames the models saw
     layout: object = None  # the target's VideoTokenLayout
+    prompt_tokens: int = 0  # tokens of the prompt, video included
 
     def save_picture(self, path, **kwargs):
         """A PNG of sampled frames with the draft's kept tokens outlined over the Stage I heat map."""
@@ -47,6 +48,30 @@ class GenerateOutput:
         if self.selection is None:
             raise ValueError("this answer was generated without pruning: there is no selection to draw")
         return render_selection(self.clip, self.layout, self.selection, self.scores, path, **kwargs)
+
+
+class TextDeltas:
+    """The text of a growing list of token ids, handed out piece by piece: the whole list is decoded
+    each time (so pieces join to exactly the decoded answer), and a trailing incomplete UTF-8
+    sequence waits for the next token."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.shown = 0
+
+    def add(self, new: list[int]) -> str:
+        self.tokens.extend(new)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd") or len(text) <= self.shown:
+            return ""
+        piece, self.shown = text[self.shown :], len(text)
+        return piece
+
+    def rest(self, text: str) -> str:
+        """What the final answer ``text`` holds past the pieces handed out."""
+        piece, self.shown = text[self.shown :], max(self.shown, len(text))
+        return piece
 
 
 class SpeculativeVLM:
@@ -132,8 +157,13 @@ class SpeculativeVLM:
         """
         prune = self.prune if prune == "default" else prune
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+        from specvlm.bench.harness import check_context
+
         clip = video if isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
         features = self.target.build_inputs(clip, prompt)
+        check_context(self.target, features["input_ids"], max_new_tokens)  # PromptTooLongError, before any work
+        if speculative:
+            check_context(self.draft, features["input_ids"], max_new_tokens, "draft")
         target_inputs = self.target.prepare(features)
         gen = self._generator(seed, generator)
         if speculative:
@@ -174,14 +204,14 @@ class SpeculativeVLM:
             scores=result.scores,
             clip=clip,
             layout=target_inputs.video,
+            prompt_tokens=target_inputs.length,
         )
 
     def stream(self, video, prompt: Prompt, **kwargs) -> Iterator[str]:
         """Yield the answer's text as tokens are accepted (generation runs in a worker thread)."""
         pieces: queue.Queue = queue.Queue()
         done = object()
-        tokens: list[int] = []
-        shown = 0
+        deltas = TextDeltas(self.target.tokenizer)
 
         def on_tokens(new: list[int]) -> None:
             pieces.put(list(new))
@@ -199,11 +229,6 @@ class SpeculativeVLM:
         while (item := pieces.get()) is not done:
             if isinstance(item, BaseException):
                 raise item
-            tokens.extend(item)
-            text = self.target.tokenizer.decode(tokens, skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
-                continue
-            if len(text) > shown:
-                yield text[shown:]
-                shown = len(text)
+            if piece := deltas.add(item):
+                yield piece
         worker.join()

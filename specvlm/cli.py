@@ -1,8 +1,9 @@
-"""The ``specvlm`` command: generate, bench, visualize.
+"""The ``specvlm`` command: generate, bench, visualize, serve.
 
     specvlm generate --target T --draft D --video clip.mp4 --prompt "Describe the video." --frames 32
     specvlm bench --target T --draft D --videos clips/ --prompt "Describe the video." --out runs/a
     specvlm visualize --target T --video clip.mp4 --prompt "Describe the video." --out picture.png
+    specvlm serve --target T --draft D --port 8000
 
 Every flag maps onto one argument of the library (``SpeculativeVLM.from_pretrained`` / ``generate``,
 ``PruneConfig``, ``DraftTree.parse``, ``load_samples``, ``specvlm.bench.harness``). Problems the user
@@ -178,9 +179,18 @@ def _number(kind, check, rule: str):
 
 
 _fraction = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
+_temperature = _number(float, lambda v: 0 <= v <= 100, "in [0, 100] (0 = greedy)")
+_top_p = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
+_port = _number(int, lambda v: 0 <= v <= 65535, "a port number in [0, 65535]")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
 _positive_float = _number(float, lambda v: v > 0, "> 0")
 _count = _number(int, lambda v: v >= 0, ">= 0")
+
+
+def _prompt(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty: ask something about the video")
+    return text
 
 
 def _tree(text: str) -> str:
@@ -220,7 +230,7 @@ def _add_frames(p: argparse.ArgumentParser) -> None:
 
 def _add_video(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video", help="video file or folder of frames (default: a bundled sample clip)")
-    p.add_argument("--prompt", help="the question or instruction about the video (default: describe it)")
+    p.add_argument("--prompt", type=_prompt, help="the question or instruction about the video (default: describe it)")
     _add_frames(p)
 
 
@@ -262,9 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(g)
     _add_video(g)
     _add_speculation(g)
-    g.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
-    g.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling mass")
-    g.add_argument("--top-k", type=int, metavar="K", help="sample from the k most likely tokens")
+    g.add_argument("--temperature", type=_temperature, default=0.0, metavar="T", help="0 = greedy (default)")
+    g.add_argument("--top-p", type=_top_p, metavar="P", help="nucleus sampling mass, in (0, 1]")
+    g.add_argument("--top-k", type=_positive_int, metavar="K", help="sample from the k most likely tokens")
     g.add_argument("--seed", type=int, metavar="SEED", help="seed of the sampling generator")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     _add_prune(g)
@@ -286,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-root", metavar="DIR", help="the benchmark's local folder")
     b.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks to keep (MVBench, MLVU, LongVideoBench)")
     b.add_argument("--limit", type=_count, metavar="N", help="the first N samples")
-    b.add_argument("--prompt", metavar="TEXT", help="one prompt for every sample (replaces the benchmark's)")
+    b.add_argument("--prompt", type=_prompt, metavar="TEXT", help="one prompt for every sample (replaces the benchmark's)")
     _add_frames(b)
     _add_speculation(b)
     b.add_argument("--methods", nargs="+", choices=("target", "sd", "pruned"), default=["target", "sd", "pruned"],
@@ -314,6 +324,31 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, metavar="PNG", help="where to write the picture")
     _add_debug(v)
     v.set_defaults(func=cmd_visualize)
+
+    s = sub.add_parser("serve", help="serve the pair over an OpenAI-compatible HTTP API", description=(
+        "Serve chat completions about videos (POST /v1/chat/completions, plain or streamed; GET "
+        "/v1/models, /health, /metrics) with speculative decoding behind them. Binds to 127.0.0.1 "
+        "unless told otherwise. One generation runs at a time; others wait in a queue."))
+    _add_models(s)
+    _add_frames(s)
+    _add_speculation(s)
+    _add_prune(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=_port, default=8000, help="(default 8000; 0 = any free port)")
+    s.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: the target's name)")
+    s.add_argument("--api-key", metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health (or set SPECVLM_API_KEY)")
+    s.add_argument("--allowed-media-dir", metavar="DIR", help="serve local video paths under DIR (default: none)")
+    s.add_argument("--max-media-mb", type=_positive_float, default=64.0, metavar="MB",
+                   help="largest video a request may carry (default 64)")
+    s.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) video URLs (default: refused)")
+    s.add_argument("--max-queue", type=_count, default=8, metavar="N",
+                   help="requests that may wait for the engine; more get 503 (default 8)")
+    s.add_argument("--timeout", type=_positive_float, default=600.0, metavar="S",
+                   help="per-request time limit in seconds, queueing included (default 600)")
+    s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    _add_debug(s)
+    s.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -348,6 +383,7 @@ def _render(clip, layout, selection, scores, path: str, title: str) -> str:
 
 
 def cmd_generate(args) -> int:
+    from specvlm.api import TextDeltas
     from specvlm.bench.harness import check_pair_context, stats_dict
     from specvlm.video import load_video
 
@@ -361,17 +397,12 @@ def cmd_generate(args) -> int:
     pair = load_pair(args, prune=prune)
     check_pair_context(pair, pair.target.build_inputs(clip, args.prompt)["input_ids"], args.max_new_tokens)
 
-    tokens: list[int] = []
-    shown = 0
+    deltas = TextDeltas(pair.target.tokenizer)
 
     def stream(new: list[int]) -> None:  # print text as tokens are accepted (as SpeculativeVLM.stream)
-        nonlocal shown
-        tokens.extend(new)
-        text = pair.target.tokenizer.decode(tokens, skip_special_tokens=True)
-        if len(text) > shown and not text.endswith("\ufffd"):  # wait out an incomplete UTF-8 sequence
-            sys.stdout.write(text[shown:])
+        if piece := deltas.add(new):
+            sys.stdout.write(piece)
             sys.stdout.flush()
-            shown = len(text)
 
     out = pair.generate(
         clip,
@@ -395,7 +426,7 @@ def cmd_generate(args) -> int:
             "stats": stats_dict(out.stats),
         }, ensure_ascii=False))
     else:
-        sys.stdout.write(out.text[shown:] + "\n")  # whatever the stream still held back
+        sys.stdout.write(deltas.rest(out.text) + "\n")  # whatever the stream still held back
         sys.stdout.flush()
         print(_stats_line(out.stats, speculative), file=sys.stderr)
     if args.picture:
@@ -468,6 +499,35 @@ def cmd_bench(args) -> int:
         print(f"every (sample, method) is already in {out / 'samples.jsonl'}", file=sys.stderr)
     summary = write_report(out, bench.samples_log.records, bench.skipped_log.records, settings.as_dict())
     sys.stdout.write(markdown(summary))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn  # noqa: F401
+
+        from specvlm.server import ServeSettings, api_key_from_env, serve
+    except ImportError as error:
+        raise CLIError(f"serving needs the serve extra: pip install \"specvlm[serve]\" ({error.name} is missing)") from None
+    media_dir = None
+    if args.allowed_media_dir:
+        media_dir = Path(args.allowed_media_dir)
+        if not media_dir.is_dir():
+            raise CLIError(f"--allowed-media-dir {args.allowed_media_dir}: not a folder")
+    pair = load_pair(args, prune=_prune_config(args))
+    target, _ = resolve_pair(args.target, args.draft)
+    frames = _frames(args)
+    settings = ServeSettings(
+        model_name=args.model_name or (args.target or "specvlm-bundled"), max_queue=args.max_queue,
+        timeout_s=args.timeout, api_key=api_key_from_env(args.api_key), allowed_media_dir=media_dir,
+        max_media_mb=args.max_media_mb, allow_remote_media=args.allow_remote_media,
+        num_frames=frames["num_frames"], fps=frames["fps"], max_frames=frames["max_frames"],
+        max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    where = f"http://{args.host}:{args.port}/v1"
+    print(f"specvlm serve: {settings.model_name} ({target}) at {where}"
+          f"{' (API key required)' if settings.api_key else ''}", file=sys.stderr)  # fmt: skip
+    serve(pair, settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

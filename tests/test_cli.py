@@ -172,3 +172,55 @@ def test_error_out_of_memory_names_the_knobs(pair, video, monkeypatch, capsys):
     code, _, err = run(generate_args(pair, video), capsys)
     knobs = ("--frames", "--fps", "bfloat16", "--device-map auto", "--draft-device")
     assert_user_error(code, err, "out of GPU memory", *knobs)
+
+
+def _numeric_options():
+    """(command, flag, bad values) for every option of every command that takes a number."""
+    import argparse
+
+    from specvlm.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            kind = action.type
+            if kind is None or not action.option_strings or kind in (str,) or getattr(kind, "__name__", "") in (
+                "_tree", "_prompt"
+            ):
+                continue
+            yield command, action.option_strings[0], ["abc", "-1"] if kind not in (int, float) else ["abc", "1.5x"]
+
+
+NUMERIC = list(_numeric_options())
+
+
+def test_the_walk_covers_every_command():
+    assert {c for c, _, _ in NUMERIC} == {"generate", "bench", "visualize", "serve"}
+    flags = {f for _, f, _ in NUMERIC}
+    assert {"--temperature", "--top-p", "--top-k", "--port", "--max-queue", "--timeout", "--frames"} <= flags
+
+
+@pytest.mark.parametrize("command, flag, bad", NUMERIC, ids=[f"{c} {f}" for c, f, _ in NUMERIC])
+def test_every_numeric_option_refuses_bad_values_in_one_line(command, flag, bad, capsys):
+    for value in bad:
+        code, _, err = run([command, flag, value], capsys)
+        assert code == 2, (flag, value)
+        assert "Traceback" not in err and flag in err and err.strip().splitlines()[-1].startswith("specvlm")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--temperature", "-1"], "must be in [0, 100]"),
+    (["--top-p", "0"], "in (0, 1]"),
+    (["--top-p", "1.5"], "in (0, 1]"),
+    (["--top-k", "0"], ">= 1"),
+    (["--prompt", ""], "must not be empty"),
+    (["--prompt", "   "], "must not be empty"),
+])  # fmt: skip
+def test_sampling_values_and_empty_prompts_are_refused(args, words, capsys):
+    code, _, err = run(["generate", *args], capsys)
+    assert code == 2 and words in err and "Traceback" not in err
+
+
+def test_serve_refuses_a_media_folder_that_is_not_one(tmp_path, capsys):
+    code, _, err = run(["serve", "--allowed-media-dir", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "not a folder" in err and "Traceback" not in err

@@ -1,0 +1,599 @@
+"""An OpenAI-compatible HTTP server for video chat, with speculative decoding behind it.
+
+    specvlm serve [--target T --draft D] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+                  [--allowed-media-dir DIR] [--max-media-mb 64] [--allow-remote-media]
+                  [--max-queue 8] [--timeout 600]
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (plain and server-sent events),
+``GET /health``, ``GET /metrics`` (Prometheus text format).
+
+A chat request carries one video as a ``video_url`` content part: a ``data:video/...;base64,`` URL,
+or a local path / ``file://`` URL under ``--allowed-media-dir`` (remote URLs only with
+``--allow-remote-media``). OpenAI's parameters (``max_tokens`` / ``max_completion_tokens``,
+``temperature``, ``top_p``, ``seed``, ``stop``, ``stream``, ``stream_options``, ``n`` = 1) and this
+project's own as extra top-level fields, the way vLLM takes its extras: ``num_frames`` / ``fps``,
+``prune`` (a strategy name, or "none"), ``prune_ratio``, ``speculative``. Answers are
+``SpeculativeVLM.generate``'s, so a greedy answer is the target's own, byte for byte.
+
+The engine runs one generation at a time, in a worker thread; requests wait in a queue of at most
+``max_queue`` (beyond it: 503 with Retry-After). A client that disconnects, or a request past its
+``timeout``, stops its generation at the next cycle. Every bad request gets a 4xx with an
+OpenAI-style error object naming the problem; a failed generation (out of GPU memory included) is
+answered and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import os
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request  # the serve extra: pip install "specvlm[serve]"
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from specvlm.pruning import STRATEGIES
+
+MEDIA_SUFFIX = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "matroska": ".mkv", "quicktime": ".mov",
+                "x-msvideo": ".avi", "avi": ".avi", "mpeg": ".mpg", "ogg": ".ogv"}  # fmt: skip
+# OpenAI parameters accepted only at their neutral value
+NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "logprobs": False, "top_logprobs": None,
+           "logit_bias": None, "response_format": None, "tools": None, "tool_choice": None,
+           "parallel_tool_calls": None, "service_tier": None, "store": None, "metadata": None,
+           "user": "*"}  # fmt: skip
+
+
+@dataclass
+class ServeSettings:
+    model_name: str
+    max_queue: int = 8
+    timeout_s: float = 600.0
+    api_key: str | None = None
+    allowed_media_dir: Path | None = None
+    max_media_mb: float = 64.0
+    allow_remote_media: bool = False
+    num_frames: int | None = 32  # when a request gives neither num_frames nor fps
+    fps: float | None = None  # (or this, when the server was started with --fps)
+    max_frames: int | None = None
+    max_new_tokens: int = 256  # when a request gives no max_tokens
+    retry_after_s: int = 5
+
+
+class RequestError(Exception):
+    """A problem with the request: answered with ``status`` and an OpenAI-style error object."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class Cancelled(Exception):
+    """Raised inside a generation to stop it at the next cycle."""
+
+
+# ------------------------------------------------------------------------------------ the request
+
+
+@dataclass
+class ChatJob:
+    messages: list[dict]  # the processor's chat format, one {"type": "video"} part
+    video_url: str
+    max_new_tokens: int
+    temperature: float
+    top_p: float | None
+    seed: int | None
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    num_frames: int | None
+    fps: float | None
+    prune: Any  # "default" (the server's), None (plain SD) or a PruneConfig
+    speculative: bool
+    cancel: threading.Event = field(default_factory=threading.Event)
+    deadline: float = 0.0
+
+
+def _number(body: dict, name: str, kind, *, low=None, high=None, low_open=False, default=None):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise RequestError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {value!r}",
+                           param=name)  # fmt: skip
+    if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}, "
+        rule = f"in {lo}{high if high is not None else 'inf'}" + ("]" if high is not None else ")")
+        raise RequestError(400, f"'{name}' must be {rule}, got {value!r}", param=name)
+    return kind(value)
+
+
+def parse_request(body: Any, settings: ServeSettings) -> ChatJob:
+    """Check a chat-completions body and turn it into a job; every problem is a RequestError."""
+    from specvlm.pruning import PruneConfig
+
+    if not isinstance(body, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    known = {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop",
+             "stream", "stream_options", "n", "num_frames", "fps", "prune", "prune_ratio", "speculative"}
+    for name, value in body.items():
+        if name in known:
+            continue
+        if name not in NEUTRAL:
+            raise RequestError(400, f"unknown parameter '{name}'", param=name, code="unknown_parameter")
+        if NEUTRAL[name] != "*" and value not in (NEUTRAL[name], None):
+            raise RequestError(400, f"'{name}' is not supported (only {NEUTRAL[name]!r})", param=name)
+    model = body.get("model")
+    if model is not None and model != settings.model_name:
+        raise RequestError(404, f"model {model!r} is not served here; this server serves {settings.model_name!r}",
+                           param="model", code="model_not_found")  # fmt: skip
+    n = _number(body, "n", int, default=1)
+    if n != 1:
+        raise RequestError(400, f"'n' must be 1 (one answer per request), got {n}", param="n")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    max_new = _number({name: max_tokens}, name, int, low=1, default=settings.max_new_tokens)
+    temperature = _number(body, "temperature", float, low=0, high=2, default=0.0)
+    top_p = _number(body, "top_p", float, low=0, high=1, low_open=True)
+    if top_p == 1.0:
+        top_p = None
+    seed = _number(body, "seed", int)
+    stop = body.get("stop")
+    if stop is None:
+        stop = ()
+    elif isinstance(stop, str):
+        stop = (stop,)
+    elif isinstance(stop, list) and all(isinstance(s, str) and s for s in stop) and len(stop) <= 4:
+        stop = tuple(stop)
+    else:
+        raise RequestError(400, "'stop' must be a string or a list of at most 4 non-empty strings", param="stop")
+    if stop and not all(stop):
+        raise RequestError(400, "'stop' strings must not be empty", param="stop")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, f"'stream' must be true or false, got {stream!r}", param="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise RequestError(400, "'stream_options' must be an object like {\"include_usage\": true}",
+                           param="stream_options")  # fmt: skip
+    num_frames = _number(body, "num_frames", int, low=1)
+    fps = _number(body, "fps", float, low=0, low_open=True)
+    if num_frames is not None and fps is not None:
+        raise RequestError(400, "give 'num_frames' or 'fps', not both", param="fps")
+    if num_frames is None and fps is None:
+        num_frames, fps = (None, settings.fps) if settings.fps else (settings.num_frames, None)
+    speculative = body.get("speculative", True)
+    if not isinstance(speculative, bool):
+        raise RequestError(400, f"'speculative' must be true or false, got {speculative!r}", param="speculative")
+    prune: Any = "default"
+    strategy, ratio = body.get("prune"), _number(body, "prune_ratio", float, low=0, high=1)
+    if strategy is not None:
+        if strategy is False or strategy == "none":
+            prune = None
+        elif isinstance(strategy, str) and strategy in STRATEGIES:
+            prune = PruneConfig(strategy=strategy, ratio=0.9 if ratio is None else ratio)
+        else:
+            raise RequestError(400, f"'prune' must be one of {', '.join(STRATEGIES)} (or false), got {strategy!r}",
+                               param="prune")  # fmt: skip
+    elif ratio is not None:
+        prune = PruneConfig(ratio=ratio)
+    messages, video_url = convert_messages(body.get("messages"))
+    return ChatJob(messages=messages, video_url=video_url, max_new_tokens=max_new, temperature=temperature,
+                   top_p=top_p, seed=seed, stop=stop, stream=stream, include_usage=options.get("include_usage", False),
+                   num_frames=num_frames, fps=fps, prune=prune, speculative=speculative)  # fmt: skip
+
+
+def convert_messages(messages: Any) -> tuple[list[dict], str]:
+    """OpenAI chat messages -> the processor's chat format with one video part, and the video's URL."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "'messages' must be a non-empty list of chat messages", param="messages")
+    out, videos, text = [], [], ""
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
+            raise RequestError(400, f"{where} must be an object with a role of system, user or assistant",
+                               param=where)  # fmt: skip
+        content = message.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if not isinstance(content, list):
+            raise RequestError(400, f"{where}.content must be a string or a list of content parts", param=where)
+        parts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                parts.append({"type": "text", "text": part["text"]})
+                text += part["text"]
+            elif kind == "video_url":
+                url = (part.get("video_url") or {}).get("url") if isinstance(part.get("video_url"), dict) else None
+                if not isinstance(url, str) or not url:
+                    raise RequestError(400, f"{where}.content[{j}].video_url.url must be a string", param=where)
+                videos.append(url)
+                parts.append({"type": "video"})
+            elif kind in ("image_url", "input_audio", "file"):
+                raise RequestError(400, f"{where}.content[{j}]: {kind} input is not supported; send one video_url",
+                                   param=where)  # fmt: skip
+            else:
+                raise RequestError(400, f"{where}.content[{j}] must be a text or video_url part", param=where)
+        out.append({"role": message["role"], "content": parts})
+    if not videos:
+        raise RequestError(400, "the messages hold no video: add a video_url content part", param="messages")
+    if len(videos) > 1:
+        raise RequestError(400, f"the messages hold {len(videos)} videos; one video per request is supported",
+                           param="messages")  # fmt: skip
+    if not text.strip():
+        raise RequestError(400, "the messages hold no text: ask something about the video", param="messages")
+    return out, videos[0]
+
+
+# --------------------------------------------------------------------------------------- media
+
+
+def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
+    """A local file holding the requested video, or a RequestError naming why not."""
+    limit = int(settings.max_media_mb * 2**20)
+    if url.startswith("data:"):
+        header, _, payload = url.partition(",")
+        if not header.endswith(";base64") or not header[5:].startswith("video/"):
+            raise RequestError(400, "a data URL must look like data:video/<format>;base64,<data>", param="video_url")
+        if len(payload) * 3 // 4 > limit:
+            raise RequestError(413, f"the video is larger than --max-media-mb {settings.max_media_mb:g}",
+                               param="video_url", code="media_too_large")  # fmt: skip
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(400, "the data URL's base64 payload does not decode", param="video_url") from None
+        path = workdir / ("video" + MEDIA_SUFFIX.get(header[11:-7], ".mp4"))
+        path.write_bytes(data)
+        return path
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme in ("http", "https"):
+        if not settings.allow_remote_media:
+            raise RequestError(403, "remote video URLs are not fetched (start the server with --allow-remote-media)",
+                               param="video_url", code="remote_media_refused")  # fmt: skip
+        path = workdir / ("video" + (Path(urllib.parse.urlparse(url).path).suffix or ".mp4"))
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                data = response.read(limit + 1)
+        except OSError as error:
+            raise RequestError(400, f"cannot fetch the video: {error}", param="video_url") from None
+        if len(data) > limit:
+            raise RequestError(413, f"the video is larger than --max-media-mb {settings.max_media_mb:g}",
+                               param="video_url", code="media_too_large")  # fmt: skip
+        path.write_bytes(data)
+        return path
+    if scheme not in ("", "file"):
+        raise RequestError(400, f"unsupported video URL scheme {scheme!r}: use a data: URL or a local path",
+                           param="video_url")  # fmt: skip
+    local = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path) if scheme == "file" else url)
+    allowed = settings.allowed_media_dir
+    try:
+        resolved = local.resolve()
+    except OSError:
+        resolved = local
+    if allowed is None or not resolved.is_relative_to(allowed.resolve()):
+        raise RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
+                           param="video_url", code="media_path_refused")  # fmt: skip
+    if not resolved.exists():
+        raise RequestError(400, f"no such video: {local}", param="video_url")
+    if resolved.is_file() and resolved.stat().st_size > limit:
+        raise RequestError(413, f"the video is larger than --max-media-mb {settings.max_media_mb:g}",
+                           param="video_url", code="media_too_large")  # fmt: skip
+    return resolved
+
+
+def load_clip(job: ChatJob, settings: ServeSettings):
+    from specvlm.video import VideoInputError, load_video
+
+    with tempfile.TemporaryDirectory(prefix="specvlm-media-") as tmp:
+        path = fetch_video(job.video_url, settings, Path(tmp))
+        try:
+            return load_video(path, num_frames=job.num_frames, fps=job.fps, max_frames=settings.max_frames)
+        except VideoInputError as error:
+            raise RequestError(400, f"unreadable video: {error}", param="video_url", code="invalid_video") from None
+
+
+# ------------------------------------------------------------------------------------ the server
+
+
+class Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("specvlm_requests", "HTTP requests", ["endpoint", "status"], registry=registry)
+        self.errors = Counter("specvlm_errors", "requests answered with an error", ["type"], registry=registry)
+        self.tokens = Counter("specvlm_generated_tokens", "tokens generated", registry=registry)
+        self.cancelled = Counter("specvlm_cancelled_generations", "generations stopped early", ["reason"],
+                                 registry=registry)  # fmt: skip
+        self.tau = Histogram("specvlm_tau", "tokens per target verification pass",
+                             buckets=(1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 8), registry=registry)  # fmt: skip
+        self.latency = Histogram("specvlm_request_latency_seconds", "whole-request latency",
+                                 buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300), registry=registry)  # fmt: skip
+        self.queue = Gauge("specvlm_queue_depth", "generations waiting for the engine", registry=registry)
+        self.running = Gauge("specvlm_running", "generations running", registry=registry)
+
+
+class Engine:
+    """One generation at a time on the model pair; at most ``max_queue`` waiting."""
+
+    def __init__(self, pair, settings: ServeSettings, metrics: Metrics):
+        self.pair, self.settings, self.metrics = pair, settings, metrics
+        self.lock = asyncio.Lock()
+        self.waiting = 0
+
+    async def run(self, job: ChatJob, fn):
+        """Run ``fn()`` in a worker thread when the engine is free; 503 when the queue is full."""
+        if self.lock.locked() and self.waiting >= self.settings.max_queue:
+            raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); retry later",
+                               kind="server_error", code="queue_full",
+                               headers={"Retry-After": str(self.settings.retry_after_s)})  # fmt: skip
+        self.waiting += 1
+        self.metrics.queue.set(self.waiting)
+        try:
+            remaining = job.deadline - time.monotonic()
+            await asyncio.wait_for(self.lock.acquire(), timeout=max(remaining, 0.001))
+        except (asyncio.TimeoutError, TimeoutError):
+            raise RequestError(504, f"timed out after {self.settings.timeout_s:g} s waiting for the engine",
+                               kind="server_error", code="timeout") from None  # fmt: skip
+        finally:
+            self.waiting -= 1
+            self.metrics.queue.set(self.waiting)
+        self.metrics.running.set(1)
+        try:
+            return await asyncio.to_thread(fn)
+        finally:
+            self.metrics.running.set(0)
+            self.lock.release()
+
+    def generate(self, job: ChatJob, clip, on_text=None):
+        """The answer (GenerateOutput) of one job; runs in the worker thread."""
+        import torch
+
+        from specvlm.api import TextDeltas
+
+        deltas = TextDeltas(self.pair.target.tokenizer)
+
+        def on_tokens(new: list[int]) -> None:
+            if job.cancel.is_set():
+                raise Cancelled("client went away")
+            if time.monotonic() > job.deadline:
+                raise Cancelled("timeout")
+            if on_text is not None and (piece := deltas.add(new)):
+                on_text(piece)
+
+        try:
+            out = self.pair.generate(
+                clip, job.messages, max_new_tokens=job.max_new_tokens, temperature=job.temperature,
+                top_p=job.top_p, seed=job.seed, stop_strings=job.stop, speculative=job.speculative,
+                on_tokens=on_tokens, prune=job.prune,
+            )  # fmt: skip
+        except Cancelled as why:
+            self.metrics.cancelled.labels(reason=str(why)).inc()
+            if str(why) == "timeout":
+                raise RequestError(504, f"generation timed out after {self.settings.timeout_s:g} s",
+                                   kind="server_error", code="timeout") from None  # fmt: skip
+            raise
+        except torch.OutOfMemoryError as error:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            first = (str(error).strip().splitlines() or [""])[0][:160]
+            raise RequestError(503, f"out of GPU memory ({first}): ask for fewer num_frames or max_tokens",
+                               kind="server_error", code="out_of_memory") from None  # fmt: skip
+        if on_text is not None and (piece := deltas.rest(out.text)):
+            on_text(piece)
+        return out
+
+    def check_context(self, job: ChatJob, clip) -> None:
+        from specvlm.bench.harness import PromptTooLongError, check_context
+
+        input_ids = self.pair.target.build_inputs(clip, job.messages)["input_ids"]
+        try:
+            check_context(self.pair.target, input_ids, job.max_new_tokens)
+            if job.speculative:
+                check_context(self.pair.draft, input_ids, job.max_new_tokens, "draft")
+        except PromptTooLongError as error:
+            message = str(error).replace("--frames", "num_frames").replace("--fps", "fps")
+            message = message.replace("--max-new-tokens", "max_tokens")
+            raise RequestError(400, message, param="messages", code="context_length_exceeded") from None
+
+
+def finish_reason(out, job: ChatJob, eos: tuple[int, ...]) -> str:
+    if out.token_ids and out.token_ids[-1] in eos:
+        return "stop"
+    if job.stop and any(s in out.text for s in job.stop):
+        return "stop"
+    return "length" if len(out.token_ids) >= job.max_new_tokens else "stop"
+
+
+def usage(out) -> dict:
+    n = len(out.token_ids)
+    return {"prompt_tokens": out.prompt_tokens, "completion_tokens": n, "total_tokens": out.prompt_tokens + n}
+
+
+def specvlm_stats(out, job: ChatJob) -> dict:
+    stats = out.stats
+    tau = getattr(stats, "tau", None)
+    return {
+        "speculative": job.speculative,
+        "tau": tau if tau == tau else None,  # NaN: no verification pass ran
+        "tokens_per_s": stats.tokens_per_s if stats.tokens_per_s == stats.tokens_per_s else None,
+        "video_tokens": getattr(stats, "video_tokens", None),
+        "draft_video_tokens": getattr(stats, "draft_video_tokens", None),
+        "prefill_s": stats.prefill_s,
+        "decode_s": stats.decode_s,
+    }
+
+
+def create_app(pair, settings: ServeSettings):
+    """The FastAPI application serving ``pair`` (a SpeculativeVLM)."""
+    metrics = Metrics()
+    engine = Engine(pair, settings, metrics)
+    app = FastAPI(title="specvlm", version="0.1.0")
+    app.state.engine, app.state.metrics = engine, metrics
+    created = int(time.time())
+    eos = tuple(pair.target.eos_token_ids)
+
+    def error_response(error: RequestError, endpoint: str) -> JSONResponse:
+        metrics.errors.labels(type=error.code or error.kind).inc()
+        metrics.requests.labels(endpoint=endpoint, status=str(error.status)).inc()
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if settings.api_key and request.url.path != "/health":
+            if request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
+                return error_response(RequestError(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                                                   code="invalid_api_key"), request.url.path)  # fmt: skip
+        try:
+            return await call_next(request)
+        except Exception as error:  # never a traceback to the client
+            return error_response(RequestError(500, f"internal error: {type(error).__name__}: {error}",
+                                               kind="server_error"), request.url.path)  # fmt: skip
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_name, "waiting": engine.waiting,
+                "busy": engine.lock.locked()}  # fmt: skip
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models():
+        metrics.requests.labels(endpoint="/v1/models", status="200").inc()
+        return {"object": "list",
+                "data": [{"id": settings.model_name, "object": "model", "created": created, "owned_by": "specvlm"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        endpoint = "/v1/chat/completions"
+        started = time.monotonic()
+        try:
+            try:
+                body = await request.json()
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RequestError(400, "the request body is not valid JSON") from None
+            job = parse_request(body, settings)
+            job.deadline = started + settings.timeout_s
+            if engine.lock.locked() and engine.waiting >= settings.max_queue:  # refuse before decoding media
+                await engine.run(job, lambda: None)
+            clip = await asyncio.to_thread(load_clip, job, settings)
+            await asyncio.to_thread(engine.check_context, job, clip)
+        except RequestError as error:
+            return error_response(error, endpoint)
+        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if job.stream:
+            return StreamingResponse(stream(request, job, clip, rid, now, started), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+        work = asyncio.ensure_future(engine.run(job, lambda: engine.generate(job, clip)))
+        try:
+            while not work.done():  # a client that goes away cancels the generation at the next cycle
+                await asyncio.wait({work}, timeout=0.1)
+                if not work.done() and await request.is_disconnected():
+                    job.cancel.set()
+            out = work.result()
+        except RequestError as error:
+            return error_response(error, endpoint)
+        except Cancelled:
+            return error_response(RequestError(499, "client closed the request", code="cancelled"), endpoint)
+        except Exception as error:  # a failed generation: answered, the server goes on
+            return error_response(RequestError(500, f"generation failed: {type(error).__name__}: {error}",
+                                               kind="server_error"), endpoint)  # fmt: skip
+        record(out, started)
+        metrics.requests.labels(endpoint=endpoint, status="200").inc()
+        return {
+            "id": rid, "object": "chat.completion", "created": now, "model": settings.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                         "finish_reason": finish_reason(out, job, eos), "logprobs": None}],
+            "usage": usage(out), "specvlm": specvlm_stats(out, job),
+        }  # fmt: skip
+
+    def record(out, started: float) -> None:
+        metrics.tokens.inc(len(out.token_ids))
+        tau = getattr(out.stats, "tau", None)
+        if tau is not None and tau == tau:
+            metrics.tau.observe(tau)
+        metrics.latency.observe(time.monotonic() - started)
+
+    async def stream(request, job: ChatJob, clip, rid: str, now: int, started: float) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+
+        def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+            data = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": settings.model_name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        def on_text(piece: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        work = asyncio.ensure_future(engine.run(job, lambda: engine.generate(job, clip, on_text)))
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                getter = asyncio.ensure_future(pieces.get())
+                await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield chunk({"content": getter.result()})
+                    continue
+                getter.cancel()
+                while not pieces.empty():
+                    yield chunk({"content": pieces.get_nowait()})
+                break
+            try:
+                out = work.result()
+            except RequestError as error:
+                metrics.errors.labels(type=error.code or error.kind).inc()
+                yield f"data: {json.dumps(error.body())}\n\n"
+                return
+            except Exception as error:
+                metrics.errors.labels(type="server_error").inc()
+                body = RequestError(500, f"generation failed: {type(error).__name__}: {error}", kind="server_error")
+                yield f"data: {json.dumps(body.body())}\n\n"
+                return
+            record(out, started)
+            yield chunk({}, finish_reason(out, job, eos), specvlm=specvlm_stats(out, job))
+            if job.include_usage:
+                data = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": settings.model_name,
+                        "choices": [], "usage": usage(out)}
+                yield f"data: {json.dumps(data)}\n\n"
+            yield "data: [DONE]\n\n"
+            metrics.requests.labels(endpoint="/v1/chat/completions", status="200").inc()
+        finally:
+            if not work.done():  # the client went away: stop at the next cycle
+                job.cancel.set()
+                try:
+                    await work
+                except (Exception, asyncio.CancelledError):  # noqa: S110 - nobody is left to read the outcome
+                    pass
+
+    return app
+
+
+def serve(pair, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """Serve ``pair`` until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(pair, settings), host=host, port=port, log_level=log_level)
+
+
+def api_key_from_env(value: str | None) -> str | None:
+    return value or os.environ.get("SPECVLM_API_KEY") or None

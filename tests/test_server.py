@@ -1,0 +1,270 @@
+"""`specvlm serve`: the real server on a loopback port with the bundled pair, talked to with the
+official ``openai`` client (and plain HTTP for what a client library hides)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import uvicorn
+
+from specvlm import SpeculativeVLM
+from specvlm.assets import default_pair, sample_videos
+from specvlm.server import ServeSettings, create_app
+
+PROMPT = "Describe the video."
+FRAMES = 16
+
+
+class LiveServer:
+    """A uvicorn server in a thread on a free loopback port."""
+
+    def __init__(self, app):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(500):
+            if self.server.started:
+                break
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def client(self, key: str = "none", **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120, **kw)
+
+    def post(self, body, *, key: str | None = None, raw: bytes | None = None) -> tuple[int, dict, dict]:
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        data = raw if raw is not None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + "/v1/chat/completions", data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read()), {k.lower(): v for k, v in response.headers.items()}
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), {k.lower(): v for k, v in error.headers.items()}
+
+    def get(self, path: str, key: str | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    target, draft = default_pair()
+    return SpeculativeVLM.from_pretrained(str(target), str(draft), dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def clip_path():
+    return sample_videos()[0].path
+
+
+@pytest.fixture(scope="module")
+def settings(clip_path):
+    return ServeSettings(model_name="bundled", allowed_media_dir=clip_path.parent, num_frames=FRAMES, max_media_mb=0.5)
+
+
+@pytest.fixture(scope="module")
+def server(pair, settings):
+    live = LiveServer(create_app(pair, settings))
+    yield live
+    live.close()
+
+
+@pytest.fixture(scope="module")
+def reference(pair, clip_path) -> str:
+    """The API's own greedy answer."""
+    return pair.generate(str(clip_path), PROMPT, num_frames=FRAMES, max_new_tokens=256).text
+
+
+def data_url(path) -> str:
+    return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def messages(url: str, text: str = PROMPT) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": text}]}]
+
+
+def test_models_health_and_metrics(server):
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["bundled"]
+    status, body = server.get("/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    status, text = server.get("/metrics")
+    assert status == 200 and "specvlm_queue_depth" in text and "specvlm_tau_bucket" in text
+
+
+@pytest.mark.parametrize("how", ["data-url", "path", "file-url"])
+def test_plain_completion_is_the_apis_greedy_answer(server, clip_path, reference, how):
+    url = {"data-url": data_url(clip_path), "path": str(clip_path), "file-url": clip_path.as_uri()}[how]
+    out = server.client().chat.completions.create(model="bundled", messages=messages(url), max_tokens=256)
+    assert out.choices[0].message.content == reference
+    assert out.choices[0].finish_reason == "stop"
+    assert out.usage.completion_tokens > 0 and out.usage.prompt_tokens > 256  # the video's tokens count
+    extra = out.model_extra["specvlm"]
+    assert extra["speculative"] and extra["tau"] > 1 and extra["draft_video_tokens"] < extra["video_tokens"]
+
+
+def test_streamed_completion_joins_to_the_same_answer(server, clip_path, reference):
+    stream = server.client().chat.completions.create(
+        model="bundled", messages=messages(data_url(clip_path)), stream=True, stream_options={"include_usage": True}
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert len([p for p in pieces if p]) > 1  # it really streamed
+    assert "".join(pieces) == reference and finish == "stop"
+    assert usage is not None and usage.completion_tokens > 0
+
+
+def test_four_concurrent_clients_are_all_answered(server, clip_path, reference, pair):
+    other = sample_videos()[1].path
+    expected_other = pair.generate(str(other), PROMPT, num_frames=FRAMES).text
+    jobs = [(clip_path, reference), (other, expected_other)] * 2
+
+    def ask(job):
+        path, _ = job
+        out = server.client().chat.completions.create(model="bundled", messages=messages(str(path)))
+        return out.choices[0].message.content
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, jobs))
+    assert answers == [expected for _, expected in jobs]
+
+
+def test_beyond_the_queue_requests_get_503_with_retry_after(pair, settings, clip_path, reference):
+    live = LiveServer(create_app(pair, ServeSettings(**{**vars(settings), "max_queue": 1})))
+    try:
+        body = {"model": "bundled", "messages": messages(str(clip_path)), "max_tokens": 256}
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda _: live.post(body), range(6)))
+        busy = [r for r in results if r[0] == 503]
+        done = [r for r in results if r[0] == 200]
+        assert busy and done and len(busy) + len(done) == 6  # one runs, one waits, the rest are refused
+        assert all(r[2].get("retry-after") and r[1]["error"]["code"] == "queue_full" for r in busy)
+        assert all(r[1]["choices"][0]["message"]["content"] == reference for r in done)
+    finally:
+        live.close()
+
+
+def test_a_cancelled_stream_stops_its_generation(server, clip_path, reference):
+    def cancelled() -> float:
+        text = server.get("/metrics")[1]
+        found = re.search(r'specvlm_cancelled_generations_total\{reason="client went away"\} (\S+)', text)
+        return float(found.group(1)) if found else 0.0
+
+    before = cancelled()
+    stream = server.client().chat.completions.create(model="bundled", messages=messages(str(clip_path)), stream=True)
+    next(iter(stream))  # the first chunk, then the client goes away
+    stream.close()
+    for _ in range(300):
+        if cancelled() > before:
+            break
+        time.sleep(0.05)
+    assert cancelled() == before + 1
+    out = server.client().chat.completions.create(model="bundled", messages=messages(str(clip_path)))
+    assert out.choices[0].message.content == reference  # and the server goes on
+
+
+def test_the_api_key_is_required_everywhere_but_health(pair, settings, clip_path):
+    live = LiveServer(create_app(pair, ServeSettings(**{**vars(settings), "api_key": "s3cret"})))
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            live.client("wrong").chat.completions.create(model="bundled", messages=messages(str(clip_path)))
+        with pytest.raises(openai.AuthenticationError):
+            live.client("wrong").models.list()
+        assert live.get("/metrics")[0] == 401
+        assert live.get("/health")[0] == 200
+        out = live.client("s3cret").chat.completions.create(model="bundled", messages=messages(str(clip_path)), max_tokens=4)
+        assert out.usage.completion_tokens == 4 and out.choices[0].finish_reason == "length"
+    finally:
+        live.close()
+
+
+def _body(clip_path, **changes):
+    body = {"model": "bundled", "messages": messages(str(clip_path)), "max_tokens": 8}
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+BAD = [
+    # (what, body changes, status, words in the message)
+    ("no video", {"messages": [{"role": "user", "content": PROMPT}]}, 400, "no video"),
+    ("two videos", "two", 400, "2 videos"),
+    ("unreadable video", {"messages": messages("data:video/mp4;base64," + base64.b64encode(b"not a video").decode())},
+     400, "unreadable video"),
+    ("bad base64", {"messages": messages("data:video/mp4;base64,@@@")}, 400, "base64"),
+    ("no text", {"messages": [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}]},
+     400, "no text"),
+    ("an image", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     400, "image_url input is not supported"),
+    ("negative temperature", {"temperature": -1}, 400, "'temperature' must be in [0, 2]"),
+    ("top_p past 1", {"top_p": 1.5}, 400, "'top_p'"),
+    ("top_p 0", {"top_p": 0}, 400, "'top_p'"),
+    ("n of 2", {"n": 2}, 400, "'n' must be 1"),
+    ("unknown strategy", {"prune": "bogus"}, 400, "'prune' must be one of"),
+    ("prune ratio past 1", {"prune_ratio": 1.5}, 400, "'prune_ratio'"),
+    ("no frames", {"num_frames": 0}, 400, "'num_frames'"),
+    ("frames and fps", {"num_frames": 4, "fps": 1.0}, 400, "not both"),
+    ("string max_tokens", {"max_tokens": "ten"}, 400, "'max_tokens' must be an integer"),
+    ("an unknown parameter", {"best_of": 3}, 400, "unknown parameter 'best_of'"),
+    ("an unsupported one", {"logprobs": True}, 400, "'logprobs' is not supported"),
+    ("another model", {"model": "gpt-4o"}, 404, "not served here"),
+    ("past the context", {"max_tokens": 10**7}, 400, "past the target's context"),
+    ("a path outside the media folder", {"messages": messages("/etc/hostname")}, 403, "--allowed-media-dir"),
+    ("a remote URL", {"messages": messages("https://example.com/v.mp4")}, 403, "--allow-remote-media"),
+    ("a missing file", "missing", 400, "no such video"),
+    ("too large", "large", 413, "--max-media-mb"),
+]
+
+
+@pytest.mark.parametrize("what, changes, status, words", BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_a_4xx_naming_the_problem(server, clip_path, what, changes, status, words):
+    if changes == "two":
+        two = messages(str(clip_path))
+        two[0]["content"].insert(0, {"type": "video_url", "video_url": {"url": str(clip_path)}})
+        changes = {"messages": two}
+    elif changes == "missing":
+        changes = {"messages": messages(str(clip_path.parent / "nope.mp4"))}
+    elif changes == "large":
+        changes = {"messages": messages("data:video/mp4;base64," + "A" * 2**20)}
+    code, body, _ = server.post(_body(clip_path, **changes))
+    assert code == status, body
+    assert set(body["error"]) >= {"message", "type", "param", "code"} and words in body["error"]["message"]
+
+
+def test_the_server_keeps_serving_after_bad_requests(server, clip_path):
+    assert server.post(None, raw=b"{not json")[0] == 400
+    assert server.post([1, 2])[0] == 400
+    code, body, _ = server.post(_body(clip_path, max_tokens=3))
+    assert code == 200 and body["usage"]["completion_tokens"] == 3
+
+
+def test_extras_switch_speculation_and_pruning(server, clip_path, reference):
+    target_only = server.post(_body(clip_path, max_tokens=256, speculative=False))[1]
+    plain = server.post(_body(clip_path, max_tokens=256, prune=False))[1]
+    assert target_only["choices"][0]["message"]["content"] == reference == plain["choices"][0]["message"]["content"]
+    assert target_only["specvlm"]["speculative"] is False
+    assert plain["specvlm"]["draft_video_tokens"] == plain["specvlm"]["video_tokens"]
