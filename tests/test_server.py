@@ -268,3 +268,13 @@ def test_extras_switch_speculation_and_pruning(server, clip_path, reference):
     assert target_only["choices"][0]["message"]["content"] == reference == plain["choices"][0]["message"]["content"]
     assert target_only["specvlm"]["speculative"] is False
     assert plain["specvlm"]["draft_video_tokens"] == plain["specvlm"]["video_tokens"]
+
+
+def test_a_request_past_its_timeout_is_stopped_and_answered_504(pair, settings, clip_path):
+    live = LiveServer(create_app(pair, ServeSettings(**{**vars(settings), "timeout_s": 0.01})))
+    try:
+        code, body, _ = live.post(_body(clip_path, max_tokens=64))
+        assert code == 504 and body["error"]["code"] == "timeout"
+        assert 'reason="timeout"' in live.get("/metrics")[1]
+    finally:
+        live.close()
