@@ -187,6 +187,16 @@ _positive_float = _number(float, lambda v: v > 0, "> 0")
 _count = _number(int, lambda v: v >= 0, ">= 0")
 
 
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N (shard I of N, from 0), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"expected 0 <= I < N, got {text}")
+    return i, n
+
+
 def _prompt(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty: ask something about the video")
@@ -289,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample, greedy. Writes DIR/samples.jsonl (one line per sample and method, flushed at once; "
         "a rerun resumes), DIR/skipped.jsonl, DIR/summary.json, DIR/summary.md and plots."))
     _add_models(b)
-    source = b.add_mutually_exclusive_group(required=True)
+    source = b.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=DATASETS, metavar="NAME",
                         help=f"a benchmark in its published layout: {', '.join(DATASETS)} (with --data-root)")
     source.add_argument("--videos", metavar="DIR", help="a folder of videos (with --prompt)")
@@ -311,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run Hugging Face assisted generation: target.generate(assistant_model=draft)")
     b.add_argument("--warmup", type=_count, default=1, metavar="N", help="untimed warm-up rounds (default 1)")
     b.add_argument("--out", required=True, metavar="DIR", help="output folder (the same one resumes a run)")
+    b.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="run only every N-th sample from the I-th (0-based) into DIR/shards/I-of-N; the shard that "
+                        "finishes last writes the merged summary (default under torchrun: RANK/WORLD_SIZE)")
+    b.add_argument("--merge", action="store_true", help="only merge the finished shards in DIR into one summary")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_debug(b)
     b.set_defaults(func=cmd_bench)
@@ -456,11 +470,26 @@ def cmd_visualize(args) -> int:
     return 0
 
 
+def _torchrun_shard() -> tuple[int, int] | None:
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
 def cmd_bench(args) -> int:
     from specvlm.bench.datasets import load_samples
-    from specvlm.bench.harness import Bench, BenchSettings, check_run_settings, method_list
+    from specvlm.bench.harness import Bench, BenchSettings, check_run_settings, merge_shards, method_list, shard_dir
     from specvlm.bench.report import markdown, write_report
 
+    out = Path(args.out)
+    if args.merge:
+        try:
+            records, skipped, settings = merge_shards(out)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        sys.stdout.write(markdown(write_report(out, records, skipped, settings)))
+        return 0
     target, draft = resolve_pair(args.target, args.draft)
     if args.videos is not None:
         if not args.prompt:
@@ -468,10 +497,17 @@ def cmd_bench(args) -> int:
         if args.tasks:
             raise CLIError("--tasks applies to --dataset, not to --videos")
         name, root = "folder", args.videos
-    else:
+    elif args.dataset is not None:
         if not args.data_root:
             raise CLIError(f"--dataset {args.dataset} needs --data-root DIR (the benchmark's local folder)")
         name, root = args.dataset, args.data_root
+    else:
+        raise CLIError("one of --dataset or --videos is required (or --merge)")
+    shard = args.shard or _torchrun_shard()
+    if shard is not None and args.device and args.device.startswith("cuda") and ":" not in args.device:
+        import os
+
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per data-parallel rank
     frames = _frames(args)
     settings = BenchSettings(
         target=target, draft=draft, num_frames=frames["num_frames"], fps=frames["fps"],
@@ -483,22 +519,35 @@ def cmd_bench(args) -> int:
     with warnings.catch_warnings():  # samples whose video is missing go to skipped.jsonl instead
         warnings.simplefilter("ignore")
         samples = load_samples(name, root, limit=args.limit, prompt=args.prompt, tasks=args.tasks, skip_missing=True)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    missing = samples.skipped
+    run_dir = out
+    if shard is not None:
+        i, n = shard
+        run_dir = shard_dir(out, i, n)
+        samples, missing = list(samples)[i::n], (missing if i == 0 else [])
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        check_run_settings(out, settings)
+        check_run_settings(run_dir, settings)
     except ValueError as error:
         raise CLIError(str(error)) from None
-    bench = Bench(methods, settings, out, warmup=args.warmup, progress=not args.no_progress)
-    bench.record_missing(samples.skipped)
+    bench = Bench(methods, settings, run_dir, warmup=args.warmup, progress=not args.no_progress)
+    bench.record_missing(missing)
     if bench.pending(samples):  # the models load only when something is left to run
         result = bench.run(load_pair(args), samples)
         print(f"{result.new_records} new records, {result.new_skipped} samples skipped", file=sys.stderr)
     else:
-        print(f"every (sample, method) is already in {out / 'samples.jsonl'}", file=sys.stderr)
-    summary = write_report(out, bench.samples_log.records, bench.skipped_log.records, settings.as_dict())
-    sys.stdout.write(markdown(summary))
+        print(f"every (sample, method) is already in {run_dir / 'samples.jsonl'}", file=sys.stderr)
+    if shard is None:
+        summary = write_report(out, bench.samples_log.records, bench.skipped_log.records, settings.as_dict())
+        sys.stdout.write(markdown(summary))
+        return 0
+    bench.mark_done()
+    try:
+        records, skipped, merged_settings = merge_shards(out)
+    except ValueError as error:  # other shards still running (or not started)
+        print(f"shard {shard[0]}/{shard[1]} done; {error}", file=sys.stderr)
+        return 0
+    sys.stdout.write(markdown(write_report(out, records, skipped, merged_settings)))
     return 0
 
 

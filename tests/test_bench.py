@@ -179,3 +179,33 @@ def test_jsonl_log_cuts_a_torn_last_line(tmp_path):
     assert log.records == [{"a": 1}, {"a": 2}]
     log.append({"a": 4, "x": float("nan")})
     assert lines(path) == [{"a": 1}, {"a": 2}, {"a": 4, "x": None}]
+
+
+def test_bench_shards_resume_and_merge_into_one_summary(pair, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for seed in range(3):
+        clip(videos / f"v{seed}.mp4", seed)
+    argv = ["--target", pair[0], "--draft", pair[1], "--videos", str(videos), "--prompt", PROMPT, *RUN,
+            "--methods", "target", "pruned"]
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    bench(capsys, *argv, "--out", str(whole))
+    _, err = bench(capsys, *argv, "--out", str(sharded), "--shard", "1/2")
+    assert "waiting for shards 0/2" in err and not (sharded / "summary.json").exists()
+    assert main(["bench", "--merge", "--out", str(sharded)]) == 2  # not yet: shard 0 has not run
+    stdout, _ = bench(capsys, *argv, "--out", str(sharded), "--shard", "0/2")  # the last shard merges
+    assert "| target" in stdout and (sharded / "summary.md").exists() and (sharded / "speedup_vs_ratio.png").exists()
+    one = lines(sharded / "shards" / "0-of-2" / "samples.jsonl")
+    two = lines(sharded / "shards" / "1-of-2" / "samples.jsonl")
+    assert {r["sample_id"] for r in one}.isdisjoint({r["sample_id"] for r in two})
+    reference = {(r["sample_id"], r["method"]): r["token_ids"] for r in lines(whole / "samples.jsonl")}
+    assert {(r["sample_id"], r["method"]): r["token_ids"] for r in one + two} == reference
+    def untimed(path):  # what does not depend on timing
+        summary = json.loads((path / "summary.json").read_text())
+        return summary["samples"], [(m["method"], m["samples"], m["tokens"], m["tau"], m["equal_rate"])
+                                    for m in summary["methods"]]
+
+    assert untimed(sharded) == untimed(whole)
+    _, err = bench(capsys, *argv, "--out", str(sharded), "--shard", "1/2")  # a rerun redoes nothing
+    assert "already in" in err and len(lines(sharded / "shards" / "1-of-2" / "samples.jsonl")) == len(two)
+    assert main(["bench", "--merge", "--out", str(sharded)]) == 0

@@ -258,6 +258,42 @@ class JsonlLog:
         self.records.append(record)
 
 
+DONE_FILE = "done.json"
+SHARDS_DIR = "shards"
+
+
+def shard_dir(out_dir: Path, i: int, n: int) -> Path:
+    return Path(out_dir) / SHARDS_DIR / f"{i}-of-{n}"
+
+
+def merge_shards(out_dir: Path) -> tuple[list[dict], list[dict], dict]:
+    """(records, skipped, settings) of every shard of a sharded run in ``out_dir``.
+
+    Refuses (ValueError, naming them) while a shard is missing or unfinished, or when shards were
+    run with different settings or shard counts.
+    """
+    root = Path(out_dir) / SHARDS_DIR
+    found = sorted(root.glob("*-of-*")) if root.is_dir() else []
+    if not found:
+        raise ValueError(f"{out_dir} holds no shards ({SHARDS_DIR}/I-of-N): run `specvlm bench --shard I/N` first")
+    counts = {int(p.name.split("-of-")[1]) for p in found}
+    if len(counts) != 1:
+        raise ValueError(f"{root} holds shards of different counts ({sorted(counts)}): one sharded run per --out")
+    n = counts.pop()
+    waiting = [i for i in range(n) if not (shard_dir(out_dir, i, n) / DONE_FILE).exists()]
+    if waiting:
+        raise ValueError(f"waiting for shards {', '.join(f'{i}/{n}' for i in waiting)} (rerun one to resume it); "
+                         "the last to finish writes the summary")  # fmt: skip
+    settings = [json.loads((shard_dir(out_dir, i, n) / RUN_FILE).read_text(encoding="utf-8")) for i in range(n)]
+    if any(s != settings[0] for s in settings):
+        raise ValueError(f"the shards in {root} were run with different settings: merge only one run")
+    records, skipped = [], []
+    for i in range(n):
+        records += JsonlLog(shard_dir(out_dir, i, n) / SAMPLES_FILE).records
+        skipped += JsonlLog(shard_dir(out_dir, i, n) / SKIPPED_FILE).records
+    return records, skipped, settings[0]
+
+
 def check_run_settings(out_dir: Path, settings: BenchSettings) -> None:
     """Write run.json, or refuse if the folder holds records measured with other settings."""
     path = out_dir / RUN_FILE
@@ -329,6 +365,10 @@ class Bench:
             if todo:
                 work.append((sample, todo))
         return work
+
+    def mark_done(self) -> None:
+        """Mark this (shard's) folder finished: every sample given to run() has every method."""
+        (self.out_dir / DONE_FILE).write_text(json.dumps({"records": len(self.samples_log.records)}) + "\n")
 
     def record_missing(self, missing: Iterable) -> int:
         """Record samples whose video the dataset reader did not find (MissingVideo)."""
