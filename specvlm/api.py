@@ -115,13 +115,20 @@ class SpeculativeVLM:
         prune: PruneConfig | None = PruneConfig(),
         reindex: bool = False,
         compile: bool | None = None,
+        tensor_parallel: int | None = None,
     ) -> "SpeculativeVLM":
         """Load both models from hub ids or folders. The draft goes to ``draft_device`` (default: the
-        target's ``device``, or its first device under a device map)."""
+        target's ``device``, or its first device under a device map or tensor parallelism).
+
+        ``tensor_parallel=N``: under ``torchrun --nproc-per-node N``, the target is sharded over the
+        N ranks (the draft is whole on each); every rank runs the same loop and takes rank 0's
+        decisions (``specvlm.engine.distributed``)."""
         target_adapter = load_adapter(
-            target, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation
-        )
-        draft_device = draft_device or device or (None if device_map is None else str(target_adapter.device))
+            target, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation,
+            tensor_parallel=tensor_parallel,
+        )  # fmt: skip
+        placed = device_map is not None or tensor_parallel is not None
+        draft_device = draft_device or device or (str(target_adapter.device) if placed else None)
         draft_adapter = load_adapter(draft, dtype=dtype, device=draft_device, attn_implementation=attn_implementation)
         return cls(target_adapter, draft_adapter, tree=tree, prune=prune, reindex=reindex, compile=compile)
 

@@ -113,6 +113,16 @@ def load_pair(args, *, prune=None):
 
     target, draft = resolve_pair(args.target, args.draft)
     precheck_pair(target, draft)
+    tp = getattr(args, "tp", None)
+    if tp is not None:
+        from transformers import AutoConfig
+
+        from specvlm.models import check_tensor_parallel
+
+        try:
+            check_tensor_parallel(AutoConfig.from_pretrained(target), tp)
+        except ValueError as error:
+            raise CLIError(f"--tp {tp}: {error}") from None
     try:
         return SpeculativeVLM.from_pretrained(
             target,
@@ -126,6 +136,7 @@ def load_pair(args, *, prune=None):
             prune=prune,
             reindex=args.reindex,
             compile=False if args.no_compile else None,
+            tensor_parallel=tp,
         )
     except OSError as error:  # a file missing from a checkpoint folder, a hub id that does not resolve
         raise CLIError(f"cannot load the models: {_one_line(error)}") from None
@@ -216,7 +227,7 @@ def _tree(text: str) -> str:
 # ---------------------------------------------------------------------------------------- parser
 
 
-def _add_models(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
+def _add_models(p: argparse.ArgumentParser, *, draft: bool = True, tp: bool = False) -> None:
     p.add_argument("--target", metavar="MODEL", help="target checkpoint: hub id or folder")
     if draft:
         p.add_argument("--draft", metavar="MODEL", help="draft of the same family and tokenizer: hub id or folder")
@@ -225,6 +236,10 @@ def _add_models(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--device", help="device of the model(s), e.g. cuda:0 (default: cpu)")
     where.add_argument("--device-map", metavar="MAP", help="spread the target over devices: auto, ... or JSON")
+    if tp:
+        where.add_argument("--tp", type=_positive_int, metavar="N",
+                           help="shard the target over N GPUs by tensor parallelism: run under "
+                                "`torchrun --nproc-per-node N specvlm ...` (rank 0 prints and writes)")
     if draft:
         p.add_argument("--draft-device", metavar="DEVICE", help="device of the draft (default: the target's first)")
     p.add_argument("--attn", default="sdpa", metavar="IMPL", help="attention implementation (default sdpa)")
@@ -279,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Answer a prompt about a video with speculative decoding. The answer is the target's own "
         "(greedy: token for token). The text streams to stdout as tokens are accepted; a stats line "
         "goes to stderr."))
-    _add_models(g)
+    _add_models(g, tp=True)
     _add_video(g)
     _add_speculation(g)
     g.add_argument("--temperature", type=_temperature, default=0.0, metavar="T", help="0 = greedy (default)")
@@ -298,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the target alone (the baseline), plain SD and pruned SD on the same inputs of every "
         "sample, greedy. Writes DIR/samples.jsonl (one line per sample and method, flushed at once; "
         "a rerun resumes), DIR/skipped.jsonl, DIR/summary.json, DIR/summary.md and plots."))
-    _add_models(b)
+    _add_models(b, tp=True)
     source = b.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=DATASETS, metavar="NAME",
                         help=f"a benchmark in its published layout: {', '.join(DATASETS)} (with --data-root)")
@@ -398,6 +413,7 @@ def _render(clip, layout, selection, scores, path: str, title: str) -> str:
 
 def cmd_generate(args) -> int:
     from specvlm.api import TextDeltas
+    from specvlm.engine.distributed import is_main
     from specvlm.bench.harness import check_pair_context, stats_dict
     from specvlm.video import load_video
 
@@ -412,9 +428,10 @@ def cmd_generate(args) -> int:
     check_pair_context(pair, pair.target.build_inputs(clip, args.prompt)["input_ids"], args.max_new_tokens)
 
     deltas = TextDeltas(pair.target.tokenizer)
+    main_rank = is_main()  # under torchrun --tp, rank 0 alone prints
 
     def stream(new: list[int]) -> None:  # print text as tokens are accepted (as SpeculativeVLM.stream)
-        if piece := deltas.add(new):
+        if (piece := deltas.add(new)) and main_rank:
             sys.stdout.write(piece)
             sys.stdout.flush()
 
@@ -431,6 +448,8 @@ def cmd_generate(args) -> int:
         on_tokens=None if args.json else stream,
         prune=prune,
     )
+    if not main_rank:
+        return 0
     if args.json:
         print(json.dumps({
             "text": out.text,
@@ -503,7 +522,10 @@ def cmd_bench(args) -> int:
         name, root = args.dataset, args.data_root
     else:
         raise CLIError("one of --dataset or --videos is required (or --merge)")
-    shard = args.shard or _torchrun_shard()
+    from specvlm.engine.distributed import is_main
+
+    main_rank = is_main()  # under torchrun --tp: rank 0 writes, every rank runs the same samples
+    shard = args.shard or (None if args.tp else _torchrun_shard())
     if shard is not None and args.device and args.device.startswith("cuda") and ":" not in args.device:
         import os
 
@@ -527,16 +549,19 @@ def cmd_bench(args) -> int:
         samples, missing = list(samples)[i::n], (missing if i == 0 else [])
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        check_run_settings(run_dir, settings)
+        check_run_settings(run_dir, settings, write=main_rank)
     except ValueError as error:
         raise CLIError(str(error)) from None
-    bench = Bench(methods, settings, run_dir, warmup=args.warmup, progress=not args.no_progress)
+    bench = Bench(methods, settings, run_dir, warmup=args.warmup, progress=not args.no_progress and main_rank,
+                  write=main_rank)  # fmt: skip
     bench.record_missing(missing)
     if bench.pending(samples):  # the models load only when something is left to run
         result = bench.run(load_pair(args), samples)
         print(f"{result.new_records} new records, {result.new_skipped} samples skipped", file=sys.stderr)
     else:
         print(f"every (sample, method) is already in {run_dir / 'samples.jsonl'}", file=sys.stderr)
+    if not main_rank:
+        return 0
     if shard is None:
         summary = write_report(out, bench.samples_log.records, bench.skipped_log.records, settings.as_dict())
         sys.stdout.write(markdown(summary))

@@ -215,15 +215,31 @@ def _one_line(error: BaseException, limit: int = 400) -> str:
 
 
 class JsonlLog:
-    """An append-only JSONL file: every line flushed at once; a truncated last line is cut off."""
+    """An append-only JSONL file: every line flushed at once; a truncated last line is cut off.
 
-    def __init__(self, path: Path):
+    With ``write=False`` (the other ranks of a tensor-parallel group) it reads the file but keeps
+    new records in memory only: one process writes.
+    """
+
+    def __init__(self, path: Path, *, write: bool = True):
         self.path = Path(path)
+        self.write = write
         self.records: list[dict[str, Any]] = []
         if self.path.exists():
-            self.records = self._read_and_repair()
-        else:
+            self.records = self._read_and_repair() if write else self._read()
+        elif write:
             self.path.touch()  # present, even empty: readers need not guess
+
+    def _read(self) -> list[dict[str, Any]]:
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
     def _read_and_repair(self) -> list[dict[str, Any]]:
         data = self.path.read_bytes()
@@ -251,6 +267,9 @@ class JsonlLog:
 
     def append(self, record: dict[str, Any]) -> None:
         record = clean(record)
+        if not self.write:
+            self.records.append(record)
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
             f.flush()
@@ -294,8 +313,9 @@ def merge_shards(out_dir: Path) -> tuple[list[dict], list[dict], dict]:
     return records, skipped, settings[0]
 
 
-def check_run_settings(out_dir: Path, settings: BenchSettings) -> None:
-    """Write run.json, or refuse if the folder holds records measured with other settings."""
+def check_run_settings(out_dir: Path, settings: BenchSettings, *, write: bool = True) -> None:
+    """Write run.json (unless ``write`` is False), or refuse if the folder holds records measured
+    with other settings."""
     path = out_dir / RUN_FILE
     current = clean(settings.as_dict())
     if path.exists():
@@ -310,7 +330,8 @@ def check_run_settings(out_dir: Path, settings: BenchSettings) -> None:
                 raise ValueError(
                     f"{out_dir} holds a run with other settings ({what}): use another --out to compare them"
                 )
-    path.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
+    if write:
+        path.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -344,13 +365,14 @@ class Bench:
     out_dir: Path
     warmup: int = 1
     progress: bool = True
+    write: bool = True  # False on the other ranks of a tensor-parallel group: rank 0 writes
     pair: Any = field(default=None, init=False)  # SpeculativeVLM, given to run()
     _warm: bool = field(default=False, init=False)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
-        self.samples_log = JsonlLog(self.out_dir / SAMPLES_FILE)
-        self.skipped_log = JsonlLog(self.out_dir / SKIPPED_FILE)
+        self.samples_log = JsonlLog(self.out_dir / SAMPLES_FILE, write=self.write)
+        self.skipped_log = JsonlLog(self.out_dir / SKIPPED_FILE, write=self.write)
 
     # -------------------------------------------------------------------------- bookkeeping
     def pending(self, samples: Iterable) -> list[tuple[Any, list[Method]]]:
@@ -368,7 +390,8 @@ class Bench:
 
     def mark_done(self) -> None:
         """Mark this (shard's) folder finished: every sample given to run() has every method."""
-        (self.out_dir / DONE_FILE).write_text(json.dumps({"records": len(self.samples_log.records)}) + "\n")
+        if self.write:
+            (self.out_dir / DONE_FILE).write_text(json.dumps({"records": len(self.samples_log.records)}) + "\n")
 
     def record_missing(self, missing: Iterable) -> int:
         """Record samples whose video the dataset reader did not find (MissingVideo)."""

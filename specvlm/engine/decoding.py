@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from specvlm.engine.distributed import agree
 from specvlm.engine.sampling import SamplingConfig, next_token
 from specvlm.engine.static import Workspace, default_compile, default_static
 from specvlm.engine.stopping import StopRule
@@ -100,7 +101,7 @@ def decode_target(
     _sync(device)
     t0 = time.perf_counter()
     logits = adapter.prefill(prepared, cache)  # (1, V)
-    token = next_token(logits, sampling, generator)  # (1,)
+    token = agree(next_token(logits, sampling, generator))  # (1,); rank 0's under tensor parallelism
     _sync(device)
     t1 = time.perf_counter()
     stats.prefill_s = t1 - t0
@@ -117,7 +118,7 @@ def decode_target(
         cache.commit(1)
         stats.target_passes += 1
         position += 1
-        token = next_token(logits[:, -1], sampling, generator)
+        token = agree(next_token(logits[:, -1], sampling, generator))
     _sync(device)
     stats.decode_s = time.perf_counter() - t1
     stats.warmup_s = ws.warmup_s - warm

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from specvlm.engine.decoding import Clock, DecodeStats, GenerationResult, _sync
+from specvlm.engine.distributed import agree, world_size
 from specvlm.engine.sampling import SamplingConfig, next_token, probabilities
 from specvlm.engine.static import Workspace, default_compile, default_static
 from specvlm.engine.stopping import StopRule
@@ -214,7 +215,7 @@ def speculative_decode(
         logits, scores = target.prefill_with_scores(target_inputs, t_cache)
     else:
         logits = target.prefill(target_inputs, t_cache)
-    root = int(next_token(logits, sampling, generator))
+    root = int(agree(next_token(logits, sampling, generator).view(1)))
     if prune is not None:
         selection = select(prune, target_inputs.video, None if scores is None else scores.cpu())
         draft_inputs = draft.drop_video_tokens(draft_inputs, selection.kept, reindex=reindex)
@@ -246,6 +247,7 @@ def speculative_decode(
         node_tokens = proposal.tokens.to(t_device)
         if on_proposal is not None:
             on_proposal(node_tokens, len(tokens))
+        node_tokens = agree(node_tokens)  # ranks of a tensor-parallel target verify the same tree
         # verify: every node in one target pass, the accept decision on the device, one transfer back
         clock.mark("verify")
         logits = t_ws.step(node_tokens[None], (position + t_tree.node_depth)[None], t_cache.length, t_tree.ancestor_mask)[0]
@@ -255,6 +257,9 @@ def speculative_decode(
             p = probabilities(logits, sampling)
             verdict = sampled_verdict(tree, node_tokens, proposal.q.to(t_device), p, generator)
         stats.target_passes += 1
+        if verdict.accepted_tokens is None:
+            verdict = replace(verdict, accepted_tokens=node_tokens[verdict.accepted[1:]].tolist())
+        verdict = _agreed(verdict, tree.depth, t_device)
         # roll back both caches to the accepted path: device-side copies, queued without waiting
         n = verdict.num_accepted
         path = verdict.path if verdict.path is not None else _padded_path(verdict.accepted, tree.depth, t_device)
@@ -266,8 +271,6 @@ def speculative_decode(
         d_cache.commit(processed)
         # emit
         accepted_tokens = verdict.accepted_tokens
-        if accepted_tokens is None:
-            accepted_tokens = node_tokens[verdict.accepted[1:]].tolist()
         new = accepted_tokens + [verdict.next_token]
         for d in range(n + 1):
             stats.reached_depth[d] += 1
@@ -289,3 +292,19 @@ def speculative_decode(
 
 def _padded_path(accepted: list[int], depth: int, device) -> torch.Tensor:
     return torch.tensor(accepted + [-1] * (depth + 1 - len(accepted)), device=device)
+
+
+def _agreed(verdict: Verdict, depth: int, device) -> Verdict:
+    """Rank 0's verdict on every rank of a tensor-parallel target (the verdict itself otherwise)."""
+    if world_size() == 1:
+        return verdict
+    packed = torch.full((2 * depth + 4,), -1, dtype=torch.long)
+    n = verdict.num_accepted
+    packed[0], packed[1], packed[2] = n, verdict.next_token, int(verdict.recovered)
+    packed[3 : 4 + n] = torch.tensor(verdict.accepted)
+    packed[4 + depth : 4 + depth + n] = torch.tensor(verdict.accepted_tokens, dtype=torch.long)
+    values = agree(packed).tolist()
+    n = values[0]
+    accepted = values[3 : 4 + n]
+    return Verdict(accepted=accepted, next_token=values[1], recovered=bool(values[2]),
+                   accepted_tokens=values[4 + depth : 4 + depth + n], path=_padded_path(accepted, depth, device))  # fmt: skip

@@ -264,12 +264,13 @@ class StaticStep:
 
 
 def default_static(adapter, static: bool | None) -> bool:
-    """Static (graph-captured) steps by default on one GPU; never under a multi-device map."""
+    """Static (graph-captured) steps by default on one GPU; not under a multi-device map, and not
+    (yet: untested on GPUs) for a tensor-parallel model."""
     if static is not None:
         return static
     device_map = getattr(adapter.model, "hf_device_map", None)
     multi = device_map is not None and len(set(device_map.values())) > 1
-    return adapter.device.type == "cuda" and not multi
+    return adapter.device.type == "cuda" and not multi and not adapter.tensor_parallel
 
 
 # adapter -> {(role, static, compile): Workspace}; weak, so dropping a model frees its caches and graphs

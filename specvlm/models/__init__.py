@@ -56,24 +56,59 @@ def load_adapter(
     device: str | torch.device | None = None,
     device_map: str | dict[str, Any] | None = None,
     attn_implementation: str | None = "sdpa",
+    tensor_parallel: int | None = None,
 ) -> VideoLMAdapter:
     """Load a model and its processor from a hub id or a local folder, through from_pretrained.
 
-    The family is checked from the config before any weight is read.
+    The family is checked from the config before any weight is read. ``tensor_parallel=N`` (under
+    ``torchrun --nproc-per-node N``) shards the model over the N ranks by transformers' own
+    tensor-parallel plan (``tp_plan="auto"``: NCCL on GPUs, one per rank; gloo on CPUs).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     if device is not None and device_map is not None:
         raise ValueError("give either device or device_map, not both")
+    if tensor_parallel is not None and (device_map is not None or device is not None):
+        raise ValueError("tensor parallelism places the model itself (one GPU per rank): give no device or device map")
     config = AutoConfig.from_pretrained(name_or_path)
     cls = adapter_class(config.model_type)
+    if tensor_parallel is not None:
+        check_tensor_parallel(config, tensor_parallel)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
+    extra = {} if tensor_parallel is None else {"tp_plan": "auto"}
     model = AutoModelForImageTextToText.from_pretrained(
-        name_or_path, dtype=dtype, device_map=device_map, attn_implementation=attn_implementation
+        name_or_path, dtype=dtype, device_map=device_map, attn_implementation=attn_implementation, **extra
     )
     if device is not None:
         model = model.to(device)
     model.eval()
     processor = AutoProcessor.from_pretrained(name_or_path)
-    return cls(model, processor)
+    adapter = cls(model, processor)
+    adapter.tensor_parallel = tensor_parallel is not None
+    return adapter
+
+
+def check_tensor_parallel(config, size: int) -> None:
+    """Refuse, before any weight is read, a tensor-parallel size this model or launch cannot take."""
+    import os
+
+    text = getattr(config, "text_config", None) or config
+    heads, kv_heads = int(text.num_attention_heads), int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+    if size < 1 or heads % size or kv_heads % size:
+        raise ValueError(
+            f"tensor parallelism over {size} ranks needs the heads divisible by {size}: this model has "
+            f"{heads} attention heads and {kv_heads} key/value heads"
+        )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != size:
+        raise ValueError(
+            f"tensor parallelism over {size} ranks runs under `torchrun --nproc-per-node {size}` "
+            f"(this process sees a world of {world})"
+        )
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if torch.cuda.is_available() and local > torch.cuda.device_count():
+        raise ValueError(
+            f"{local} ranks on this machine but {torch.cuda.device_count()} visible GPUs: "
+            "tensor parallelism takes one GPU per rank"
+        )

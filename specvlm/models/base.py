@@ -96,6 +96,8 @@ class VideoLMAdapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
 
+    tensor_parallel: bool = False  # sharded over the ranks of a torchrun group (load_adapter(tp_plan=...))
+
     def __init__(self, model, processor):
         self.model = model
         self.processor = processor
