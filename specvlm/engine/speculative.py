@@ -260,15 +260,9 @@ def speculative_decode(
         if verdict.accepted_tokens is None:
             verdict = replace(verdict, accepted_tokens=node_tokens[verdict.accepted[1:]].tolist())
         verdict = _agreed(verdict, tree.depth, t_device)
-        # roll back both caches to the accepted path: device-side copies, queued without waiting
+        # roll back both caches to the accepted path
         n = verdict.num_accepted
-        path = verdict.path if verdict.path is not None else _padded_path(verdict.accepted, tree.depth, t_device)
-        t_cache.move(path.clamp(min=0) + t_cache.length, t_cache.length)
-        t_cache.commit(n + 1)
-        processed = min(n, tree.depth - 1)  # the draft never ran the last level
-        d_cache.rollback(root_slot + 1)
-        d_cache.move(path[1 : tree.depth].clamp(min=0).to(draft.device) + root_slot, root_slot + 1)
-        d_cache.commit(processed)
+        processed = _roll_back(t_cache, d_cache, verdict, root_slot, tree.depth, t_device)
         # emit
         accepted_tokens = verdict.accepted_tokens
         new = accepted_tokens + [verdict.next_token]
@@ -288,6 +282,20 @@ def speculative_decode(
     stats.new_tokens = len(tokens)
     stats.warmup_s = t_ws.warmup_s + d_ws.warmup_s - warm
     return GenerationResult(token_ids=tokens, stats=stats, selection=selection, scores=scores)
+
+
+def _roll_back(t_cache, d_cache, verdict: Verdict, root_slot: int, depth: int, device) -> int:
+    """Keep the accepted path in both caches (device-side copies, queued without waiting); returns
+    how many accepted draft tokens the draft has processed (it never runs the last level)."""
+    n = verdict.num_accepted
+    path = verdict.path if verdict.path is not None else _padded_path(verdict.accepted, depth, device)
+    t_cache.move(path.clamp(min=0) + t_cache.length, t_cache.length)  # node i sits at length + i
+    t_cache.commit(n + 1)
+    processed = min(n, depth - 1)
+    d_cache.rollback(root_slot + 1)  # node i sits at root_slot + i
+    d_cache.move(path[1:depth].clamp(min=0) + root_slot, root_slot + 1)
+    d_cache.commit(processed)
+    return processed
 
 
 def _padded_path(accepted: list[int], depth: int, device) -> torch.Tensor:
