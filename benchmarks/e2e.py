@@ -235,7 +235,6 @@ def emit(args, record: dict, done: set) -> None:
     done.add(key)
     with args.out.open("a") as f:
         f.write(json.dumps(record) + "\n")
-    extra = ""
     if record["method"] != "target-only":
         extra = (f" tau {record['tau']:.2f} ceiling {record['ceiling']:.2f}x draft {record['drafting_ms_per_cycle']:.1f}"
                  f" verify {record['verify_ms_per_cycle']:.1f} host {record['host_ms_per_cycle']:.1f} ms/cycle")

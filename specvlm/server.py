@@ -338,12 +338,16 @@ class Engine:
         self.lock = asyncio.Lock()
         self.waiting = 0
 
-    async def run(self, job: ChatJob, fn):
-        """Run ``fn()`` in a worker thread when the engine is free; 503 when the queue is full."""
+    def admit(self) -> None:
+        """503 when the engine is busy and the queue is full."""
         if self.lock.locked() and self.waiting >= self.settings.max_queue:
             raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); retry later",
                                kind="server_error", code="queue_full",
                                headers={"Retry-After": str(self.settings.retry_after_s)})  # fmt: skip
+
+    async def run(self, job: ChatJob, fn):
+        """Run ``fn()`` in a worker thread when the engine is free; 503 when the queue is full."""
+        self.admit()
         self.waiting += 1
         self.metrics.queue.set(self.waiting)
         try:
@@ -493,8 +497,7 @@ def create_app(pair, settings: ServeSettings):
                 raise RequestError(400, "the request body is not valid JSON") from None
             job = parse_request(body, settings)
             job.deadline = started + settings.timeout_s
-            if engine.lock.locked() and engine.waiting >= settings.max_queue:  # refuse before decoding media
-                await engine.run(job, lambda: None)
+            engine.admit()  # refuse before decoding media
             clip = await asyncio.to_thread(load_clip, job, settings)
             await asyncio.to_thread(engine.check_context, job, clip)
         except RequestError as error:

@@ -226,20 +226,9 @@ class JsonlLog:
         self.write = write
         self.records: list[dict[str, Any]] = []
         if self.path.exists():
-            self.records = self._read_and_repair() if write else self._read()
+            self.records = self._read_and_repair()
         elif write:
             self.path.touch()  # present, even empty: readers need not guess
-
-    def _read(self) -> list[dict[str, Any]]:
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
 
     def _read_and_repair(self) -> list[dict[str, Any]]:
         data = self.path.read_bytes()
@@ -260,7 +249,7 @@ class JsonlLog:
             elif offset < len(data):  # a bad line in the middle: keep it in the file, ignore it
                 print(f"warning: ignoring an unreadable line in {self.path}", file=sys.stderr)
                 good_end = offset
-        if good_end < len(data):  # an interrupted last write: cut it off before appending
+        if good_end < len(data) and self.write:  # an interrupted last write: cut it off before appending
             with open(self.path, "r+b") as f:
                 f.truncate(good_end)
         return records

@@ -30,7 +30,6 @@ class DecodeStats:
     decode_s: float = 0.0
     warmup_s: float = 0.0  # of decode_s: compiling and capturing steps this call met first
 
-
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.decode_s if self.decode_s > 0 else float("nan")

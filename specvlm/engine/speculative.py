@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -257,8 +257,6 @@ def speculative_decode(
             p = probabilities(logits, sampling)
             verdict = sampled_verdict(tree, node_tokens, proposal.q.to(t_device), p, generator)
         stats.target_passes += 1
-        if verdict.accepted_tokens is None:
-            verdict = replace(verdict, accepted_tokens=node_tokens[verdict.accepted[1:]].tolist())
         verdict = _agreed(verdict, tree.depth, t_device)
         # roll back both caches to the accepted path
         n = verdict.num_accepted

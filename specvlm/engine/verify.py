@@ -107,10 +107,12 @@ def sampled_verdict(
         children = tree.children(node)
         if not children:
             token = torch.multinomial(p[node], 1, generator=generator)
-            return Verdict(accepted=accepted, next_token=int(token), recovered=False)
+            return Verdict(accepted=accepted, next_token=int(token), recovered=False,
+                           accepted_tokens=tokens[accepted[1:]].tolist())
         index, dist = accept_candidates(tokens[children], q[node], p[node], generator)
         if index is None:
             token = torch.multinomial(dist, 1, generator=generator)
-            return Verdict(accepted=accepted, next_token=int(token), recovered=True)
+            return Verdict(accepted=accepted, next_token=int(token), recovered=True,
+                           accepted_tokens=tokens[accepted[1:]].tolist())
         node = children[index]
         accepted.append(node)

@@ -96,7 +96,7 @@ class VideoLMAdapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
 
-    tensor_parallel: bool = False  # sharded over the ranks of a torchrun group (load_adapter(tp_plan=...))
+    tensor_parallel: bool = False  # sharded over the ranks of a torchrun group (load_adapter(tensor_parallel=N))
 
     def __init__(self, model, processor):
         self.model = model
