@@ -2,7 +2,8 @@
 
     python benchmarks/e2e.py [--pairs qwen2.5-vl-32b:qwen2.5-vl-7b llava-ov-7b:llava-ov-0.5b]
                              [--contexts 65536 16384 4096] [--tau 3.8] [--bundled] [--ratios 0.9 0.95]
-                             [--new-tokens 256] [--sampling] [--no-compile] [--out results/e2e.json]
+                             [--new-tokens 256] [--sampling] [--workspace shared|fresh] [--no-compile]
+                             [--out results/e2e.jsonl] [--summary results/e2e.md]
 
 Random-weight models with the published language-model shapes (specvlm.testing.shapes), bf16, one
 GPU, prompts of the given context laid out like a video chat (video tokens in whole 14x14 frames,
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specvlm.engine import static
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
@@ -127,6 +129,16 @@ def generate_ms_per_token(adapter, prepared, n: int) -> float:
     return 1000 * (many - one) / (n - 1)
 
 
+def kept_capacity(adapter, role: str) -> int | None:
+    """The capacity of the workspace kept for (adapter, role), as the next call will find it."""
+    sizes = [ws.cache.capacity for (r, *_), ws in static._REUSED.get(adapter, {}).items() if r == role]
+    return max(sizes) if sizes else None
+
+
+def key_of(pair, context, method, acceptance, workspace) -> tuple:
+    return (pair, context, method, acceptance, workspace)
+
+
 def done_keys(path: Path) -> set:
     if not path.exists():
         return set()
@@ -134,20 +146,20 @@ def done_keys(path: Path) -> set:
     for line in path.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
-            keys.add((r["pair"], r["context"], r["method"], r["acceptance"]))
+            keys.add(key_of(r["pair"], r["context"], r["method"], r["acceptance"], r.get("workspace", "shared")))
     return keys
 
 
 def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: set) -> None:
     pair = f"{target_name}:{draft_name}"
     tree = DraftTree.default()
-    sampling = SamplingConfig(temperature=0.7) if args.sampling else SamplingConfig()
+    greedy, sampled = SamplingConfig(), SamplingConfig(temperature=0.7)
     settings = [(f"tau {args.tau}", [alpha_for_tau(args.tau, tree.depth)] * tree.depth)]
     if args.bundled:
         settings.append(("bundled pair", list(BUNDLED_ACCEPTANCE)))
-    methods = [("plain SD", None)] + [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r)) for r in args.ratios]
-    if args.sampling:
-        methods = [(f"{name}, T=0.7", prune) for name, prune in methods]
+    methods = [("plain SD", None, greedy)] + [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r), greedy) for r in args.ratios]
+    if args.sampling:  # the cycle's cost under sampling: plain and the first ratio, first acceptance setting
+        methods += [(f"{name}, T=0.7", prune, sampled) for name, prune, _ in methods[:2]]
     target = shapes.random_adapter(target_name, device=DEVICE)
     draft = shapes.random_adapter(draft_name, device=DEVICE)
     for adapter in (target, draft):
@@ -155,7 +167,13 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
         adapter.eos_token_ids = ()
     t_weights, d_weights = shapes.weight_bytes(target), shapes.weight_bytes(draft)
     compile = not args.no_compile
-    for context in sorted(args.contexts, reverse=True):  # largest first: one workspace serves all
+    # shared: largest first, so one workspace (sized by the longest prompt) serves every context, as in
+    # a server; fresh: each context in workspaces of its own size (new steps compiled and captured)
+    for context in sorted(args.contexts, reverse=True):
+        if args.workspace == "fresh":
+            for adapter in (target, draft):
+                static._REUSED.pop(adapter, None)
+            empty_cache()
         full = shapes.synthetic_inputs(target, context)
         d_full = shapes.synthetic_inputs(draft, context)
         n = args.new_tokens
@@ -177,17 +195,18 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
             empty_cache()
         t_floor = 1000 * (t_weights + shapes.kv_bytes(target, context)) / bandwidth
         common = {"pair": pair, "target": target_name, "draft": draft_name, "context": full.length,
+                  "workspace": args.workspace, "target_capacity": kept_capacity(target, "target"),
                   "device": device_name(), "torch": torch.__version__, "compile": compile,
-                  "new_tokens": n, "sampling": sampling.temperature, "target_floor_ms": t_floor}  # fmt: skip
-        record = {**common, "method": "target-only", "acceptance": "-", "ms_per_token": base_ms,
+                  "new_tokens": n, "target_floor_ms": t_floor}  # fmt: skip
+        record = {**common, "method": "target-only", "acceptance": "-", "sampling": 0.0, "ms_per_token": base_ms,
                   "generate_ms_per_token": gen_ms, "speedup": 1.0,
                   "speedup_vs_generate": gen_ms / base_ms if gen_ms else None,
                   "prefill_s": baseline.stats.prefill_s, "latency_s": baseline.stats.prefill_s + baseline.stats.decode_s,
                   "warmup_s": warm_target, "step_vs_floor": base_ms / t_floor, "equal": True}  # fmt: skip
         emit(args, record, done)
-        for label, alphas in settings:
-            for name, prune in methods:
-                if (pair, full.length, name, label) in done:
+        for i, (label, alphas) in enumerate(settings):
+            for name, prune, sampling in methods:
+                if (i and not sampling.greedy) or key_of(pair, full.length, name, label, args.workspace) in done:
                     continue
                 oracle = Oracle(truth.token_ids, alphas, tree, target.vocab_size, target.device, seed=context)
                 run = lambda: speculative_decode(  # noqa: E731
@@ -205,7 +224,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                 passes = s.draft_passes / cycles
                 ms = ms_per_token(s)
                 equal = result.token_ids == reference and first.token_ids == reference
-                record = {**common, "method": name, "acceptance": label, "alphas": alphas,
+                record = {**common, "method": name, "acceptance": label, "sampling": sampling.temperature, "alphas": alphas,
                           "expected_tau": expected_tau(alphas), "tau": s.tau,
                           "acceptance_by_depth": s.acceptance_by_depth, "ms_per_token": ms,
                           "speedup": base_ms / ms, "speedup_vs_generate": gen_ms / ms if gen_ms else None,
@@ -218,7 +237,8 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                           "prefill_s": s.prefill_s, "draft_prefill_s": s.draft_prefill_s,
                           "latency_s": s.prefill_s + s.draft_prefill_s + s.decode_s,
                           "cycle_ms": 1000 * s.decode_s / cycles, "warmup_s": first.stats.warmup_s,
-                          "equal": None if args.sampling else equal}  # fmt: skip
+                          "draft_capacity": kept_capacity(draft, "draft"),
+                          "equal": equal if sampling.greedy else None}  # fmt: skip
                 emit(args, record, done)
         del full, d_full
         empty_cache()
@@ -229,7 +249,7 @@ def device_name() -> str:
 
 
 def emit(args, record: dict, done: set) -> None:
-    key = (record["pair"], record["context"], record["method"], record["acceptance"])
+    key = key_of(record["pair"], record["context"], record["method"], record["acceptance"], record["workspace"])
     if key in done:
         return
     done.add(key)
@@ -253,17 +273,20 @@ def summary(records: list[dict]) -> str:
     for pair in dict.fromkeys(r["pair"] for r in records):
         rows = [r for r in records if r["pair"] == pair]
         lines.append(f"\n## {pair} (bf16, {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['new_tokens']} new tokens)\n")
-        lines.append("| context | method | acceptance | tau | ms/token | speedup | vs generate | ceiling | "
-                     "draft ms/cycle | verify ms/cycle | prefill s | draft prefill s | latency s | equal |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for r in sorted(rows, key=lambda r: (r["context"], r["acceptance"] != "-", r["acceptance"])):
+        lines.append("| workspace | context | method | acceptance | tau | ms/token | speedup | vs generate | ceiling | "
+                     "draft ms/cycle | verify ms/cycle | cycle ms | prefill s | draft prefill s | latency s | equal |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        order = {"fresh": 0, "shared": 1}
+        for r in sorted(rows, key=lambda r: (order.get(r.get("workspace"), 2), r["context"], r["acceptance"] != "-", r["acceptance"])):
+            ws = r.get("workspace", "shared")
+            ws += f" ({r['target_capacity']})" if r.get("target_capacity") else ""
             gen = r.get("generate_ms_per_token")
             method = r["method"] + (f" (generate {gen:.2f} ms/token)" if gen else "")
             lines.append(
-                f"| {r['context']} | {method} | {r['acceptance']} | {fmt(r.get('tau'))} | {r['ms_per_token']:.2f} | "
+                f"| {ws} | {r['context']} | {method} | {r['acceptance']} | {fmt(r.get('tau'))} | {r['ms_per_token']:.2f} | "
                 f"{r['speedup']:.2f}x | {fmt(r.get('speedup_vs_generate'), suffix='x')} | "
                 f"{fmt(r.get('ceiling'), suffix='x')} | {fmt(r.get('drafting_ms_per_cycle'))} | "
-                f"{fmt(r.get('verify_ms_per_cycle'))} | {r['prefill_s']:.2f} | {fmt(r.get('draft_prefill_s'))} | "
+                f"{fmt(r.get('verify_ms_per_cycle'))} | {fmt(r.get('cycle_ms'))} | {r['prefill_s']:.2f} | {fmt(r.get('draft_prefill_s'))} | "
                 f"{r['latency_s']:.2f} | {'-' if r['equal'] is None else 'yes' if r['equal'] else 'NO'} |"
             )
     return "\n".join(lines)
@@ -277,7 +300,10 @@ def main() -> None:
     parser.add_argument("--bundled", action="store_true", help="also at the bundled pair's per-depth acceptance")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.9, 0.95])
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--sampling", action="store_true", help="temperature 0.7 instead of greedy")
+    parser.add_argument("--sampling", action="store_true", help="also plain SD and the first ratio at temperature 0.7")
+    parser.add_argument("--workspace", choices=["shared", "fresh"], default="shared",
+                        help="shared: one workspace for every context, sized by the longest (a server's case); "
+                        "fresh: each context in workspaces of its own size")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-generate", dest="generate", action="store_false", help="skip HF generate")
     parser.add_argument("--generate-tokens", type=int, default=32)

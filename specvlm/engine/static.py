@@ -37,6 +37,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from specvlm.engine.cache import KVCache
+from specvlm.engine.tree_attention import tree_attention
 
 STATIC_ATTENTION = "specvlm_static_flex"
 KV_BLOCK = KVCache.BLOCK
@@ -68,24 +69,20 @@ def static_attention(module, query, key, value, attention_mask, scaling=None, dr
     query (B, Hq, q, D); key, value (B, Hkv, C, D). The query heads sharing a key/value head are
     folded into the query length (rep * q rows per KV head), so each KV head is read once for all
     of them: on FlexAttention's split-KV decoding kernel when the rows fit it (one-token steps,
-    draft levels), else as a grouped matmul under the same mask (tree verification: 130-182 rows
-    for the published targets). Returns (B, q, Hq, D) like transformers' attention functions, and
+    draft levels), else on the split-prefix tree attention (engine/tree_attention.py: verification,
+    130-182 rows for the published targets), whose work follows the filled length. Returns (B, q, Hq, D) like transformers' attention functions, and
     no weights.
     """
     b, hq, q, d = query.shape
-    hkv, c = key.shape[1], key.shape[2]
+    hkv = key.shape[1]
     rep = hq // hkv
     grouped = query.reshape(b, hkv, rep * q, d)  # row r * q + i: head h * rep + r, token i
     if rep * q < FLEX_DECODING_ROWS:
         out = _flex(grouped, key, value, attention_mask, scaling)
     else:
         scale = scaling if scaling is not None else d**-0.5
-        rows = torch.arange(q, device=query.device)[:, None]
-        allowed = attention_mask.mask_mod(0, 0, rows, torch.arange(c, device=query.device)[None])  # (q, C)
-        scores = torch.matmul(grouped, key.transpose(-1, -2)).float() * scale
-        scores = scores.view(b, hkv, rep, q, c).masked_fill(~allowed, float("-inf"))
-        probs = scores.softmax(-1).to(value.dtype).view(b, hkv, rep * q, c)
-        out = torch.matmul(probs, value)
+        static = attention_mask.static  # the StaticMask that built this BlockMask
+        out = tree_attention(query, key, value, static.prefix, static.pattern, scale)
     return out.view(b, hq, q, d).transpose(1, 2).contiguous(), None
 
 
@@ -121,6 +118,7 @@ class StaticMask:
             self.num_blocks, indices, BLOCK_SIZE=(KV_BLOCK, KV_BLOCK), mask_mod=mask_mod,
             seq_lengths=(group * q, capacity), compute_q_blocks=False,
         )  # fmt: skip
+        self.block_mask.static = self  # the prefix and pattern, for attention that takes them directly
 
     def update(self) -> None:
         blocks = torch.div(self.prefix + (self.width + KV_BLOCK - 1), KV_BLOCK, rounding_mode="floor")

@@ -28,6 +28,11 @@ LM_SHAPES: dict[str, tuple[str, int, int, int, int, int, int]] = {
 }
 
 
+# Tokenizer lengths of the released checkpoints: a pair shares one tokenizer even where its models'
+# embedding tables are padded to different sizes (LLaVA-OV-7B 152128 rows, -0.5B 151936).
+TOKENIZER_LENGTH = {"qwen2_5_vl": 151665, "llava_onevision": 151647}
+
+
 def shape_config(name: str):
     """The tiny checkpoint's config with the language model resized to ``name``."""
     if name not in LM_SHAPES:
@@ -62,9 +67,11 @@ def random_adapter(name: str, *, dtype: torch.dtype = torch.bfloat16, device: st
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = eos[1]
     adapter = adapter_for(model, processor)
-    # The tiny tokenizer stands in for the real ~152k one: let decoding range over the whole head,
-    # as it does with a real checkpoint, so tokens compare with generate's.
-    adapter.vocab_size = config.text_config.vocab_size
+    # The tiny tokenizer stands in for the real ~152k one: decoding ranges over the real tokenizer's
+    # length, as with a real checkpoint (the head's padding rows are cut off), the same for a target
+    # and its draft; the test shapes use their whole (shared) head.
+    vocab = config.text_config.vocab_size
+    adapter.vocab_size = min(TOKENIZER_LENGTH.get(family, vocab), vocab)
     return adapter
 
 

@@ -1,0 +1,220 @@
+"""Attention of one static step at real sizes: the ways to run tree verification, measured side by side.
+
+    python benchmarks/attention.py [--out results/attention.json] [--summary results/attention.md]
+
+A step writes q tokens after a filled prefix and attends over a static cache whose capacity may be
+far larger than what it holds (a workspace kept from an earlier, longer prompt). Per layer shape of
+the published models (all layers, each with its own KV, captured as one CUDA graph, so L2 behaves as
+in a model step), per filled length and capacity, ms per step summed over the layers:
+- ``engine``: what the engine runs (engine/static.py): FlexAttention's decoding kernel with the query
+  heads folded into rows by hand for fewer than 128 rows, the split-prefix tree attention
+  (engine/tree_attention.py) for more;
+- ``tree kernel``: the split-prefix tree attention for every row count;
+- ``flex gqa BLOCK_M=N`` (earlier run, torch 2.11): FlexAttention's decoding kernel given the query
+  heads unfolded (``enable_gqa``), rows tiled by N;
+- ``flex folded chunks``: query heads folded into rows by hand, the rows cut into chunks the
+  decoding kernel takes (each chunk reads the whole KV once);
+- ``grouped matmul`` (earlier run): the previous verification path, eager: scores for every slot of
+  the capacity, masked;
+- ``sdpa prefix only``: SDPA's fused kernel on the exact filled slice without a mask (a lower bound
+  for the "fused prefix + small tree block" route: it leaves out the tree block and the merge, and it
+  cannot be captured for a changing length).
+Every output is checked against a float32 reference on the filled slice (``max_err``). KV bytes read
+at the bandwidth floor are reported beside (``floor_ms``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from specvlm.engine.static import StaticMask, _prepare_compiler, bucket_capacity, static_attention
+from specvlm.engine.tree_attention import tree_attention
+from specvlm.engine.tree import DraftTree
+from specvlm.testing import shapes
+
+MODELS = {  # layers, query heads, KV heads, head dim
+    "qwen2.5-vl-32b": (64, 40, 8, 128),
+    "qwen2.5-vl-7b": (28, 28, 4, 128),
+    "llava-ov-0.5b": (24, 14, 2, 64),
+}
+ROOM = 512  # new tokens + a tree, as a workspace adds to the prompt
+
+
+def patterns() -> dict[int, torch.Tensor]:
+    tree = DraftTree.default()
+    return {1: torch.ones(1, 1, dtype=torch.bool), tree.draft_width: tree.draft_patterns()[2],
+            tree.num_nodes: tree.ancestor_mask}  # fmt: skip
+
+
+_compiled = torch.compile(flex_attention, dynamic=False)
+
+
+def folded_chunks(query, key, value, prefix, pattern, capacity, scale, chunk=64):
+    """Heads folded into rows by hand, rows in chunks of at most ``chunk`` (one decoding call each)."""
+    b, hq, q, d = query.shape
+    hkv = key.shape[1]
+    rows = hq // hkv * q
+    grouped = query.reshape(b, hkv, rows, d)
+    width = pattern.shape[1]
+    outs = []
+    for c0 in range(0, rows, chunk):
+        n = min(chunk, rows - c0)
+        num = torch.div(prefix + width + 127, 128, rounding_mode="floor").clamp(max=capacity // 128).view(1, 1, 1).int()
+        idx = torch.arange(capacity // 128, dtype=torch.int32, device=query.device).view(1, 1, 1, -1)
+
+        def mask_mod(b_, h, q_idx, kv_idx, c0=c0):
+            offset = kv_idx - prefix
+            inside = (offset >= 0) & (offset < width)
+            return (kv_idx < prefix) | (inside & pattern[(q_idx + c0) % q, offset.clamp(0, width - 1)])
+
+        bm = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=(128, 128), mask_mod=mask_mod,
+                                      seq_lengths=(n, capacity), compute_q_blocks=False)  # fmt: skip
+        outs.append(_compiled(grouped[:, :, c0 : c0 + n], key, value, block_mask=bm, scale=scale))
+    return torch.cat(outs, 2).view(b, hq, q, d)
+
+
+def reference(query, key, value, prefix: int, pattern, scale):
+    q, width = pattern.shape
+    end = prefix + width
+    allowed = torch.zeros(q, end, dtype=torch.bool, device=query.device)
+    allowed[:, :prefix] = True
+    allowed[:, prefix:end] = pattern
+    rep = query.shape[1] // key.shape[1]
+    k = key[:, :, :end].float().repeat_interleave(rep, 1)
+    v = value[:, :, :end].float().repeat_interleave(rep, 1)
+    return torch.nn.functional.scaled_dot_product_attention(query.float(), k, v, attn_mask=allowed, scale=scale)
+
+
+def time_graph(fn, reps: int = 10) -> float:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def run_model(name, contexts, qs, bandwidth, out: Path, methods_fresh) -> None:
+    layers, hq, hkv, d = MODELS[name]
+    scale = d**-0.5
+    shared = bucket_capacity(max(contexts) + ROOM)
+    caps = [("shared", shared)] + [("fresh", bucket_capacity(c + ROOM)) for c in methods_fresh]
+    for q in qs:
+        pattern = patterns()[q].cuda()
+        width = pattern.shape[1]
+        for kind, capacity in caps:
+            storage = torch.randn(layers, 2, 1, hkv, capacity, d, dtype=torch.bfloat16, device="cuda")
+            queries = torch.randn(layers, 1, hq, q, d, dtype=torch.bfloat16, device="cuda")
+            mask = StaticMask(q, width, capacity, "cuda", group=hq // hkv)
+            mask.pattern.copy_(pattern)
+            outs = torch.empty_like(queries)
+            rows = hq // hkv * q
+            methods = {"engine": lambda l: static_attention(None, queries[l], storage[l, 0], storage[l, 1],
+                                                             mask.block_mask, scale)[0].transpose(1, 2)}  # fmt: skip
+            if kind == "shared":
+                if rows < 128:
+                    methods["tree kernel"] = lambda l: tree_attention(queries[l], storage[l, 0], storage[l, 1],
+                                                                      mask.prefix, mask.pattern, scale)  # fmt: skip
+                else:
+                    methods["flex folded chunks"] = lambda l: folded_chunks(
+                        queries[l], storage[l, 0], storage[l, 1], mask.prefix, mask.pattern, capacity, scale)
+            for context in contexts if kind == "shared" else [c for c in methods_fresh if bucket_capacity(c + ROOM) == capacity]:
+                prefix = context
+                mask.prefix.fill_(prefix)
+                mask.update()
+                ref = reference(queries[0], storage[0, 0], storage[0, 1], prefix, pattern, scale)
+                kv = 2 * layers * hkv * (prefix + width) * d * 2
+                sdpa_ms = None
+                if kind == "shared":
+                    ks, vs = storage[:, 0, :, :, : prefix + width], storage[:, 1, :, :, : prefix + width]
+
+                    def sdpa_all():
+                        for l in range(layers):
+                            outs[l] = torch.nn.functional.scaled_dot_product_attention(
+                                queries[l], ks[l], vs[l], scale=scale, enable_gqa=True)
+
+                    try:
+                        sdpa_ms = time_graph(sdpa_all)
+                    except Exception as e:  # noqa: BLE001 - record why the route is unavailable
+                        sdpa_ms = f"failed: {type(e).__name__}: {str(e)[:120]}"
+                for label, fn in methods.items():
+                    t0 = time.perf_counter()
+                    try:
+                        err = float((fn(0).float() - ref).abs().max())
+                        compile_s = time.perf_counter() - t0
+
+                        def all_layers(fn=fn):
+                            for l in range(layers):
+                                outs[l] = fn(l)
+
+                        ms = time_graph(all_layers)
+                        fail = None
+                    except Exception as e:  # noqa: BLE001
+                        ms = err = compile_s = None
+                        fail = f"{type(e).__name__}: {str(e)[:200]}"
+                    record = {"model": name, "q": q, "workspace": kind, "capacity": capacity, "context": context,
+                              "method": label, "ms": ms, "max_err": err, "floor_ms": 1000 * kv / bandwidth,
+                              "sdpa_prefix_only_ms": sdpa_ms, "compile_s": compile_s, "error": fail}  # fmt: skip
+                    with out.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    print(json.dumps(record), flush=True)
+            del storage, queries, outs
+            torch.cuda.empty_cache()
+
+
+def summary(records) -> str:
+    lines = ["| model | q | workspace (capacity) | context | method | ms/step (all layers) | KV floor ms | max err | sdpa prefix only ms |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in records:
+        ms = "failed" if r["ms"] is None else f"{r['ms']:.3f}"
+        sd = r.get("sdpa_prefix_only_ms")
+        sd = "-" if sd is None or r["method"] not in ("engine", "flex gqa BLOCK_M=64") else (f"{sd:.3f}" if isinstance(sd, float) else sd)
+        err = "-" if r["max_err"] is None else f"{r['max_err']:.1e}"
+        lines.append(f"| {r['model']} | {r['q']} | {r['workspace']} ({r['capacity']}) | {r['context']} | {r['method']} | "
+                     f"{ms} | {r['floor_ms']:.3f} | {err} | {sd} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--contexts", nargs="+", type=int, default=[4096, 16384, 65536, 131072])
+    parser.add_argument("--fresh", nargs="*", type=int, default=[4096], help="contexts also measured in a workspace of their own size")
+    parser.add_argument("--out", type=Path, default=Path("attention.jsonl"))
+    parser.add_argument("--summary", type=Path)
+    args = parser.parse_args()
+    if args.summary:
+        records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+        args.summary.write_text(summary(records) + "\n")
+        print(summary(records))
+        return
+    bandwidth = shapes.copy_bandwidth("cuda")
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    _prepare_compiler()
+    tree = DraftTree.default()
+    # targets: a one-token step and the default tree's verification; the small draft: its level pass
+    steps = {"qwen2.5-vl-32b": [tree.num_nodes, 1], "qwen2.5-vl-7b": [tree.num_nodes, 1], "llava-ov-0.5b": [tree.draft_width, 1]}
+    for name in args.models:
+        run_model(name, args.contexts, steps[name], bandwidth, args.out, args.fresh)
+
+
+if __name__ == "__main__":
+    main()

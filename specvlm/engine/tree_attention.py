@@ -1,0 +1,157 @@
+"""Tree verification attention at flash-decoding speed: many query rows over a long filled prefix.
+
+A verification pass runs a whole draft tree (26 nodes) through the target: with 5-7 query heads per
+KV head that is 130-182 query rows per KV head, more than FlexAttention's decoding kernel takes, and
+its other kernels (and SDPA's) parallelise over query blocks only, a handful of programs for the
+whole KV. Here (cascade attention):
+- the prefix (every slot before ``prefix``, visible to every row) is split over its *filled* length
+  into ``splits`` parts, a count fixed per KV-head count, each part's bounds computed on the device
+  from ``prefix``, so the work follows the filled length and never the capacity, and a graph
+  captured once replays at any length; each program reads one part of one KV head for one tile of
+  rows, the row tiles of one part running side by side so the part is read from memory once;
+- the block of ``width`` slots from ``prefix`` on (the tree's own nodes) is one more part, under the
+  ``pattern`` (q x width) mask;
+- the parts are merged by their log-sum-exp.
+On a GPU the parts are one Triton kernel; elsewhere the same arithmetic runs in PyTorch on the
+filled slice (the reference the GPU kernel is tested against).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - torch ships triton wherever it has CUDA
+    triton = None
+
+BLOCK_N = 64
+
+
+if triton is not None:
+
+    @triton.jit
+    def _parts_kernel(
+        Q, K, V, PREFIX, PATTERN, O, LSE,
+        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, sos, som, slb, slh, sls,
+        HKV, M, Q_LEN, WIDTH, SPLITS, scale,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):  # fmt: skip
+        tile, part, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        b, h = bh // HKV, bh % HKV
+        prefix = tl.load(PREFIX).to(tl.int32)
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, D)
+        q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < M, other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        qk_scale = scale * 1.4426950408889634  # exp2
+        if part < SPLITS:  # a share of the prefix, no mask but its end
+            blocks = tl.cdiv(prefix, BLOCK_N)
+            per = tl.cdiv(blocks, SPLITS)
+            start = part * per * BLOCK_N
+            end = tl.minimum(start + per * BLOCK_N, prefix)
+        else:  # the pattern block
+            start = prefix
+            end = prefix + WIDTH
+        for n0 in range(start, end, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            valid = cols < end
+            k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + dims[None, :], mask=valid[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * qk_scale
+            if part < SPLITS:
+                allowed = valid[None, :]
+            else:
+                offset = cols - prefix
+                allowed = tl.load(PATTERN + (rows % Q_LEN)[:, None] * WIDTH + offset[None, :],
+                                  mask=(rows[:, None] < M) & valid[None, :], other=0) != 0  # fmt: skip
+            s = tl.where(allowed, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + dims[None, :], mask=valid[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))  # base 2
+        keep = rows < M
+        tl.store(O + b * sob + h * soh + part * sos + rows[:, None] * som + dims[None, :], out, mask=keep[:, None])
+        tl.store(LSE + b * slb + h * slh + part * sls + rows, lse, mask=keep)
+
+
+def _splits(hkv: int, batch: int, device) -> int:
+    """Parts of the prefix: about two programs per SM for each tile of rows; independent of the rows,
+    so a one-row and a many-row pass split the prefix at the same places."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return max(1, min(64, 2 * sms // (batch * hkv)))
+
+
+def _merge(outs: torch.Tensor, lses: torch.Tensor) -> torch.Tensor:
+    """outs (B, Hkv, P, M, D) fp32, lses (B, Hkv, P, M) base-2 log-sum-exps -> (B, Hkv, M, D)."""
+    top = lses.amax(2, keepdim=True)
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+    w = torch.exp2(lses - top)
+    return (outs * w[..., None]).sum(2) / w.sum(2)[..., None]
+
+
+def _parts_reference(grouped, key, value, prefix: int, pattern, scale):
+    """The prefix and the pattern block as two parts, in PyTorch over the filled slice."""
+    q, width = pattern.shape
+    rows = grouped.shape[2]
+    scores = torch.matmul(grouped.float(), key[:, :, : prefix + width].float().transpose(-1, -2)) * scale
+    allowed = torch.zeros(rows, prefix + width, dtype=torch.bool, device=grouped.device)
+    allowed[:, :prefix] = True
+    allowed[:, prefix:] = pattern.repeat(rows // q, 1)
+    outs, lses = [], []
+    for sel in (slice(0, prefix), slice(prefix, prefix + width)):
+        s = scores[..., sel].masked_fill(~allowed[:, sel], float("-inf"))
+        lse = torch.logsumexp(s, -1)
+        p = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)[..., None])
+        outs.append(torch.matmul(p, value[:, :, sel].float()))
+        lses.append(lse / torch.log(torch.tensor(2.0)))
+    return torch.stack(outs, 2), torch.stack(lses, 2)
+
+
+def tree_attention(query, key, value, prefix: torch.Tensor, pattern: torch.Tensor, scale: float) -> torch.Tensor:
+    """query (B, Hq, q, D) over key/value (B, Hkv, C, D): slots before ``prefix`` (a 0-d device
+    tensor) visible to all, slots ``prefix + j`` where ``pattern[i, j]``. Returns (B, Hq, q, D)."""
+    b, hq, q, d = query.shape
+    hkv = key.shape[1]
+    rows = hq // hkv * q
+    grouped = query.reshape(b, hkv, rows, d)  # row r * q + i: head h * rep + r, token i
+    if query.device.type != "cuda" or triton is None:
+        outs, lses = _parts_reference(grouped, key, value, int(prefix), pattern, scale)
+        return _merge(outs, lses).to(query.dtype).view(b, hq, q, d)
+    return _tree_attention_op(grouped.contiguous(), key, value, prefix, pattern, scale).view(b, hq, q, d)
+
+
+@torch.library.custom_op("specvlm::tree_attention", mutates_args=())
+def _tree_attention_op(grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: torch.Tensor,
+                       pattern: torch.Tensor, scale: float) -> torch.Tensor:  # fmt: skip
+    b, hkv, rows, d = grouped.shape
+    q, width = pattern.shape
+    splits = _splits(hkv, b, grouped.device)
+    block_m = 64 if rows > 32 else (32 if rows > 16 else 16)
+    outs = torch.empty(b, hkv, splits + 1, rows, d, dtype=torch.float32, device=grouped.device)
+    lses = torch.empty(b, hkv, splits + 1, rows, dtype=torch.float32, device=grouped.device)
+    if key.stride(-1) != 1 or value.stride(-1) != 1:
+        key, value = key.contiguous(), value.contiguous()
+    grid = (triton.cdiv(rows, block_m), splits + 1, b * hkv)
+    _parts_kernel[grid](
+        grouped, key, value, prefix, pattern.to(torch.int8).contiguous(), outs, lses,
+        grouped.stride(0), grouped.stride(1), grouped.stride(2), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), outs.stride(0), outs.stride(1), outs.stride(2),
+        outs.stride(3), lses.stride(0), lses.stride(1), lses.stride(2),
+        hkv, rows, q, width, splits, scale, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, num_warps=4, num_stages=2,
+    )  # fmt: skip
+    return _merge(outs, lses).to(grouped.dtype)
+
+
+@_tree_attention_op.register_fake
+def _(grouped, key, value, prefix, pattern, scale):
+    return torch.empty_like(grouped)
