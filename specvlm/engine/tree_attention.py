@@ -62,7 +62,7 @@ if triton is not None:
             k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + dims[None, :], mask=valid[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k)) * qk_scale
             if part < SPLITS:
-                allowed = valid[None, :]
+                allowed = tl.broadcast_to(valid[None, :], (BLOCK_M, BLOCK_N))
             else:
                 offset = cols - prefix
                 allowed = tl.load(PATTERN + (rows % Q_LEN)[:, None] * WIDTH + offset[None, :],
