@@ -70,8 +70,8 @@ def static_attention(module, query, key, value, attention_mask, scaling=None, dr
     folded into the query length (rep * q rows per KV head), so each KV head is read once for all
     of them: on FlexAttention's split-KV decoding kernel when the rows fit it (one-token steps,
     draft levels), else on the split-prefix tree attention (engine/tree_attention.py: verification,
-    130-182 rows for the published targets), whose work follows the filled length. Returns (B, q, Hq, D) like transformers' attention functions, and
-    no weights.
+    130-182 rows for the published targets), whose work follows the filled length. Returns
+    (B, q, Hq, D) like transformers' attention functions, and no weights.
     """
     b, hq, q, d = query.shape
     hkv = key.shape[1]

@@ -18,6 +18,9 @@ filled slice (the reference the GPU kernel is tested against).
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
+
 import torch
 
 try:
@@ -84,11 +87,15 @@ if triton is not None:
         tl.store(LSE + b * slb + h * slh + part * sls + rows, lse, mask=keep)
 
 
+@lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _splits(hkv: int, batch: int, device) -> int:
     """Parts of the prefix: about two programs per SM for each tile of rows; independent of the rows,
     so a one-row and a many-row pass split the prefix at the same places."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return max(1, min(64, 2 * sms // (batch * hkv)))
+    return max(1, min(64, 2 * _multiprocessors(device) // (batch * hkv)))
 
 
 def _merge(outs: torch.Tensor, lses: torch.Tensor) -> torch.Tensor:
@@ -113,7 +120,7 @@ def _parts_reference(grouped, key, value, prefix: int, pattern, scale):
         lse = torch.logsumexp(s, -1)
         p = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)[..., None])
         outs.append(torch.matmul(p, value[:, :, sel].float()))
-        lses.append(lse / torch.log(torch.tensor(2.0)))
+        lses.append(lse / math.log(2.0))
     return torch.stack(outs, 2), torch.stack(lses, 2)
 
 
@@ -143,7 +150,7 @@ def _tree_attention_op(grouped: torch.Tensor, key: torch.Tensor, value: torch.Te
         key, value = key.contiguous(), value.contiguous()
     grid = (triton.cdiv(rows, block_m), splits + 1, b * hkv)
     _parts_kernel[grid](
-        grouped, key, value, prefix, pattern.to(torch.int8).contiguous(), outs, lses,
+        grouped, key, value, prefix, pattern.contiguous().view(torch.int8), outs, lses,  # bool as bytes, no copy
         grouped.stride(0), grouped.stride(1), grouped.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), outs.stride(0), outs.stride(1), outs.stride(2),
         outs.stride(3), lses.stride(0), lses.stride(1), lses.stride(2),
