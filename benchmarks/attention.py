@@ -1,6 +1,7 @@
 """Attention of one static step at real sizes: the ways to run tree verification, measured side by side.
 
     python benchmarks/attention.py [--out results/attention.json] [--summary results/attention.md]
+    python benchmarks/attention.py --sweep --out results/tree_kernel_sweep.jsonl   # the kernel's tilings
 
 A step writes q tokens after a filled prefix and attends over a static cache whose capacity may be
 far larger than what it holds (a workspace kept from an earlier, longer prompt). Per layer shape of
@@ -34,6 +35,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from specvlm.engine.static import StaticMask, _prepare_compiler, bucket_capacity, static_attention
+from specvlm.engine import tree_attention as ta
 from specvlm.engine.tree_attention import tree_attention
 from specvlm.engine.tree import DraftTree
 from specvlm.testing import shapes
@@ -180,6 +182,54 @@ def run_model(name, contexts, qs, bandwidth, out: Path, methods_fresh) -> None:
             torch.cuda.empty_cache()
 
 
+def sweep(contexts, bandwidth, out: Path) -> None:
+    """The split-prefix kernel's tilings on the verification (and draft-level) shapes, all layers
+    captured as one graph; the engine's ``kernel_config`` is chosen from these records."""
+    import itertools
+
+    tree = DraftTree.default()
+    cases = [("qwen2.5-vl-7b", tree.num_nodes), ("qwen2.5-vl-32b", tree.num_nodes), ("llava-ov-0.5b", tree.draft_width),
+             ("qwen2.5-vl-7b", 1)]  # fmt: skip
+    grid = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4)))
+    capacity = bucket_capacity(max(contexts) + ROOM)
+    for name, q in cases:
+        layers, hq, hkv, d = MODELS[name]
+        pattern = patterns()[q].cuda()
+        storage = torch.randn(layers, 2, 1, hkv, capacity, d, dtype=torch.bfloat16, device="cuda")
+        queries = torch.randn(layers, 1, hkv, hq // hkv * q, d, dtype=torch.bfloat16, device="cuda")
+        outs = torch.empty_like(queries)
+        prefix = torch.zeros((), dtype=torch.int64, device="cuda")
+        for context in contexts:
+            prefix.fill_(context)
+            kv = 2 * layers * hkv * (context + pattern.shape[1]) * d * 2
+            ref = reference(queries[0].view(1, hq, q, d), storage[0, 0], storage[0, 1], context, pattern, d**-0.5)
+            best = None
+            for bm, bn, warps, stages, per_sm in grid:
+                config = ta.KernelConfig(bm, bn, warps, stages, per_sm)
+                try:
+                    err = float((ta.launch(queries[0], storage[0, 0], storage[0, 1], prefix, pattern, d**-0.5, config)
+                                 .view(1, hq, q, d).float() - ref).abs().max())  # fmt: skip
+
+                    def all_layers(config=config):
+                        for l in range(layers):
+                            outs[l] = ta.launch(queries[l], storage[l, 0], storage[l, 1], prefix, pattern, d**-0.5, config)
+
+                    ms, fail = time_graph(all_layers), None
+                except Exception as e:  # noqa: BLE001 - a tiling the compiler refuses (shared memory, say)
+                    ms = err = None
+                    fail = f"{type(e).__name__}: {str(e)[:160]}"
+                record = {"sweep": True, "model": name, "q": q, "rows": hq // hkv * q, "context": context,
+                          "capacity": capacity, "config": config.__dict__, "ms": ms, "max_err": err,
+                          "floor_ms": 1000 * kv / bandwidth, "error": fail}  # fmt: skip
+                with out.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if ms is not None and (best is None or ms < best["ms"]):
+                    best = record
+            print("best", json.dumps(best), flush=True)
+        del storage, queries, outs
+        torch.cuda.empty_cache()
+
+
 def summary(records) -> str:
     lines = ["| model | q | workspace (capacity) | context | method | ms/step (all layers) | KV floor ms | max err | sdpa prefix only ms |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -200,6 +250,7 @@ def main() -> None:
     parser.add_argument("--fresh", nargs="*", type=int, default=[4096], help="contexts also measured in a workspace of their own size")
     parser.add_argument("--out", type=Path, default=Path("attention.jsonl"))
     parser.add_argument("--summary", type=Path)
+    parser.add_argument("--sweep", action="store_true", help="time the tree kernel's tilings instead")
     args = parser.parse_args()
     if args.summary:
         records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
@@ -208,6 +259,9 @@ def main() -> None:
         return
     bandwidth = shapes.copy_bandwidth("cuda")
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    if args.sweep:
+        sweep(args.contexts, bandwidth, args.out)
+        return
     _prepare_compiler()
     tree = DraftTree.default()
     # targets: a one-token step and the default tree's verification; the small draft: its level pass

@@ -60,10 +60,16 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def lossless(root: Path, compiled_families: list[str]) -> list[dict]:
+# 8 x 8 children: 73 nodes, so the tiny targets' verification (2 query heads per KV head) and the
+# draft's widest level run on the split-prefix tree attention, as the published targets' do
+WIDE_TREE = DraftTree(tuple((i,) for i in range(8)) + tuple((i, j) for i in range(8) for j in range(8)))
+
+
+def lossless(root: Path, compiled_families: list[str], families: list[str], sink: Path | None) -> list[dict]:
+    """Every row is appended to ``sink`` (JSON lines) as soon as it is measured."""
     rows = []
-    trees = {"chain3": DraftTree.chain(3), "default": DraftTree.default()}
-    for family in FAMILIES:
+    trees = {"chain3": DraftTree.chain(3), "default": DraftTree.default(), "wide73": WIDE_TREE}
+    for family in families:
         target_dir, draft_dir = build_tiny_pair(family, root / family)
         compile = family in compiled_families
         for dtype in (torch.float32, torch.bfloat16):
@@ -100,6 +106,9 @@ def lossless(root: Path, compiled_families: list[str]) -> list[dict]:
                                 "tau": out.stats.tau,
                             }
                         )
+                        if sink is not None:
+                            with sink.open("a") as f:
+                                f.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
@@ -192,6 +201,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["lossless", "device_map", "speed"])
     parser.add_argument("--compiled-families", nargs="*", default=["qwen2_5_vl"], choices=list(FAMILIES),
                         help="families whose lossless runs use compiled steps (compiling costs ~10 s per shape)")
+    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--rows-out", type=Path, default=None, help="lossless rows as JSON lines, written as measured")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
     import transformers
@@ -201,12 +212,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if "lossless" not in args.skip:
-            rows = lossless(root, args.compiled_families)
+            rows = lossless(root, args.compiled_families, args.families, args.rows_out)
             results["lossless"] = rows
             print("\n## Lossless on the GPU (48 new tokens, 3 inputs per family)")
             print("| family | compiled | dtype | match rate | mismatches: (first divergence, target margin) |")
             print("|---|---|---|---|---|")
-            for family in FAMILIES:
+            for family in args.families:
                 for dtype in ("float32", "bfloat16"):
                     sel = [r for r in rows if r["family"] == family and r["dtype"] == dtype]
                     bad = [(r["first_divergence"], round(r["margin"], 4)) for r in sel if not r["match"]]

@@ -72,10 +72,21 @@ def test_triton_kernel_compiles_for_hopper():
     from specvlm.engine import tree_attention as ta
 
     pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "PREFIX": "*i64", "PATTERN": "*i8", "O": "*fp32", "LSE": "*fp32"}
-    for block_m in (16, 64):
-        constants = {"D": 128, "BLOCK_M": block_m, "BLOCK_N": ta.BLOCK_N}
+    for rows, dtype in ((7, "bf16"), (130, "bf16"), (182, "fp32")):  # one token (7B), verification (32B, 7B)
+        config = ta.kernel_config(rows, 4)
+        constants = {"D": 128, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+                     "PRECISION": ta.dot_precision(torch.float32 if dtype == "fp32" else torch.bfloat16)}  # fmt: skip
+        pointers.update(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}")
         signature = {n: pointers.get(n) or ("constexpr" if n in constants else "fp32" if n == "scale" else "i32")
                      for n in ta._parts_kernel.arg_names}  # fmt: skip
         source = triton.compiler.ASTSource(fn=ta._parts_kernel, signature=signature, constexprs=constants)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 2})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps, "num_stages": config.num_stages})
         assert compiled.asm.get("cubin")
+
+
+def test_float32_is_not_run_as_tf32():
+    """A float32 pair verifies in float32: TF32 products flipped near-ties on the GPU (gpu_check)."""
+    from specvlm.engine import tree_attention as ta
+
+    assert ta.dot_precision(torch.float32) == "ieee"
+    assert ta.dot_precision(torch.bfloat16) == ta.dot_precision(torch.float16) == "tf32"

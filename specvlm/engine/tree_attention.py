@@ -19,6 +19,7 @@ filled slice (the reference the GPU kernel is tested against).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -29,7 +30,24 @@ try:
 except ImportError:  # pragma: no cover - torch ships triton wherever it has CUDA
     triton = None
 
-BLOCK_N = 64
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tiling of one launch: rows and slots per program, warps, pipeline stages, and programs per SM
+    that the prefix's parts aim at (for each tile of rows)."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    per_sm: int = 2
+
+
+def kernel_config(rows: int, kv_heads: int) -> KernelConfig:
+    """The tiling for ``rows`` query rows per KV head: of 72 tilings timed on verification
+    (``benchmarks/attention.py --sweep``, results/tree_kernel_sweep.jsonl) the fastest for 7B (4 KV
+    heads, 4k and 64k) and within 2% of the fastest for 32B (8 KV heads, 64k): about 33 prefix parts."""
+    return KernelConfig(block_m=64 if rows > 32 else (32 if rows > 16 else 16), per_sm=1 if kv_heads <= 4 else 2)
 
 
 if triton is not None:
@@ -39,7 +57,7 @@ if triton is not None:
         Q, K, V, PREFIX, PATTERN, O, LSE,
         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, sos, som, slb, slh, sls,
         HKV, M, Q_LEN, WIDTH, SPLITS, scale,
-        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         tile, part, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         b, h = bh // HKV, bh % HKV
@@ -63,7 +81,7 @@ if triton is not None:
             cols = n0 + tl.arange(0, BLOCK_N)
             valid = cols < end
             k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + dims[None, :], mask=valid[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
             if part < SPLITS:
                 allowed = tl.broadcast_to(valid[None, :], (BLOCK_M, BLOCK_N))
             else:
@@ -77,7 +95,7 @@ if triton is not None:
             alpha = tl.exp2(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + dims[None, :], mask=valid[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
@@ -92,10 +110,15 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _splits(hkv: int, batch: int, device) -> int:
-    """Parts of the prefix: about two programs per SM for each tile of rows; independent of the rows,
-    so a one-row and a many-row pass split the prefix at the same places."""
-    return max(1, min(64, 2 * _multiprocessors(device) // (batch * hkv)))
+def _splits(hkv: int, batch: int, device, per_sm: int) -> int:
+    """Parts of the prefix: about ``per_sm`` programs per SM for each tile of rows."""
+    return max(1, min(64, per_sm * _multiprocessors(device) // (batch * hkv)))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """Float32 inputs stay float32 (Triton's default for them is TF32, which flips near-ties that
+    the target's own float32 steps do not); 16-bit inputs take the tensor cores as they are."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _merge(outs: torch.Tensor, lses: torch.Tensor) -> torch.Tensor:
@@ -140,10 +163,15 @@ def tree_attention(query, key, value, prefix: torch.Tensor, pattern: torch.Tenso
 @torch.library.custom_op("specvlm::tree_attention", mutates_args=())
 def _tree_attention_op(grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: torch.Tensor,
                        pattern: torch.Tensor, scale: float) -> torch.Tensor:  # fmt: skip
+    return launch(grouped, key, value, prefix, pattern, scale, kernel_config(grouped.shape[2], grouped.shape[1]))
+
+
+def launch(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig) -> torch.Tensor:
+    """The GPU kernel on grouped rows (B, Hkv, rows, D) with a given tiling, and the merge."""
     b, hkv, rows, d = grouped.shape
     q, width = pattern.shape
-    splits = _splits(hkv, b, grouped.device)
-    block_m = 64 if rows > 32 else (32 if rows > 16 else 16)
+    splits = _splits(hkv, b, grouped.device, config.per_sm)
+    block_m = config.block_m
     outs = torch.empty(b, hkv, splits + 1, rows, d, dtype=torch.float32, device=grouped.device)
     lses = torch.empty(b, hkv, splits + 1, rows, dtype=torch.float32, device=grouped.device)
     if key.stride(-1) != 1 or value.stride(-1) != 1:
@@ -154,7 +182,9 @@ def _tree_attention_op(grouped: torch.Tensor, key: torch.Tensor, value: torch.Te
         grouped.stride(0), grouped.stride(1), grouped.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), outs.stride(0), outs.stride(1), outs.stride(2),
         outs.stride(3), lses.stride(0), lses.stride(1), lses.stride(2),
-        hkv, rows, q, width, splits, scale, D=d, BLOCK_M=block_m, BLOCK_N=BLOCK_N, num_warps=4, num_stages=2,
+        hkv, rows, q, width, splits, scale, D=d, BLOCK_M=block_m, BLOCK_N=config.block_n,
+        PRECISION=dot_precision(grouped.dtype),
+        num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return _merge(outs, lses).to(grouped.dtype)
 
