@@ -2,7 +2,7 @@
 
     specvlm serve [--target T --draft D] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
                   [--allowed-media-dir DIR] [--max-media-mb 64] [--allow-remote-media]
-                  [--max-queue 8] [--timeout 600]
+                  [--max-video-pixels N] [--max-body-mb MB] [--max-queue 8] [--timeout 600]
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (plain and server-sent events),
 ``GET /health``, ``GET /metrics`` (Prometheus text format).
@@ -15,11 +15,17 @@ project's own as extra top-level fields, the way vLLM takes its extras: ``num_fr
 ``prune`` (a strategy name, or "none"), ``prune_ratio``, ``speculative``. Answers are
 ``SpeculativeVLM.generate``'s, so a greedy answer is the target's own, byte for byte.
 
-The engine runs one generation at a time, in a worker thread; requests wait in a queue of at most
-``max_queue`` (beyond it: 503 with Retry-After). A client that disconnects, or a request past its
-``timeout``, stops its generation at the next cycle. Every bad request gets a 4xx with an
-OpenAI-style error object naming the problem; a failed generation (out of GPU memory included) is
-answered and the server keeps serving.
+Every resource a request can take is bounded before the work that takes it: the body's bytes
+(``--max-body-mb``, from Content-Length and while reading), the video's encoded bytes
+(``--max-media-mb``), its decoded pixels (frames x height x width, ``--max-video-pixels``, from the
+container's metadata before decoding and again while decoding), its frames (``--max-frames``), the
+prompt's characters, and time: media loading and generation both run under the request's
+``--timeout``. Only regular files are opened. Requests wait in a queue of at most ``max_queue``
+(beyond it, streamed or not: 503 with Retry-After, before any 200); the engine runs one generation
+at a time, in a worker thread. A client that disconnects, or a request past its timeout, stops its
+generation at the next cycle. Every bad request gets a 4xx with an OpenAI-style error object naming
+the field; a failed generation (out of GPU memory included) is answered without internals, and the
+server keeps serving. Metric labels come from the route table, never from what a client sent.
 """
 
 from __future__ import annotations
@@ -27,10 +33,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
+import logging
+import math
 import os
 import tempfile
 import threading
+import stat
 import time
 import urllib.parse
 import urllib.request
@@ -45,6 +55,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from specvlm.pruning import STRATEGIES
+
+log = logging.getLogger("specvlm.server")
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")  # metric labels: these or "other"
+MAX_JSON_DEPTH = 32
+MAX_FPS = 240.0
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 MEDIA_SUFFIX = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "matroska": ".mkv", "quicktime": ".mov",
                 "x-msvideo": ".avi", "avi": ".avi", "mpeg": ".mpg", "ogg": ".ogv"}  # fmt: skip
@@ -66,9 +82,18 @@ class ServeSettings:
     allow_remote_media: bool = False
     num_frames: int | None = 32  # when a request gives neither num_frames nor fps
     fps: float | None = None  # (or this, when the server was started with --fps)
-    max_frames: int | None = None
+    max_frames: int | None = 256  # a request's num_frames above it is refused; fps-sampled clips are cut to it
     max_new_tokens: int = 256  # when a request gives no max_tokens
     retry_after_s: int = 5
+    max_video_pixels: int = 2**26  # decoded frames x height x width (64 Mpx: 32 frames of 1080p)
+    max_body_mb: float | None = None  # default: what --max-media-mb needs as base64, plus 1 MiB
+    max_prompt_chars: int = 1_000_000
+
+    @property
+    def body_limit(self) -> int:
+        if self.max_body_mb is not None:
+            return int(self.max_body_mb * 2**20)
+        return int(self.max_media_mb * 2**20 * 4 / 3) + 2**20
 
 
 class RequestError(Exception):
@@ -115,12 +140,14 @@ def _number(body: dict, name: str, kind, *, low=None, high=None, low_open=False,
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise RequestError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {value!r}",
+        raise RequestError(400, f"'{name}' must be {'an integer' if kind is int else 'a number'}, got {value!r}"[:200],
                            param=name)  # fmt: skip
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(400, f"'{name}' must be a finite number, got {value!r}", param=name)
     if (low is not None and (value < low or (low_open and value == low))) or (high is not None and value > high):
         lo = "" if low is None else ("(" if low_open else "[") + f"{low}, "
         rule = f"in {lo}{high if high is not None else 'inf'}" + ("]" if high is not None else ")")
-        raise RequestError(400, f"'{name}' must be {rule}, got {value!r}", param=name)
+        raise RequestError(400, f"'{name}' must be {rule}, got {value!r}"[:200], param=name)
     return kind(value)
 
 
@@ -148,12 +175,12 @@ def parse_request(body: Any, settings: ServeSettings) -> ChatJob:
         raise RequestError(400, f"'n' must be 1 (one answer per request), got {n}", param="n")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    max_new = _number({name: max_tokens}, name, int, low=1, default=settings.max_new_tokens)
+    max_new = _number({name: max_tokens}, name, int, low=1, high=2**31, default=settings.max_new_tokens)
     temperature = _number(body, "temperature", float, low=0, high=2, default=0.0)
     top_p = _number(body, "top_p", float, low=0, high=1, low_open=True)
     if top_p == 1.0:
         top_p = None
-    seed = _number(body, "seed", int)
+    seed = _number(body, "seed", int, low=SEED_RANGE[0], high=SEED_RANGE[1])
     stop = body.get("stop")
     if stop is None:
         stop = ()
@@ -172,8 +199,8 @@ def parse_request(body: Any, settings: ServeSettings) -> ChatJob:
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise RequestError(400, "'stream_options' must be an object like {\"include_usage\": true}",
                            param="stream_options")  # fmt: skip
-    num_frames = _number(body, "num_frames", int, low=1)
-    fps = _number(body, "fps", float, low=0, low_open=True)
+    num_frames = _number(body, "num_frames", int, low=1, high=settings.max_frames or 4096)
+    fps = _number(body, "fps", float, low=0, low_open=True, high=MAX_FPS)
     if num_frames is not None and fps is not None:
         raise RequestError(400, "give 'num_frames' or 'fps', not both", param="fps")
     if num_frames is None and fps is None:
@@ -193,13 +220,13 @@ def parse_request(body: Any, settings: ServeSettings) -> ChatJob:
                                param="prune")  # fmt: skip
     elif ratio is not None:
         prune = PruneConfig(ratio=ratio)
-    messages, video_url = convert_messages(body.get("messages"))
+    messages, video_url = convert_messages(body.get("messages"), settings.max_prompt_chars)
     return ChatJob(messages=messages, video_url=video_url, max_new_tokens=max_new, temperature=temperature,
                    top_p=top_p, seed=seed, stop=stop, stream=stream, include_usage=options.get("include_usage", False),
                    num_frames=num_frames, fps=fps, prune=prune, speculative=speculative)  # fmt: skip
 
 
-def convert_messages(messages: Any) -> tuple[list[dict], str]:
+def convert_messages(messages: Any, max_chars: int = 1_000_000) -> tuple[list[dict], str]:
     """OpenAI chat messages -> the processor's chat format with one video part, and the video's URL."""
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list of chat messages", param="messages")
@@ -239,7 +266,45 @@ def convert_messages(messages: Any) -> tuple[list[dict], str]:
                            param="messages")  # fmt: skip
     if not text.strip():
         raise RequestError(400, "the messages hold no text: ask something about the video", param="messages")
+    if len(text) > max_chars:
+        raise RequestError(400, f"the messages hold {len(text):,} characters of text, more than the server's "
+                           f"{max_chars:,}", param="messages", code="context_length_exceeded")  # fmt: skip
     return out, videos[0]
+
+
+def _refuse_constant(name: str):
+    raise RequestError(400, f"the request body is not valid JSON: {name} is not a JSON number")
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON, or a RequestError: strict UTF-8, no NaN / Infinity, at most MAX_JSON_DEPTH
+    levels of nesting, no lone surrogates in strings."""
+    try:
+        text = raw.decode("utf-8")
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise RequestError(400, "the request body is not UTF-8") from None
+    except RecursionError:
+        raise RequestError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError:
+        raise RequestError(400, "the request body is not valid JSON") from None
+    stack = [(value, 0, "body")]
+    while stack:  # iterative: a deep body cannot exhaust the stack here
+        item, depth, where = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise RequestError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1, k) for k, v in item.items())
+            stack.extend((k, depth + 1, "a key") for k in item)
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1, where) for v in item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RequestError(400, f"'{where}' holds a lone UTF-16 surrogate (not text)"[:200],
+                                   param=where if where not in ("body", "a key") else None) from None  # fmt: skip
+    return value
 
 
 # --------------------------------------------------------------------------------------- media
@@ -283,30 +348,60 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
                            param="video_url")  # fmt: skip
     local = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path) if scheme == "file" else url)
     allowed = settings.allowed_media_dir
-    try:
-        resolved = local.resolve()
-    except OSError:
-        resolved = local
-    if allowed is None or not resolved.is_relative_to(allowed.resolve()):
+    if allowed is None:
         raise RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
                            param="video_url", code="media_path_refused")  # fmt: skip
-    if not resolved.exists():
-        raise RequestError(400, f"no such video: {local}", param="video_url")
-    if resolved.is_file() and resolved.stat().st_size > limit:
+    shown = str(local)[:200]
+    try:
+        resolved = local.resolve(strict=True)
+        inside = resolved.is_relative_to(allowed.resolve())
+        info = resolved.stat()
+    except FileNotFoundError:
+        inside = _lexically_inside(local, allowed)
+        if not inside:
+            raise RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
+                               param="video_url", code="media_path_refused") from None  # fmt: skip
+        raise RequestError(400, f"no such video: {shown}", param="video_url") from None
+    except (OSError, RuntimeError, ValueError) as error:  # a null byte, a name too long, a symlink loop
+        reason = "a null byte" if isinstance(error, ValueError) else (getattr(error, "strerror", None) or "a loop")
+        raise RequestError(400, f"cannot open the video path ({reason})", param="video_url") from None
+    if not inside:
+        raise RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
+                           param="video_url", code="media_path_refused")  # fmt: skip
+    if not stat.S_ISREG(info.st_mode):
+        raise RequestError(400, f"not a regular file: {shown}", param="video_url")
+    if info.st_size > limit:
         raise RequestError(413, f"the video is larger than --max-media-mb {settings.max_media_mb:g}",
                            param="video_url", code="media_too_large")  # fmt: skip
     return resolved
 
 
+def _lexically_inside(path: Path, folder: Path) -> bool:
+    """Whether a path that does not exist would lie under ``folder`` (for the right error)."""
+    try:
+        return Path(os.path.abspath(path)).is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
+
+
 def load_clip(job: ChatJob, settings: ServeSettings):
-    from specvlm.video import VideoInputError, load_video
+    """The job's frames, within the server's pixel and frame budgets and the job's deadline."""
+    from specvlm.video import VideoBudgetError, VideoInputError, VideoTimeoutError, load_video
 
     with tempfile.TemporaryDirectory(prefix="specvlm-media-") as tmp:
         path = fetch_video(job.video_url, settings, Path(tmp))
         try:
-            return load_video(path, num_frames=job.num_frames, fps=job.fps, max_frames=settings.max_frames)
+            return load_video(path, num_frames=job.num_frames, fps=job.fps, max_frames=settings.max_frames,
+                              max_pixels=settings.max_video_pixels, deadline=job.deadline)  # fmt: skip
+        except VideoTimeoutError:
+            raise RequestError(504, f"reading the video timed out after {settings.timeout_s:g} s",
+                               kind="server_error", code="timeout") from None  # fmt: skip
+        except VideoBudgetError as error:
+            message = str(error).split(": ", 1)[-1].replace("ask for fewer frames", "ask for fewer num_frames or a lower fps")
+            raise RequestError(413, f"{message} (--max-video-pixels)", param="video_url", code="media_too_large") from None
         except VideoInputError as error:
-            raise RequestError(400, f"unreadable video: {error}", param="video_url", code="invalid_video") from None
+            message = str(error).replace(str(path), "the video")[:300]
+            raise RequestError(400, f"unreadable video: {message}", param="video_url", code="invalid_video") from None
 
 
 # ------------------------------------------------------------------------------------ the server
@@ -330,41 +425,60 @@ class Metrics:
         self.running = Gauge("specvlm_running", "generations running", registry=registry)
 
 
+class Ticket:
+    """A place in the engine's queue, taken at admission and given back once, whatever happens."""
+
+    def __init__(self, engine: "Engine"):
+        self.engine, self.held = engine, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.engine.pending -= 1
+            self.engine.metrics.queue.set(self.engine.pending - int(self.engine.lock.locked()))
+
+
 class Engine:
-    """One generation at a time on the model pair; at most ``max_queue`` waiting."""
+    """One generation at a time on the model pair; at most ``max_queue`` admitted requests waiting
+    (loading their media or waiting for the engine) beside the one running."""
 
     def __init__(self, pair, settings: ServeSettings, metrics: Metrics):
         self.pair, self.settings, self.metrics = pair, settings, metrics
         self.lock = asyncio.Lock()
-        self.waiting = 0
+        self.pending = 0  # admitted and not finished: waiting or running
 
-    def admit(self) -> None:
-        """503 when the engine is busy and the queue is full."""
-        if self.lock.locked() and self.waiting >= self.settings.max_queue:
+    @property
+    def waiting(self) -> int:
+        return self.pending - int(self.lock.locked())
+
+    def admit(self) -> Ticket:
+        """A place in the queue, or 503 with Retry-After when it is full (before any work or 200)."""
+        if self.pending >= self.settings.max_queue + 1:
             raise RequestError(503, f"the server is busy ({self.waiting} requests waiting); retry later",
                                kind="server_error", code="queue_full",
                                headers={"Retry-After": str(self.settings.retry_after_s)})  # fmt: skip
-
-    async def run(self, job: ChatJob, fn):
-        """Run ``fn()`` in a worker thread when the engine is free; 503 when the queue is full."""
-        self.admit()
-        self.waiting += 1
+        self.pending += 1
         self.metrics.queue.set(self.waiting)
+        return Ticket(self)
+
+    async def run(self, job: ChatJob, ticket: Ticket, fn):
+        """Run ``fn()`` in a worker thread when the engine is free, within the job's deadline."""
         try:
             remaining = job.deadline - time.monotonic()
-            await asyncio.wait_for(self.lock.acquire(), timeout=max(remaining, 0.001))
-        except (asyncio.TimeoutError, TimeoutError):
-            raise RequestError(504, f"timed out after {self.settings.timeout_s:g} s waiting for the engine",
-                               kind="server_error", code="timeout") from None  # fmt: skip
-        finally:
-            self.waiting -= 1
+            try:
+                await asyncio.wait_for(self.lock.acquire(), timeout=max(remaining, 0.001))
+            except (asyncio.TimeoutError, TimeoutError):
+                raise RequestError(504, f"timed out after {self.settings.timeout_s:g} s waiting for the engine",
+                                   kind="server_error", code="timeout") from None  # fmt: skip
+            self.metrics.running.set(1)
             self.metrics.queue.set(self.waiting)
-        self.metrics.running.set(1)
-        try:
-            return await asyncio.to_thread(fn)
+            try:
+                return await asyncio.to_thread(fn)
+            finally:
+                self.metrics.running.set(0)
+                self.lock.release()
         finally:
-            self.metrics.running.set(0)
-            self.lock.release()
+            ticket.release()
 
     def generate(self, job: ChatJob, clip, on_text=None):
         """The answer (GenerateOutput) of one job; runs in the worker thread."""
@@ -418,6 +532,93 @@ class Engine:
             raise RequestError(400, message, param="messages", code="context_length_exceeded") from None
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 from its Content-Length or as soon as more than ``limit`` bytes
+    have arrived (nothing past that is read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
+        if not declared.strip().isdigit():
+            raise RequestError(400, "the Content-Length header is not a number")
+        raise RequestError(413, f"the request body is larger than the server's limit of {limit / 2**20:.1f} MiB "
+                           "(--max-body-mb)", code="body_too_large")  # fmt: skip
+    chunks, size = [], 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > limit:
+            raise RequestError(413, f"the request body is larger than the server's limit of {limit / 2**20:.1f} MiB "
+                               "(--max-body-mb)", code="body_too_large")  # fmt: skip
+        chunks.append(piece)
+    return b"".join(chunks)
+
+
+class StopText:
+    """OpenAI's ``stop``: the text up to the first stop string, which is left out. Streamed pieces
+    pass through ``add``, which holds back a tail that could still begin a stop string."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops, self.held, self.done = stops, "", False
+
+    def cut(self, text: str) -> str:
+        ends = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        return text[: min(ends)] if ends else text
+
+    def add(self, piece: str) -> str:
+        if self.done:
+            return ""
+        text = self.held + piece
+        cut = self.cut(text)
+        if len(cut) < len(text):  # a stop string is complete: show what precedes it, then nothing
+            self.done, self.held = True, ""
+            return cut
+        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        self.held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        rest, self.held = ("" if self.done else self.held), ""
+        return rest
+
+
+def _authorized(header: str, key: str) -> bool:
+    """``Authorization: Bearer <key>``, the scheme case-insensitive (RFC 7235)."""
+    scheme, _, token = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+class Guard:
+    """Pure ASGI middleware: the API key (every path but /health), and a 500 without internals for
+    anything that escapes a handler. Bodies and disconnects pass through untouched."""
+
+    def __init__(self, app, settings: ServeSettings, respond):
+        self.app, self.settings, self.respond = app, settings, respond
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        endpoint = path if path in ROUTES else "other"
+        if self.settings.api_key and path != "/health":
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+            if not _authorized(header, self.settings.api_key):
+                error = RequestError(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                                     code="invalid_api_key")  # fmt: skip
+                return await self.respond(error, endpoint)(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:  # never a traceback to the client
+            log.exception("unhandled error on %s", endpoint)
+            if not started:
+                error = RequestError(500, "internal server error (see the server's log)", kind="server_error")
+                await self.respond(error, endpoint)(scope, receive, send)
+
+
 def finish_reason(out, job: ChatJob, eos: tuple[int, ...]) -> str:
     if out.token_ids and out.token_ids[-1] in eos:
         return "stop"
@@ -459,18 +660,7 @@ def create_app(pair, settings: ServeSettings):
         metrics.requests.labels(endpoint=endpoint, status=str(error.status)).inc()
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if settings.api_key and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
-                return error_response(RequestError(401, "missing or wrong API key: send Authorization: Bearer <key>",
-                                                   code="invalid_api_key"), request.url.path)  # fmt: skip
-        try:
-            return await call_next(request)
-        except Exception as error:  # never a traceback to the client
-            return error_response(RequestError(500, f"internal error: {type(error).__name__}: {error}",
-                                               kind="server_error"), request.url.path)  # fmt: skip
-
+    app.add_middleware(Guard, settings=settings, respond=error_response)
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_name, "waiting": engine.waiting,
@@ -486,27 +676,35 @@ def create_app(pair, settings: ServeSettings):
         return {"object": "list",
                 "data": [{"id": settings.model_name, "object": "model", "created": created, "owned_by": "specvlm"}]}
 
+    async def within(deadline: float, what: str, work):
+        try:
+            return await asyncio.wait_for(work, timeout=max(deadline - time.monotonic(), 0.001))
+        except (asyncio.TimeoutError, TimeoutError):
+            raise RequestError(504, f"{what} timed out after {settings.timeout_s:g} s", kind="server_error",
+                               code="timeout") from None  # fmt: skip
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         endpoint = "/v1/chat/completions"
         started = time.monotonic()
+        ticket = None
         try:
-            try:
-                body = await request.json()
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise RequestError(400, "the request body is not valid JSON") from None
+            body = parse_json(await read_body(request, settings.body_limit))
             job = parse_request(body, settings)
             job.deadline = started + settings.timeout_s
-            engine.admit()  # refuse before decoding media
-            clip = await asyncio.to_thread(load_clip, job, settings)
-            await asyncio.to_thread(engine.check_context, job, clip)
+            ticket = engine.admit()  # refused before decoding media, streamed or not
+            clip = await within(job.deadline, "reading the video", asyncio.to_thread(load_clip, job, settings))
+            await within(job.deadline, "preparing the prompt", asyncio.to_thread(engine.check_context, job, clip))
         except RequestError as error:
+            if ticket is not None:
+                ticket.release()
             return error_response(error, endpoint)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        stops = StopText(job.stop)
         if job.stream:
-            return StreamingResponse(stream(request, job, clip, rid, now, started), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
-        work = asyncio.ensure_future(engine.run(job, lambda: engine.generate(job, clip)))
+            return StreamingResponse(stream(job, ticket, clip, stops, rid, now, started),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})  # fmt: skip
+        work = asyncio.ensure_future(engine.run(job, ticket, lambda: engine.generate(job, clip)))
         try:
             while not work.done():  # a client that goes away cancels the generation at the next cycle
                 await asyncio.wait({work}, timeout=0.1)
@@ -517,14 +715,15 @@ def create_app(pair, settings: ServeSettings):
             return error_response(error, endpoint)
         except Cancelled:
             return error_response(RequestError(499, "client closed the request", code="cancelled"), endpoint)
-        except Exception as error:  # a failed generation: answered, the server goes on
-            return error_response(RequestError(500, f"generation failed: {type(error).__name__}: {error}",
+        except Exception:  # a failed generation: answered without internals, the server goes on
+            log.exception("generation failed")
+            return error_response(RequestError(500, "generation failed (an internal error; see the server's log)",
                                                kind="server_error"), endpoint)  # fmt: skip
         record(out, started)
         metrics.requests.labels(endpoint=endpoint, status="200").inc()
         return {
             "id": rid, "object": "chat.completion", "created": now, "model": settings.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": stops.cut(out.text)},
                          "finish_reason": finish_reason(out, job, eos), "logprobs": None}],
             "usage": usage(out), "specvlm": specvlm_stats(out, job),
         }  # fmt: skip
@@ -536,7 +735,8 @@ def create_app(pair, settings: ServeSettings):
             metrics.tau.observe(tau)
         metrics.latency.observe(time.monotonic() - started)
 
-    async def stream(request, job: ChatJob, clip, rid: str, now: int, started: float) -> AsyncIterator[str]:
+    async def stream(job: ChatJob, ticket: Ticket, clip, stops: "StopText", rid: str, now: int,
+                     started: float) -> AsyncIterator[str]:  # fmt: skip
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue = asyncio.Queue()
 
@@ -548,18 +748,20 @@ def create_app(pair, settings: ServeSettings):
         def on_text(piece: str) -> None:
             loop.call_soon_threadsafe(pieces.put_nowait, piece)
 
-        work = asyncio.ensure_future(engine.run(job, lambda: engine.generate(job, clip, on_text)))
+        work = asyncio.ensure_future(engine.run(job, ticket, lambda: engine.generate(job, clip, on_text)))
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
                 getter = asyncio.ensure_future(pieces.get())
                 await asyncio.wait({getter, work}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
-                    yield chunk({"content": getter.result()})
+                    if shown := stops.add(getter.result()):
+                        yield chunk({"content": shown})
                     continue
                 getter.cancel()
                 while not pieces.empty():
-                    yield chunk({"content": pieces.get_nowait()})
+                    if shown := stops.add(pieces.get_nowait()):
+                        yield chunk({"content": shown})
                 break
             try:
                 out = work.result()
@@ -567,11 +769,15 @@ def create_app(pair, settings: ServeSettings):
                 metrics.errors.labels(type=error.code or error.kind).inc()
                 yield f"data: {json.dumps(error.body())}\n\n"
                 return
-            except Exception as error:
+            except Exception:
+                log.exception("generation failed")
                 metrics.errors.labels(type="server_error").inc()
-                body = RequestError(500, f"generation failed: {type(error).__name__}: {error}", kind="server_error")
+                body = RequestError(500, "generation failed (an internal error; see the server's log)",
+                                    kind="server_error")  # fmt: skip
                 yield f"data: {json.dumps(body.body())}\n\n"
                 return
+            if rest := stops.flush():
+                yield chunk({"content": rest})
             record(out, started)
             yield chunk({}, finish_reason(out, job, eos), specvlm=specvlm_stats(out, job))
             if job.include_usage:

@@ -45,6 +45,7 @@ import math
 import numbers
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
@@ -57,8 +58,10 @@ from PIL import Image
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VideoClip",
+    "VideoBudgetError",
     "VideoInputError",
     "VideoNotFoundError",
+    "VideoTimeoutError",
     "load_video",
     "write_video",
 ]
@@ -70,6 +73,14 @@ VideoSource = Union[str, "os.PathLike[str]", np.ndarray, Sequence[Image.Image]]
 
 class VideoInputError(ValueError):
     """The video source or a sampling argument is unusable."""
+
+
+class VideoBudgetError(VideoInputError):
+    """Decoding would exceed the caller's ``max_pixels`` or pass its ``deadline``."""
+
+
+class VideoTimeoutError(VideoBudgetError):
+    """Reading the video ran past the caller's ``deadline``."""
 
 
 class VideoNotFoundError(VideoInputError, FileNotFoundError):
@@ -172,12 +183,33 @@ def _fps_indices(times: np.ndarray, fps: float) -> np.ndarray:
     # Small slack so that a last frame sitting exactly on a sampling instant
     # is not lost to float error.
     count = int(math.floor((t_last - t0) * fps + 1e-6)) + 1
+    if count > 8 * len(times):
+        return _fps_indices_dense(times, t0, fps, count)
     targets = t0 + np.arange(count, dtype=np.float64) / fps
     right = np.searchsorted(times, targets, side="left").clip(0, len(times) - 1)
     left = (right - 1).clip(0, None)
     # Nearest frame; ties (and equal distance) go to the earlier frame.
     pick = np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)
     return np.unique(pick)
+
+
+def _fps_indices_dense(times: np.ndarray, t0: float, fps: float, count: int) -> np.ndarray:
+    """The same picks when instants far outnumber frames, without listing the instants. Of a run of
+    equal times u, an instant in (previous midpoint, u] picks its first frame, one in (u, next
+    midpoint] its last (as the nearest-frame search above does)."""
+    first = np.flatnonzero(np.r_[True, np.diff(times) > 0])
+    last = np.r_[first[1:] - 1, len(times) - 1]
+    u = times[first]
+    mids = (u[:-1] + u[1:]) / 2
+    lo, hi = np.r_[-np.inf, mids], np.r_[mids, np.inf]
+
+    def any_instant(a, b):  # an instant t0 + k / fps, 0 <= k < count, in (a, b]
+        with np.errstate(over="ignore", invalid="ignore"):
+            k = np.where(np.isinf(a), 0.0, np.floor((a - t0) * fps) + 1).clip(0, None)
+            return (k <= count - 1) & (t0 + k / fps <= b)
+
+    picks = np.r_[first[any_instant(lo, u)], last[any_instant(u, hi)]]
+    return np.unique(picks).astype(np.int64)
 
 
 def _select(total: int, times: np.ndarray | None, num_frames: int | None,
@@ -361,9 +393,28 @@ class _Probe:
     count: int
     avg_fps: float | None
     error: str | None
+    size: tuple[int, int]  # (width, height) the stream declares
 
 
-def _probe(path: str) -> _Probe:
+class _Budget:
+    """Bounds on one load: pixels of the frames kept, and a time.monotonic() deadline."""
+
+    def __init__(self, path: str, max_pixels: int | None, deadline: float | None):
+        self.path, self.max_pixels, self.deadline = path, max_pixels, deadline
+
+    def check_time(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise VideoTimeoutError(f"{self.path}: reading the video ran past its time limit")
+
+    def check_pixels(self, frames: int, width: int, height: int, where: str) -> None:
+        if self.max_pixels is not None and frames * width * height > self.max_pixels:
+            raise VideoBudgetError(
+                f"{self.path}: {frames} frames of {width}x{height} {where} are {frames * width * height:,} "
+                f"pixels, more than the limit of {self.max_pixels:,}: ask for fewer frames"
+            )
+
+
+def _probe(path: str, budget: _Budget) -> _Probe:
     """Demux-only pass: count video packets and collect their pts."""
     av = _av()
     container = _open_container(path)
@@ -371,6 +422,7 @@ def _probe(path: str) -> _Probe:
         stream = _video_stream(container, path)
         avg = float(stream.average_rate) if stream.average_rate else None
         tb = stream.time_base
+        size = (int(stream.codec_context.width or 0), int(stream.codec_context.height or 0))
         pts: list[int | None] = []
         error = None
         try:
@@ -378,6 +430,8 @@ def _probe(path: str) -> _Probe:
                 if packet.size == 0:  # end-of-stream flush packet
                     continue
                 pts.append(packet.pts if packet.pts is not None else packet.dts)
+                if len(pts) % 256 == 0:
+                    budget.check_time()
         except av.FFmpegError as e:
             # Truncated/corrupt tail: keep what could be read.
             error = _av_reason(e)
@@ -388,7 +442,7 @@ def _probe(path: str) -> _Probe:
         # Packets come in decode order; B-frames make that differ from
         # presentation order, which is what frame indices refer to.
         times = np.sort(np.array(pts, dtype=np.float64)) * float(tb)
-    return _Probe(times, len(pts), avg, error)
+    return _Probe(times, len(pts), avg, error, size)
 
 
 @dataclass
@@ -399,7 +453,7 @@ class _Decoded:
     errors: list[str]
 
 
-def _decode(path: str, selected: np.ndarray, stop_early: bool) -> _Decoded:
+def _decode(path: str, selected: np.ndarray, stop_early: bool, budget: _Budget) -> _Decoded:
     """Decode in presentation order, converting only frames in ``selected``."""
     av = _av()
     wanted = set(int(i) for i in selected)
@@ -429,6 +483,7 @@ def _decode(path: str, selected: np.ndarray, stop_early: bool) -> _Decoded:
                 # A corrupt packet: skip it like ffmpeg does, keep decoding.
                 errors.append(_av_reason(e))
                 continue
+            budget.check_time()
             for frame in frames:
                 i = len(times)
                 t = float(frame.time) if frame.time is not None else None
@@ -436,6 +491,8 @@ def _decode(path: str, selected: np.ndarray, stop_early: bool) -> _Decoded:
                 if i in wanted:
                     if size is None:
                         size = (frame.width, frame.height)
+                    # the stream's declared size may lie: count what really decodes
+                    budget.check_pixels(len(selected), *size, "decoded")
                     if (frame.width, frame.height) != size:
                         frame = frame.reformat(width=size[0], height=size[1])
                     kept[i] = (frame.to_ndarray(format="rgb24"), t)
@@ -463,8 +520,8 @@ def _fill_times(times: Sequence[float | None], fallback: np.ndarray | None,
 
 
 def _from_file(path: str, num_frames: int | None, fps: float | None,
-               max_frames: int | None) -> VideoClip:
-    probe = _probe(path)
+               max_frames: int | None, budget: _Budget) -> VideoClip:
+    probe = _probe(path, budget)
     if probe.count == 0:
         reason = f" ({probe.error})" if probe.error else ""
         raise VideoInputError(f"no decodable video frames in {path}{reason}")
@@ -472,9 +529,10 @@ def _from_file(path: str, num_frames: int | None, fps: float | None,
     if times is None:
         times = _fill_times([None] * probe.count, None, probe.avg_fps)
     sel = _select(probe.count, times, num_frames, fps, max_frames)
+    budget.check_pixels(len(sel), *probe.size, "selected")  # before decoding, from the metadata
     # Decode to the end whenever the last frame is wanted anyway: it costs
     # nothing extra and verifies that the packet count matched the frame count.
-    dec = _decode(path, sel, stop_early=int(sel[-1]) < probe.count - 1)
+    dec = _decode(path, sel, stop_early=int(sel[-1]) < probe.count - 1, budget=budget)
     # Stopping early implies every selected index was reached, so a mismatch
     # below always comes from a complete pass and dec.times covers the stream.
     if len(dec.kept) < len(sel) or (dec.complete and len(dec.times) != probe.count):
@@ -486,7 +544,7 @@ def _from_file(path: str, num_frames: int | None, fps: float | None,
         times = _fill_times(dec.times, None, probe.avg_fps)
         sel = _select(len(times), times, num_frames, fps, max_frames)
         if not set(int(i) for i in sel) <= dec.kept.keys():
-            dec = _decode(path, sel, stop_early=False)
+            dec = _decode(path, sel, stop_early=False, budget=budget)
         sel = np.array([i for i in sel if int(i) in dec.kept], dtype=np.int64)
         if len(sel) == 0:  # decoding is deterministic; this is only a guard
             raise VideoInputError(f"no decodable video frames in {path}")
@@ -515,6 +573,8 @@ def load_video(
     fps: float | None = None,
     *,
     max_frames: int | None = None,
+    max_pixels: int | None = None,
+    deadline: float | None = None,
 ) -> VideoClip:
     """Load (and optionally sample) a video; see the module docstring.
 
@@ -522,7 +582,10 @@ def load_video(
     (``IMAGE_EXTENSIONS``, natural name order so ``frame2`` < ``frame10``), a
     ``(T, H, W, 3)`` / ``(H, W, 3)`` uint8 array, or a list/tuple of PIL
     images of equal size. Give at most one of ``num_frames`` / ``fps``;
-    ``max_frames`` caps the result by uniform subsampling.
+    ``max_frames`` caps the result by uniform subsampling. For video files, ``max_pixels`` bounds
+    frames x height x width of the result (checked from the container's metadata before decoding,
+    and again on the frames as they decode) and ``deadline`` (a ``time.monotonic()`` value) bounds
+    the time spent; past either, :class:`VideoBudgetError`.
     """
     _check_args(num_frames, fps, max_frames)
     if isinstance(source, np.ndarray):
@@ -537,7 +600,7 @@ def load_video(
             raise VideoNotFoundError(f"video path does not exist: {path}")
         if os.path.isdir(path):
             return _from_folder(path, num_frames, fps, max_frames)
-        return _from_file(path, num_frames, fps, max_frames)
+        return _from_file(path, num_frames, fps, max_frames, _Budget(path, max_pixels, deadline))
     raise VideoInputError(
         f"unsupported video source of type {type(source).__name__}; expected a path, "
         f"a folder of images, a (T, H, W, 3) uint8 numpy array or a list of PIL images "

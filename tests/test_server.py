@@ -275,6 +275,6 @@ def test_a_request_past_its_timeout_is_stopped_and_answered_504(pair, settings, 
     try:
         code, body, _ = live.post(_body(clip_path, max_tokens=64))
         assert code == 504 and body["error"]["code"] == "timeout"
-        assert 'reason="timeout"' in live.get("/metrics")[1]
+        assert 'specvlm_errors_total{type="timeout"}' in live.get("/metrics")[1]
     finally:
         live.close()

@@ -166,10 +166,10 @@ def test_packet_count_mismatch_reselects(videos, monkeypatch):
     # (e.g. discarded/corrupt packets): selection must follow decoded frames.
     real_probe = video_mod._probe
 
-    def fake_probe(path):
-        p = real_probe(path)
+    def fake_probe(path, budget):
+        p = real_probe(path, budget)
         times = np.concatenate([p.times, p.times[-1] + np.array([1, 2]) / FPS])
-        return video_mod._Probe(times, p.count + 2, p.avg_fps, None)
+        return video_mod._Probe(times, p.count + 2, p.avg_fps, None, p.size)
 
     monkeypatch.setattr(video_mod, "_probe", fake_probe)
     clip = load_video(videos["mp4"], num_frames=5)
