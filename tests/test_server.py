@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import openai
+import psutil
 import pytest
 import uvicorn
 
@@ -278,3 +282,208 @@ def test_a_request_past_its_timeout_is_stopped_and_answered_504(pair, settings, 
         assert 'specvlm_errors_total{type="timeout"}' in live.get("/metrics")[1]
     finally:
         live.close()
+
+
+# ------------------------------------------------------------------------ hostile and careless input
+
+
+def _rss_growth(fn) -> tuple[object, float]:
+    """fn()'s result and the peak growth of this process's resident memory while it ran, in GiB."""
+    process = psutil.Process()
+    base, peak, done = process.memory_info().rss, [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        sampler.join()
+    return result, (max(peak[0], process.memory_info().rss) - base) / 2**30
+
+
+def _raw(port: int, head: bytes, body_chunks=(), timeout: float = 20) -> bytes:
+    """Send a hand-made HTTP request (stopping quietly when the server hangs up), return the reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(head)
+            for piece in body_chunks:
+                sock.sendall(piece)
+        except OSError:
+            pass
+        reply = b""
+        try:
+            while chunk := sock.recv(65536):
+                reply += chunk
+                if b"\r\n\r\n" in reply and b'"error"' in reply:
+                    break
+        except OSError:
+            pass
+        return reply
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, clip_path):
+    """A media folder with a clip, a FIFO, a folder, a symlink loop and a decompression bomb."""
+    from specvlm.video import write_video
+
+    root = tmp_path_factory.mktemp("media")
+    (root / "clip.mp4").write_bytes(clip_path.read_bytes())
+    os.mkfifo(root / "fifo.mp4")
+    (root / "folder.mp4").mkdir()
+    os.symlink(root / "loop-b", root / "loop-a")
+    os.symlink(root / "loop-a", root / "loop-b")
+    # a few KiB that decode to 16 frames of 2560x2048 (84 Mpx, past the default budget) and of
+    # 2048x2048 (exactly the default budget: the largest clip a request may bring)
+    write_video(root / "bomb.mp4", np.full((16, 2048, 2560, 3), 90, dtype=np.uint8), fps=8)
+    write_video(root / "edge.mp4", np.full((16, 2048, 2048, 3), 90, dtype=np.uint8), fps=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hostile(pair, media):
+    settings = ServeSettings(model_name="bundled", allowed_media_dir=media, num_frames=FRAMES, max_media_mb=0.5,
+                             max_queue=1, timeout_s=60)  # fmt: skip
+    live = LiveServer(create_app(pair, settings))
+    yield live
+    live.close()
+
+
+def _answer(live, media) -> tuple[int, dict, dict]:
+    return live.post({"model": "bundled", "messages": messages(str(media / "clip.mp4")), "max_tokens": 24})
+
+
+HOSTILE = [
+    # (what, body or raw JSON text, status, words)
+    ("NaN temperature", '{"temperature": NaN}', 400, "NaN is not a JSON number"),
+    ("infinite top_p", '{"top_p": Infinity}', 400, "Infinity is not a JSON number"),
+    ("1e400 overflows to inf", '{"temperature": 1e400}', 400, "'temperature' must be a finite number"),
+    ("fps of 1e300", {"fps": 1e300}, 400, "'fps' must be in"),
+    ("huge num_frames", {"num_frames": 10**12}, 400, "'num_frames' must be in"),
+    ("seed past 64 bits", {"seed": 2**70}, 400, "'seed' must be in"),
+    ("huge max_tokens", {"max_tokens": 10**40}, 400, "'max_tokens' must be in"),
+    ("deeply nested JSON", "[" * 100_000 + "]" * 100_000, 400, "nests deeper"),
+    ("nested beyond the limit", '{"metadata": ' + "[" * 40 + "]" * 40 + "}", 400, "nests deeper"),
+    ("lone surrogate", '{"messages": [{"role": "user", "content": "\\ud800 hi"}]}', 400, "lone UTF-16 surrogate"),
+    ("not UTF-8", b'{"model": "\xff"}', 400, "not UTF-8"),
+    ("a null byte in the path", "nul", 400, "null byte"),
+    ("an over-long name", "long", 400, "cannot open the video path"),
+    ("a symlink loop", "loop", 400, "cannot open the video path"),
+    ("a FIFO", "fifo", 400, "not a regular file"),
+    ("a folder", "folder", 400, "not a regular file"),
+    ("a decompression bomb", "bomb", 413, "--max-video-pixels"),
+]
+
+
+@pytest.mark.parametrize("what, body, status, words", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_values_get_a_4xx_quickly_and_bounded(hostile, media, what, body, status, words):
+    names = {"nul": str(media / "clip\x00.mp4"), "long": str(media / ("x" * 5000 + ".mp4")), "loop": str(media / "loop-a"),
+             "fifo": str(media / "fifo.mp4"), "folder": str(media / "folder.mp4"),
+             "bomb": data_url(media / "bomb.mp4")}  # fmt: skip
+    if isinstance(body, str) and body in names:
+        raw = json.dumps({"model": "bundled", "messages": messages(names[body]), "max_tokens": 8}).encode()
+    elif isinstance(body, dict):
+        raw = json.dumps({"model": "bundled", "messages": messages(str(media / "clip.mp4")), "max_tokens": 8, **body}).encode()
+    else:
+        raw = body if isinstance(body, bytes) else body.encode()
+    t0 = time.monotonic()
+    (code, reply, _), grown = _rss_growth(lambda: hostile.post(None, raw=raw))
+    assert code == status and words in reply["error"]["message"], reply
+    assert set(reply["error"]) >= {"message", "type", "param", "code"}
+    assert time.monotonic() - t0 < 20 and grown < 1.0
+
+
+def test_the_largest_clip_the_budget_allows_stays_under_a_gib(hostile, media):
+    body = {"model": "bundled", "messages": messages(data_url(media / "edge.mp4")), "max_tokens": 4}
+    (code, reply, _), grown = _rss_growth(lambda: hostile.post(body))
+    assert code == 200 and reply["specvlm"]["video_tokens"] > 0
+    assert grown < 1.0, grown
+
+
+def test_a_body_past_the_limit_is_refused_before_it_is_read(hostile, media):
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1073741824\r\n\r\n")  # fmt: skip
+    t0 = time.monotonic()
+    reply, grown = _rss_growth(lambda: _raw(hostile.port, head, [b"{" * 1000]))
+    assert reply.startswith(b"HTTP/1.1 413") and b"--max-body-mb" in reply and time.monotonic() - t0 < 10
+    # no Content-Length: chunked, 64 MiB offered; refused once the limit (~1.7 MiB here) is passed
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    piece = b"%x\r\n%s\r\n" % (2**20, b" " * 2**20)
+    reply, grown = _rss_growth(lambda: _raw(hostile.port, head, [piece] * 64))
+    assert reply.startswith(b"HTTP/1.1 413") and grown < 0.5
+    assert _answer(hostile, media)[0] == 200
+
+
+def test_a_non_streamed_request_stops_when_its_client_leaves(hostile, media):
+    def cancelled() -> float:
+        found = re.search(r'specvlm_cancelled_generations_total\{reason="client went away"\} (\S+)', hostile.get("/metrics")[1])
+        return float(found.group(1)) if found else 0.0
+
+    before = cancelled()
+    # the answer takes ~0.4 s to generate here; the client hangs up as soon as it has asked
+    body = json.dumps({"model": "bundled", "messages": messages(str(media / "clip.mp4")), "max_tokens": 1024}).encode()
+    with socket.create_connection(("127.0.0.1", hostile.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+    for _ in range(400):
+        if cancelled() > before:
+            break
+        time.sleep(0.05)
+    assert cancelled() == before + 1
+    assert json.loads(hostile.get("/health")[1])["busy"] is False
+
+
+def test_streams_past_the_queue_get_503_before_any_200(hostile, media):
+    body = {"model": "bundled", "messages": messages(str(media / "clip.mp4")), "max_tokens": 256, "stream": True}
+
+    def ask(_):
+        request = urllib.request.Request(hostile.url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, response.read().decode(), None
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(), error.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(ask, range(6)))
+    busy = [r for r in results if r[0] == 503]
+    ok = [r for r in results if r[0] == 200]
+    assert busy and ok and len(busy) + len(ok) == 6
+    assert all(r[2] and "queue_full" in r[1] for r in busy)
+    assert all("[DONE]" in r[1] and '"error"' not in r[1] for r in ok)
+
+
+def test_unauthenticated_paths_add_no_metric_series(pair, settings, clip_path):
+    live = LiveServer(create_app(pair, ServeSettings(**{**vars(settings), "api_key": "k3y"})))
+    try:
+        for i in range(50):
+            assert live.get(f"/probe/{i}/{'x' * 100}")[0] == 401
+        text = live.get("/metrics", key="k3y")[1]
+        assert "probe" not in text and 'endpoint="other",status="401"} 50.0' in text
+        request = urllib.request.Request(live.url + "/v1/models", headers={"Authorization": "bearer k3y"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # the scheme is case-insensitive
+            assert response.status == 200
+    finally:
+        live.close()
+
+
+def test_stop_strings_are_left_out_like_openai(server, clip_path, reference):
+    stop = reference.split()[3]
+    cut = reference[: reference.find(stop)]
+    out = server.client().chat.completions.create(model="bundled", messages=messages(str(clip_path)), stop=[stop])
+    assert out.choices[0].message.content == cut and out.choices[0].finish_reason == "stop"
+    pieces = [c.choices[0].delta.content or "" for c in server.client().chat.completions.create(
+        model="bundled", messages=messages(str(clip_path)), stop=stop, stream=True) if c.choices]  # fmt: skip
+    assert "".join(pieces) == cut
+
+
+def test_a_normal_request_is_answered_the_same_after_the_attack(hostile, media, pair):
+    expected = pair.generate(str(media / "clip.mp4"), PROMPT, num_frames=FRAMES, max_new_tokens=24).text
+    code, body, _ = _answer(hostile, media)
+    assert code == 200 and body["choices"][0]["message"]["content"] == expected

@@ -6,7 +6,9 @@ compression, we can still tell WHICH source frames were sampled.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -441,3 +443,35 @@ def test_stream_without_timestamps_falls_back_to_average_rate(tmp_path):
     np.testing.assert_array_equal(frame_ids(clip.frames), [0, 8, 15, 23])
     assert clip.source_fps and clip.source_fps > 0
     np.testing.assert_allclose(clip.timestamps, np.array([0, 8, 15, 23]) / clip.source_fps)
+
+
+# --------------------------------------------------------------------------
+# budgets
+
+
+def test_pixel_budget_refuses_from_the_metadata_before_decoding(videos, monkeypatch):
+    h, w = grey_frames().shape[1:3]
+    decoded = []
+    monkeypatch.setattr(video_mod, "_decode", lambda *a, **k: decoded.append(1))
+    with pytest.raises(video_mod.VideoBudgetError, match="more than the limit"):
+        load_video(videos["mp4"], num_frames=4, max_pixels=4 * h * w - 1)
+    assert not decoded
+
+
+def test_pixel_budget_holds_while_decoding_when_the_metadata_lies(videos, monkeypatch):
+    real_probe = video_mod._probe
+    monkeypatch.setattr(video_mod, "_probe", lambda path, budget: dataclasses.replace(real_probe(path, budget), size=(2, 2)))
+    h, w = grey_frames().shape[1:3]
+    assert load_video(videos["mp4"], num_frames=4, max_pixels=4 * h * w).num_frames == 4
+    with pytest.raises(video_mod.VideoBudgetError, match="decoded"):
+        load_video(videos["mp4"], num_frames=4, max_pixels=4 * h * w - 1)
+
+
+def test_deadline_stops_reading(videos):
+    with pytest.raises(video_mod.VideoTimeoutError, match="time limit"):
+        load_video(videos["mp4"], deadline=time.monotonic() - 1)
+
+
+def test_fps_far_above_the_source_rate_takes_every_frame_without_listing_instants(videos):
+    clip = load_video(videos["mp4"], fps=1e300)
+    assert clip.num_frames == N_FRAMES and list(clip.indices) == list(range(N_FRAMES))
