@@ -141,7 +141,7 @@ class SpeculativeVLM:
 
     def generate(
         self,
-        video: str | VideoClip,
+        video: str | VideoClip | None,
         prompt: Prompt,
         *,
         num_frames: int | None = None,
@@ -157,7 +157,8 @@ class SpeculativeVLM:
         on_tokens: Callable[[list[int]], None] | None = None,
         prune: PruneConfig | None | str = "default",
     ) -> GenerateOutput:
-        """Answer ``prompt`` about ``video`` (a path, a folder of frames, an array or a VideoClip).
+        """Answer ``prompt`` about ``video`` (a path, a folder of frames, an array or a VideoClip; None
+        for a text-only chat, which the draft then sees whole).
 
         ``speculative=False`` decodes with the target alone (the baseline). ``on_tokens`` receives
         token ids as they are accepted. ``prune`` overrides the pair's pruning for this call.
@@ -166,7 +167,7 @@ class SpeculativeVLM:
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         from specvlm.bench.harness import check_context
 
-        clip = video if isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
+        clip = video if video is None or isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
         features = self.target.build_inputs(clip, prompt)
         check_context(self.target, features["input_ids"], max_new_tokens)  # PromptTooLongError, before any work
         if speculative:

@@ -7,9 +7,9 @@
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (plain and server-sent events),
 ``GET /health``, ``GET /metrics`` (Prometheus text format).
 
-A chat request carries one video as a ``video_url`` content part: a ``data:video/...;base64,`` URL,
-or a local path / ``file://`` URL under ``--allowed-media-dir`` (remote URLs only with
-``--allow-remote-media``). OpenAI's parameters (``max_tokens`` / ``max_completion_tokens``,
+A chat request carries at most one video, as a ``video_url`` content part: a
+``data:video/...;base64,`` URL, or a local path / ``file://`` URL under ``--allowed-media-dir``
+(remote URLs only with ``--allow-remote-media``); without one it is a text-only chat. OpenAI's parameters (``max_tokens`` / ``max_completion_tokens``,
 ``temperature``, ``top_p``, ``seed``, ``stop``, ``stream``, ``stream_options``, ``n`` = 1) and this
 project's own as extra top-level fields, the way vLLM takes its extras: ``num_frames`` / ``fps``,
 ``prune`` (a strategy name, or "none"), ``prune_ratio``, ``speculative``. Answers are
@@ -118,8 +118,8 @@ class Cancelled(Exception):
 
 @dataclass
 class ChatJob:
-    messages: list[dict]  # the processor's chat format, one {"type": "video"} part
-    video_url: str
+    messages: list[dict]  # the processor's chat format, at most one {"type": "video"} part
+    video_url: str | None  # None: a text-only chat
     max_new_tokens: int
     temperature: float
     top_p: float | None
@@ -226,8 +226,9 @@ def parse_request(body: Any, settings: ServeSettings) -> ChatJob:
                    num_frames=num_frames, fps=fps, prune=prune, speculative=speculative)  # fmt: skip
 
 
-def convert_messages(messages: Any, max_chars: int = 1_000_000) -> tuple[list[dict], str]:
-    """OpenAI chat messages -> the processor's chat format with one video part, and the video's URL."""
+def convert_messages(messages: Any, max_chars: int = 1_000_000) -> tuple[list[dict], str | None]:
+    """OpenAI chat messages -> the processor's chat format with at most one video part, and the
+    video's URL (None: a text-only chat)."""
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list of chat messages", param="messages")
     out, videos, text = [], [], ""
@@ -259,17 +260,16 @@ def convert_messages(messages: Any, max_chars: int = 1_000_000) -> tuple[list[di
             else:
                 raise RequestError(400, f"{where}.content[{j}] must be a text or video_url part", param=where)
         out.append({"role": message["role"], "content": parts})
-    if not videos:
-        raise RequestError(400, "the messages hold no video: add a video_url content part", param="messages")
     if len(videos) > 1:
         raise RequestError(400, f"the messages hold {len(videos)} videos; one video per request is supported",
                            param="messages")  # fmt: skip
     if not text.strip():
-        raise RequestError(400, "the messages hold no text: ask something about the video", param="messages")
+        raise RequestError(400, "the messages hold no text: ask something" + (" about the video" if videos else ""),
+                           param="messages")  # fmt: skip
     if len(text) > max_chars:
         raise RequestError(400, f"the messages hold {len(text):,} characters of text, more than the server's "
                            f"{max_chars:,}", param="messages", code="context_length_exceeded")  # fmt: skip
-    return out, videos[0]
+    return out, (videos[0] if videos else None)
 
 
 def _refuse_constant(name: str):
@@ -388,6 +388,8 @@ def load_clip(job: ChatJob, settings: ServeSettings):
     """The job's frames, within the server's pixel and frame budgets and the job's deadline."""
     from specvlm.video import VideoBudgetError, VideoInputError, VideoTimeoutError, load_video
 
+    if job.video_url is None:
+        return None
     with tempfile.TemporaryDirectory(prefix="specvlm-media-") as tmp:
         path = fetch_video(job.video_url, settings, Path(tmp))
         try:

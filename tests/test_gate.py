@@ -15,6 +15,7 @@ from specvlm.engine.decoding import decode_target
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
 from specvlm.models import load_adapter
+from specvlm.pruning import PruneConfig
 from specvlm.testing.tiny import FAMILIES
 from specvlm.video import write_video
 
@@ -160,3 +161,22 @@ def test_static_steps_are_lossless(fam):
         for draft, d_inputs in ((fam.draft, draft_inputs), (fam.target, full)):
             result = speculative_decode(fam.target, draft, full, d_inputs, tree=tree, max_new_tokens=MAX_NEW, static=True)
             assert result.token_ids == reference
+
+
+@pytest.mark.parametrize("tree_name", ["chain3", "default"])
+def test_text_only_chat_is_lossless(fam, tree_name):
+    """No video: the model's own generate, target-only decoding, and speculation (pruning asked for,
+    nothing to prune) give the same tokens; the target as its own draft accepts everything."""
+    features = fam.target.build_inputs(None, "Tell me about colours.")
+    full = fam.target.prepare(features)
+    assert len(full.video) == 0
+    with torch.no_grad():
+        out = fam.target.model.generate(**features, max_new_tokens=MAX_NEW, do_sample=False)
+    reference = decode_target(fam.target, full, max_new_tokens=MAX_NEW).token_ids
+    assert out[0, features["input_ids"].shape[1] :].tolist() == reference
+    tree = TREES[tree_name]
+    spec = speculative_decode(fam.target, fam.draft, full, fam.draft.prepare(features), tree=tree,
+                              max_new_tokens=MAX_NEW, prune=PruneConfig(ratio=0.9))  # fmt: skip
+    assert spec.token_ids == reference and spec.stats.draft_video_tokens == 0
+    own = speculative_decode(fam.target, fam.target, full, full, tree=tree, max_new_tokens=MAX_NEW)
+    assert own.token_ids == reference and own.stats.tau > tree.depth

@@ -215,7 +215,6 @@ def _body(clip_path, **changes):
 
 BAD = [
     # (what, body changes, status, words in the message)
-    ("no video", {"messages": [{"role": "user", "content": PROMPT}]}, 400, "no video"),
     ("two videos", "two", 400, "2 videos"),
     ("unreadable video", {"messages": messages("data:video/mp4;base64," + base64.b64encode(b"not a video").decode())},
      400, "unreadable video"),
@@ -471,6 +470,14 @@ def test_unauthenticated_paths_add_no_metric_series(pair, settings, clip_path):
             assert response.status == 200
     finally:
         live.close()
+
+
+def test_text_only_chat_is_answered_like_the_api(server, pair):
+    expected = pair.generate(None, "Name a colour.", max_new_tokens=16).text
+    out = server.client().chat.completions.create(model="bundled", messages=[{"role": "user", "content": "Name a colour."}],
+                                                  max_tokens=16)  # fmt: skip
+    assert out.choices[0].message.content == expected
+    assert out.model_extra["specvlm"]["video_tokens"] == 0
 
 
 def test_stop_strings_are_left_out_like_openai(server, clip_path, reference):

@@ -211,6 +211,8 @@ def speculative_decode(
     _sync(t_device)
     t0 = time.perf_counter()
     scores = selection = None
+    if not len(target_inputs.video):  # a text-only prompt: nothing to prune
+        prune = None
     if prune is not None and needs_scores(prune.strategy):
         logits, scores = target.prefill_with_scores(target_inputs, t_cache)
     else:

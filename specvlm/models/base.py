@@ -17,8 +17,10 @@ It never forks modeling code: it calls the models' public pieces (``get_video_fe
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
@@ -36,6 +38,14 @@ ATTENTION_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION
 
 class UnsupportedModelError(ValueError):
     """The checkpoint is not of a supported video-LLM family."""
+
+
+@lru_cache(maxsize=None)
+def cache_keyword(language_model_class: type) -> str:
+    """The keyword a language model takes its KV cache by: ``cache`` where transformers has renamed
+    ``past_key_values`` (the old name still works there, with a FutureWarning on every call)."""
+    parameters = inspect.signature(language_model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -138,22 +148,31 @@ class VideoLMAdapter(ABC):
         return self.language_model.embed_tokens(token_ids.to(self.device))
 
     # ------------------------------------------------------------------ inputs
-    def messages(self, prompt: Prompt) -> list[dict[str, Any]]:
-        """A chat message list with one video, from a plain prompt or a user-given list."""
+    def messages(self, prompt: Prompt, with_video: bool = True) -> list[dict[str, Any]]:
+        """A chat message list with one video (or none, for text-only chat), from a plain prompt or a
+        user-given list."""
         if isinstance(prompt, str):
-            return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+            video = [{"type": "video"}] if with_video else []
+            return [{"role": "user", "content": [*video, {"type": "text", "text": prompt}]}]
         n_videos = sum(
             1
             for m in prompt
             for c in (m.get("content") if isinstance(m.get("content"), list) else [])
             if isinstance(c, dict) and c.get("type") == "video"
         )
-        if n_videos != 1:
-            raise ValueError(f"the chat messages must hold exactly one video entry, found {n_videos}")
+        if n_videos != int(with_video):
+            wanted = "exactly one video entry" if with_video else "no video entry when no video is given"
+            raise ValueError(f"the chat messages must hold {wanted}, found {n_videos}")
         return prompt
 
     def build_inputs(self, video, prompt: Prompt, *, num_frames: int | None = None, fps: float | None = None):
-        """Processor features (input_ids, pixel values, grids...) for one video and one prompt."""
+        """Processor features (input_ids, pixel values, grids...) for one video (or ``None``: a
+        text-only chat) and one prompt."""
+        if video is None:
+            text = self.processor.apply_chat_template(
+                self.messages(prompt, with_video=False), add_generation_prompt=True, tokenize=False
+            )
+            return self.processor(text=[text], return_tensors="pt")
         clip = video if isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
         text = self.processor.apply_chat_template(
             self.messages(prompt), add_generation_prompt=True, tokenize=False
@@ -174,7 +193,9 @@ class VideoLMAdapter(ABC):
             raise ValueError(f"batch size 1 is supported, got {input_ids.shape[0]} prompts")
         is_video = input_ids[0] == self.video_token_id
         if not bool(is_video.any()):
-            raise ValueError("the prompt holds no video tokens: the chat template must place a video")
+            if features.get("pixel_values_videos") is not None:
+                raise ValueError("the prompt holds no video tokens: the chat template must place a video")
+            return self.prepare_text(features, input_ids)
         with torch.no_grad():
             embeds = self.embed(input_ids)
             video_features, extras = self.video_features(features)
@@ -195,6 +216,16 @@ class VideoLMAdapter(ABC):
             next_position=next_position,
         )
         return self.attach_extras(prepared, is_video, extras)
+
+    def prepare_text(self, features, input_ids: torch.Tensor) -> PreparedInputs:
+        """A text-only prompt: no video tokens, the model's own positions for text."""
+        with torch.no_grad():
+            embeds = self.embed(input_ids)
+        position_ids, next_position = self.positions(features, input_ids)
+        empty = torch.zeros(0, dtype=torch.long)
+        layout = VideoTokenLayout(seq_index=empty, frame=empty, row=empty, col=empty, grid=(0, 0, 0))
+        return PreparedInputs(input_ids=input_ids, inputs_embeds=embeds, position_ids=position_ids, video=layout,
+                              next_position=next_position)  # fmt: skip
 
     def attach_extras(self, prepared: PreparedInputs, is_video: torch.Tensor, extras) -> PreparedInputs:
         return prepared
@@ -273,8 +304,8 @@ class VideoLMAdapter(ABC):
                 inputs_embeds=inputs_embeds,
                 position_ids=position_ids.to(inputs_embeds.device),
                 attention_mask=attention_mask,
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_keyword(type(self.language_model)): cache},
                 **lm_kwargs,
             )
             hidden = out.last_hidden_state

@@ -65,7 +65,7 @@ class Qwen2_5_VLAdapter(VideoLMAdapter):
         position_ids, deltas = self.model.model.get_rope_index(
             input_ids,
             mm_token_type_ids=self.mm_token_type_ids(features, input_ids),
-            video_grid_thw=features["video_grid_thw"].to(input_ids.device),
+            video_grid_thw=None if features.get("video_grid_thw") is None else features["video_grid_thw"].to(input_ids.device),
             attention_mask=None if attention_mask is None else attention_mask.to(input_ids.device),
             **self.rope_kwargs(features),
         )
