@@ -86,13 +86,20 @@ class SpeculativeVLM:
         prune: PruneConfig | None = PruneConfig(),
         reindex: bool = False,
         compile: bool | None = None,
+        drafter: str = "model",
     ):
         """``prune`` decides which video tokens the draft sees (default: the method's two-stage
         selection keeping 10%); None shows the draft every token (plain speculative decoding).
         ``compile`` compiles the decode steps with torch.compile (default: on a single GPU; the first
         call of each prompt-length bucket then pays tens of seconds of compilation, later ones and
-        later processes reuse it)."""
+        later processes reuse it). ``drafter`` is the drafting rule: "model" (every level of the
+        tree), or "adaptive" / "adaptive:P" (stop drafting when the draft's confidence in its main path
+        drops below P, default 0.3); the output does not depend on it."""
+        from specvlm.engine.drafters import make_drafter
+
         check_pair(target, draft)
+        make_drafter(drafter, draft)  # a bad name fails here, not at the first generate
+        self.drafter = drafter
         self.compile = compile
         self.target = target
         self.draft = draft
@@ -116,6 +123,7 @@ class SpeculativeVLM:
         reindex: bool = False,
         compile: bool | None = None,
         tensor_parallel: int | None = None,
+        drafter: str = "model",
     ) -> "SpeculativeVLM":
         """Load both models from hub ids or folders. The draft goes to ``draft_device`` (default: the
         target's ``device``, or its first device under a device map or tensor parallelism).
@@ -130,7 +138,8 @@ class SpeculativeVLM:
         placed = device_map is not None or tensor_parallel is not None
         draft_device = draft_device or device or (str(target_adapter.device) if placed else None)
         draft_adapter = load_adapter(draft, dtype=dtype, device=draft_device, attn_implementation=attn_implementation)
-        return cls(target_adapter, draft_adapter, tree=tree, prune=prune, reindex=reindex, compile=compile)
+        return cls(target_adapter, draft_adapter, tree=tree, prune=prune, reindex=reindex, compile=compile,
+                   drafter=drafter)  # fmt: skip
 
     def _generator(self, seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
         if generator is not None:
@@ -190,6 +199,7 @@ class SpeculativeVLM:
                 prune=prune,
                 reindex=self.reindex,
                 compile=self.compile,
+                drafter=self.drafter,
             )
         else:
             result = decode_target(

@@ -113,8 +113,10 @@ def _tv(counts: Counter, exact: dict) -> float:
     return 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in keys)
 
 
-@pytest.mark.parametrize("tree", [DraftTree.chain(2), DraftTree(((0,), (1,), (2,), (0, 0), (1, 0)))], ids=["chain", "tree"])
-def test_sampled_tokens_follow_the_target_distribution(pair, tree):
+@pytest.mark.parametrize("tree, drafter", [(DraftTree.chain(2), "model"), (DraftTree(((0,), (1,), (2,), (0, 0), (1, 0))), "model"),
+                                           (DraftTree(((0,), (1,), (2,), (0, 0), (1, 0))), "adaptive:1.0")],
+                         ids=["chain", "tree", "tree-cut-by-the-adaptive-drafter"])  # fmt: skip
+def test_sampled_tokens_follow_the_target_distribution(pair, tree, drafter):
     """The first two sampled tokens, over 800 runs, match the target-only joint distribution.
 
     The independent draft's own distribution is far from the target's (asserted), so a rule that
@@ -129,7 +131,8 @@ def test_sampled_tokens_follow_the_target_distribution(pair, tree):
     counts = Counter()
     for _ in range(800):
         out = speculative_decode(
-            target, draft, full, draft_inputs, tree=tree, max_new_tokens=2, sampling=sampling, generator=generator
+            target, draft, full, draft_inputs, tree=tree, max_new_tokens=2, sampling=sampling, generator=generator,
+            drafter=drafter,
         )
         counts[tuple(out.token_ids)] += 1
     assert _tv(counts, exact) < 0.07

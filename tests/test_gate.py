@@ -180,3 +180,24 @@ def test_text_only_chat_is_lossless(fam, tree_name):
     assert spec.token_ids == reference and spec.stats.draft_video_tokens == 0
     own = speculative_decode(fam.target, fam.target, full, full, tree=tree, max_new_tokens=MAX_NEW)
     assert own.token_ids == reference and own.stats.tau > tree.depth
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
+def test_the_adaptive_drafter_is_lossless_and_stops_early(fam, threshold):
+    """Drafting stopped by the draft's confidence changes the cost, never the output: 0.0 never stops
+    (the model drafter's passes), 1.0 always stops after the first level (one pass a cycle)."""
+    from specvlm.engine.drafters import AdaptiveDrafter
+
+    tree = TREES["default"]
+    for _, full, d_full, reference in fam.inputs:
+        drafter = AdaptiveDrafter(fam.draft, threshold=threshold)
+        out = speculative_decode(fam.target, fam.draft, full, d_full, tree=tree, max_new_tokens=MAX_NEW, drafter=drafter)
+        assert out.token_ids == reference
+        model = speculative_decode(fam.target, fam.draft, full, d_full, tree=tree, max_new_tokens=MAX_NEW)
+        if threshold == 0.0:
+            assert out.stats.draft_passes == model.stats.draft_passes
+        if threshold == 1.0:
+            assert out.stats.draft_passes == out.stats.target_passes
+        own = speculative_decode(fam.target, fam.target, full, full, tree=tree, max_new_tokens=MAX_NEW,
+                                 drafter=AdaptiveDrafter(fam.target, threshold=threshold))  # fmt: skip
+        assert own.token_ids == reference

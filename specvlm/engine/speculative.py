@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from specvlm.engine.decoding import Clock, DecodeStats, GenerationResult, _sync
+from specvlm.engine.drafter import Drafter
+from specvlm.engine.drafters import make_drafter
 from specvlm.engine.distributed import agree, world_size
 from specvlm.engine.sampling import SamplingConfig, next_token, probabilities
 from specvlm.engine.static import Workspace, default_compile, default_static
@@ -105,67 +107,6 @@ def check_pair(target: VideoLMAdapter, draft: VideoLMAdapter) -> None:
         )
 
 
-@dataclass
-class _Draft:
-    tokens: torch.Tensor  # (N,) long on the draft's device; node 0 is the root
-    q: torch.Tensor | None  # (N, V) float32, the distribution each node's children came from (sampling)
-
-
-def _propose(
-    draft: VideoLMAdapter,
-    ws: Workspace,
-    tree: DraftTree,
-    pending: list[int],
-    root_position: int,
-    sampling: SamplingConfig,
-    generator: torch.Generator | None,
-) -> tuple[_Draft, int, int]:
-    """Draft a tree rooted at pending[-1]; returns the draft, the root's cache slot and the draft passes.
-
-    ``pending`` are accepted tokens the draft has not processed yet (the root last; one or two). Every
-    pass has ``tree.draft_width`` rows (padding rows see only the prefix), so one compiled, captured
-    step serves the whole tree; nothing here waits for the device. The cache is left holding the
-    pending tokens committed and the drafted levels written; the caller rolls it back to the
-    accepted path.
-    """
-    cache = ws.cache
-    n_nodes, device, rows = tree.num_nodes, draft.device, tree.draft_width
-    on = tree.on(device)
-    tokens = torch.zeros(n_nodes, dtype=torch.long, device=device)
-    step_tokens = torch.zeros(1, rows, dtype=torch.long, device=device)
-    for i, t in enumerate(pending):
-        step_tokens[0, i].fill_(t)
-    tokens[0].fill_(pending[-1])
-    q = None if sampling.greedy else torch.zeros(n_nodes, draft.vocab_size, device=device)
-    first = root_position - len(pending) + 1
-    logits = ws.step(step_tokens, (on.draft_rows + first)[None], cache.length, on.draft_patterns[len(pending) - 1])
-    cache.commit(len(pending))
-    root_slot = cache.length - 1
-    parent_logits = logits[0, len(pending) - 1 : len(pending)]  # (1, V): the root's logits
-    passes = 1
-    for depth in range(1, tree.depth + 1):
-        parents = tree.level_slices[depth - 1]
-        level = tree.level_slices[depth]
-        child_parent = on.parent[level] - parents.start  # (len(level),) index into parents
-        if sampling.greedy:
-            top = torch.topk(parent_logits, min(tree.max_children, draft.vocab_size), dim=-1).indices
-            tokens[level] = top[child_parent, on.rank[level]]
-        else:
-            dist = probabilities(parent_logits, sampling)  # (len(parents), V)
-            q[parents] = dist
-            tokens[level] = torch.multinomial(dist[child_parent], 1, generator=generator).flatten()
-        if depth == tree.depth:
-            break
-        width = level.stop - level.start
-        step_tokens[0, :width] = tokens[level]
-        positions = torch.full((1, rows), root_position + depth, dtype=torch.long, device=device)
-        logits = ws.step(step_tokens, positions, root_slot, on.draft_patterns[depth + 1])
-        cache.commit(width)
-        parent_logits = logits[0, :width]
-        passes += 1
-    return _Draft(tokens=tokens, q=q), root_slot, passes
-
-
 def speculative_decode(
     target: VideoLMAdapter,
     draft: VideoLMAdapter,
@@ -183,6 +124,7 @@ def speculative_decode(
     static: bool | None = None,
     compile: bool | None = None,
     on_proposal: Callable[[torch.Tensor, int], None] | None = None,
+    drafter: "str | Drafter" = "model",
 ) -> GenerationResult:
     """Generate with the target's exact output, drafting with ``draft`` on ``draft_inputs``.
 
@@ -194,7 +136,9 @@ def speculative_decode(
     as captured CUDA graphs (default: on a single GPU), ``compile`` compiles them (default: with
     static steps on a GPU; see engine/static.py). ``on_proposal(tokens, emitted)`` may rewrite the
     proposal's node tokens (N,) on the device before verification, ``emitted`` tokens into the
-    output (benchmarks use it to control acceptance; the output stays the target's).
+    output (benchmarks use it to control acceptance; the output stays the target's). ``drafter``
+    is the drafting rule run on ``draft`` (a name of ``specvlm.engine.drafters.DRAFTERS`` or a
+    Drafter; see engine/drafter.py); the output does not depend on it.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -225,11 +169,10 @@ def speculative_decode(
     stats.video_tokens, stats.draft_video_tokens = len(target_inputs.video), len(draft_inputs.video)
     _sync(t_device)
     t1 = time.perf_counter()
-    d_ws = Workspace.reuse(draft, draft_inputs.length + room, role="draft", static=d_static,
-                           compile=default_compile(draft, compile))  # fmt: skip
-    d_cache = d_ws.cache  # sized for the pruned prompt: smaller
+    drafter = make_drafter(drafter, draft)
+    drafter.start(draft_inputs, room, static=d_static, compile=default_compile(draft, compile))
+    d_ws = drafter.workspace  # sized for the pruned prompt: smaller
     warm += d_ws.warmup_s
-    draft.prefill(draft_inputs, d_cache)
     _sync(draft.device)
     t2 = time.perf_counter()
     stats.prefill_s, stats.draft_prefill_s = t1 - t0, t2 - t1
@@ -244,8 +187,8 @@ def speculative_decode(
     while not stop.done(tokens):
         # propose
         clock.mark("draft")
-        proposal, root_slot, passes = _propose(draft, d_ws, tree, pending, position + draft_offset, sampling, generator)
-        stats.draft_passes += passes
+        proposal = drafter.propose(tree, pending, position + draft_offset, sampling, generator)
+        stats.draft_passes += proposal.passes
         node_tokens = proposal.tokens.to(t_device)
         if on_proposal is not None:
             on_proposal(node_tokens, len(tokens))
@@ -254,15 +197,18 @@ def speculative_decode(
         clock.mark("verify")
         logits = t_ws.step(node_tokens[None], (position + t_tree.node_depth)[None], t_cache.length, t_tree.ancestor_mask)[0]
         if sampling.greedy:
-            verdict: Verdict = greedy_verdict(tree, node_tokens, logits.argmax(-1))
+            verdict: Verdict = greedy_verdict(tree, node_tokens, logits.argmax(-1), proposal.depth)
         else:
             p = probabilities(logits, sampling)
-            verdict = sampled_verdict(tree, node_tokens, proposal.q.to(t_device), p, generator)
+            verdict = sampled_verdict(tree, node_tokens, proposal.q.to(t_device), p, generator, proposal.depth)
         stats.target_passes += 1
         verdict = _agreed(verdict, tree.depth, t_device)
         # roll back both caches to the accepted path
         n = verdict.num_accepted
-        processed = _roll_back(t_cache, d_cache, verdict, root_slot, tree.depth, t_device)
+        path = verdict.path if verdict.path is not None else _padded_path(verdict.accepted, tree.depth, t_device)
+        t_cache.move(path.clamp(min=0) + t_cache.length, t_cache.length)  # node i sits at length + i
+        t_cache.commit(n + 1)
+        processed = drafter.accept(path.to(drafter.device), n, proposal)
         # emit
         accepted_tokens = verdict.accepted_tokens
         new = accepted_tokens + [verdict.next_token]
@@ -282,20 +228,6 @@ def speculative_decode(
     stats.new_tokens = len(tokens)
     stats.warmup_s = t_ws.warmup_s + d_ws.warmup_s - warm
     return GenerationResult(token_ids=tokens, stats=stats, selection=selection, scores=scores)
-
-
-def _roll_back(t_cache, d_cache, verdict: Verdict, root_slot: int, depth: int, device) -> int:
-    """Keep the accepted path in both caches (device-side copies, queued without waiting); returns
-    how many accepted draft tokens the draft has processed (it never runs the last level)."""
-    n = verdict.num_accepted
-    path = verdict.path if verdict.path is not None else _padded_path(verdict.accepted, depth, device)
-    t_cache.move(path.clamp(min=0) + t_cache.length, t_cache.length)  # node i sits at length + i
-    t_cache.commit(n + 1)
-    processed = min(n, depth - 1)
-    d_cache.rollback(root_slot + 1)  # node i sits at root_slot + i
-    d_cache.move(path[1:depth].clamp(min=0) + root_slot, root_slot + 1)
-    d_cache.commit(processed)
-    return processed
 
 
 def _padded_path(accepted: list[int], depth: int, device) -> torch.Tensor:

@@ -44,6 +44,7 @@ def greedy_verdict(
     tree: DraftTree,
     tokens: torch.Tensor,  # (N,) long, node tokens (root included)
     target_argmax: torch.Tensor,  # (N,) long, the target's argmax at each node
+    depth: int | None = None,  # levels proposed (default all): deeper nodes are not considered
 ) -> Verdict:
     """Longest path whose tokens all equal the target's argmax at their parents, then the bonus.
 
@@ -53,6 +54,8 @@ def greedy_verdict(
     target_argmax = target_argmax.to(tokens.device)
     correct = torch.zeros(tree.num_nodes + 1, dtype=torch.bool, device=tokens.device)  # last slot: padding
     correct[1:-1] = tokens[1:] == target_argmax[on.parent[1:]]
+    if depth is not None and depth < tree.depth:
+        correct[1:-1] &= on.node_depth[1:] <= depth
     paths = on.retrieve_paths  # (leaves, depth + 1), -1 padded
     along = correct[paths[:, 1:]]  # -1 indexes the False padding slot
     lengths = along.long().cumprod(dim=1).sum(dim=1)  # accepted draft tokens per path
@@ -99,12 +102,13 @@ def sampled_verdict(
     q: torch.Tensor,  # (N, V) float32: q[i] is the draft distribution node i's children were drawn from
     p: torch.Tensor,  # (N, V) float32: the target distribution at each node
     generator: torch.Generator | None,
+    depth: int | None = None,  # levels proposed (default all): nodes at this depth are leaves
 ) -> Verdict:
     """Walk down the tree accepting by recursive rejection; exact in distribution."""
     node = 0
     accepted = [0]
     while True:
-        children = tree.children(node)
+        children = tree.children(node) if depth is None or len(accepted) <= depth else []
         if not children:
             token = torch.multinomial(p[node], 1, generator=generator)
             return Verdict(accepted=accepted, next_token=int(token), recovered=False,

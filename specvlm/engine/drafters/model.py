@@ -1,0 +1,65 @@
+"""The draft model's own proposals: at each level, a node's children are the draft's top-ranked
+tokens (greedy) or independent draws from its distribution (sampling)."""
+
+from __future__ import annotations
+
+import torch
+
+from specvlm.engine.drafter import Drafter, Proposal
+from specvlm.engine.sampling import SamplingConfig, probabilities
+from specvlm.engine.tree import DraftTree
+
+
+class ModelDrafter(Drafter):
+    """Every level of the tree, one forward pass each (the last level is drafted, not run).
+
+    Every pass has ``tree.draft_width`` rows (padding rows see only the prefix), so one compiled,
+    captured step serves the whole tree; nothing here waits for the device unless ``keep_going``
+    does. The cache is left holding the pending tokens committed and the drafted levels written.
+    """
+
+    def propose(self, tree: DraftTree, pending: list[int], root_position: int, sampling: SamplingConfig,
+                generator: torch.Generator | None) -> Proposal:  # fmt: skip
+        ws, draft = self.workspace, self.adapter
+        cache = ws.cache
+        n_nodes, device, rows = tree.num_nodes, draft.device, tree.draft_width
+        on = tree.on(device)
+        tokens = torch.zeros(n_nodes, dtype=torch.long, device=device)
+        step_tokens = torch.zeros(1, rows, dtype=torch.long, device=device)
+        for i, t in enumerate(pending):
+            step_tokens[0, i].fill_(t)
+        tokens[0].fill_(pending[-1])
+        q = None if sampling.greedy else torch.zeros(n_nodes, draft.vocab_size, device=device)
+        first = root_position - len(pending) + 1
+        logits = ws.step(step_tokens, (on.draft_rows + first)[None], cache.length, on.draft_patterns[len(pending) - 1])
+        cache.commit(len(pending))
+        self.root_slot = root_slot = cache.length - 1
+        parent_logits = logits[0, len(pending) - 1 : len(pending)]  # (1, V): the root's logits
+        passes = 1
+        for depth in range(1, tree.depth + 1):
+            parents = tree.level_slices[depth - 1]
+            level = tree.level_slices[depth]
+            child_parent = on.parent[level] - parents.start  # (len(level),) index into parents
+            if sampling.greedy:
+                top = torch.topk(parent_logits, min(tree.max_children, draft.vocab_size), dim=-1).indices
+                tokens[level] = top[child_parent, on.rank[level]]
+            else:
+                dist = probabilities(parent_logits, sampling)  # (len(parents), V)
+                q[parents] = dist
+                tokens[level] = torch.multinomial(dist[child_parent], 1, generator=generator).flatten()
+            if depth == tree.depth or not self.keep_going(depth, parent_logits, tokens, tree, sampling):
+                return Proposal(tokens=tokens, q=q, depth=depth, passes=passes)
+            width = level.stop - level.start
+            step_tokens[0, :width] = tokens[level]
+            positions = torch.full((1, rows), root_position + depth, dtype=torch.long, device=device)
+            logits = ws.step(step_tokens, positions, root_slot, on.draft_patterns[depth + 1])
+            cache.commit(width)
+            parent_logits = logits[0, :width]
+            passes += 1
+        raise AssertionError("unreachable")
+
+    def keep_going(self, depth: int, parent_logits: torch.Tensor, tokens: torch.Tensor, tree: DraftTree,
+                   sampling: SamplingConfig) -> bool:  # fmt: skip
+        """Whether to draft the level below ``depth`` (``parent_logits``: the draft's logits at
+        level ``depth - 1``, whose children level ``depth`` holds). Always, here."""
+        return True
