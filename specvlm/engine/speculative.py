@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from specvlm.engine.decoding import Clock, DecodeStats, GenerationResult, _sync
-from specvlm.engine.drafter import Drafter
+from specvlm.engine.drafter import Drafter, Proposal
 from specvlm.engine.drafters import make_drafter
 from specvlm.engine.distributed import agree, world_size
 from specvlm.engine.sampling import SamplingConfig, next_token, probabilities
@@ -55,6 +55,13 @@ class SpecStats(DecodeStats):
     stage1_tokens: int = 0  # of those, chosen by Stage I attention
     cycle_tokens: int = 0  # tokens emitted by verification passes (all but the prefill's token)
     reached_depth: list[int] = field(default_factory=list)  # [d]: cycles whose accepted path reached depth d
+
+    def record_cycle(self, draft_passes: int, accepted: int, emitted: int) -> None:
+        self.draft_passes += draft_passes
+        self.target_passes += 1
+        self.cycle_tokens += emitted
+        for d in range(accepted + 1):
+            self.reached_depth[d] += 1
 
     @property
     def tau(self) -> float:
@@ -144,90 +151,110 @@ def speculative_decode(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     stop = StopRule(target.eos_token_ids, max_new_tokens, stop_strings, target.tokenizer)
     stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
-    room = max_new_tokens + tree.num_nodes + tree.draft_width
-    t_static, d_static = default_static(target, static), default_static(draft, static)
-    t_ws = Workspace.reuse(target, target_inputs.length + room, role="target", static=t_static,
-                           compile=default_compile(target, compile))  # fmt: skip
-    t_cache, t_device = t_ws.cache, target.device
-    t_tree = tree.on(t_device)
-    warm = t_ws.warmup_s
+    pair = prefill_pair(target, make_drafter(drafter, draft), target_inputs, draft_inputs, stats,
+                        room=max_new_tokens + tree.num_nodes + tree.draft_width, sampling=sampling, generator=generator,
+                        prune=prune, reindex=reindex, static=static, compile=compile)  # fmt: skip
+    t0 = time.perf_counter()
+    tokens, pending = [pair.root], [pair.root]
+    if on_tokens is not None:
+        on_tokens(tokens[:])
+    clock = Clock(target.device)
+    while not stop.done(tokens):
+        clock.mark("draft")
+        proposal = pair.drafter.propose(tree, pending, pair.position + pair.draft_offset, sampling, generator)
+        node_tokens = proposal.tokens.to(target.device)
+        if on_proposal is not None:
+            on_proposal(node_tokens, len(tokens))
+        clock.mark("verify")
+        verdict = verify(pair.target, tree, agree(node_tokens), proposal, pair.position, sampling, generator)
+        processed = roll_back(pair, verdict, proposal, tree.depth)
+        kept = stop.cut(tokens, verdict.accepted_tokens + [verdict.next_token])
+        tokens.extend(kept)
+        if on_tokens is not None and kept:
+            on_tokens(kept)
+        stats.record_cycle(proposal.passes, verdict.num_accepted, len(kept))
+        pending = verdict.accepted_tokens[processed:] + [verdict.next_token]  # the deepest accepted node, if unprocessed
+        pair.position += verdict.num_accepted + 1
+    clock.mark("end")
+    _sync(target.device)
+    stats.decode_s = time.perf_counter() - t0
+    stats.drafting_s, stats.verify_s = clock.seconds("draft"), clock.seconds("verify")
+    stats.new_tokens = len(tokens)
+    stats.warmup_s = pair.target.warmup_s + pair.drafter.workspace.warmup_s - pair.warm
+    return GenerationResult(token_ids=tokens, stats=stats, selection=pair.selection, scores=pair.scores)
 
-    _sync(t_device)
+
+@dataclass
+class PairState:
+    """Both models after the prefill stage: the target's workspace, the started drafter, the first
+    token (the root of the first tree) and its rotary position in the target."""
+
+    target: Workspace
+    drafter: Drafter
+    root: int
+    position: int
+    draft_offset: int  # the draft's rotary position minus the target's (a pruned prompt may differ)
+    selection: object = None
+    scores: torch.Tensor | None = None
+    warm: float = 0.0  # compile/capture seconds spent before this call's decoding
+
+
+def prefill_pair(target: VideoLMAdapter, drafter: Drafter, target_inputs: PreparedInputs,
+                 draft_inputs: PreparedInputs, stats: SpecStats, *, room: int, sampling: SamplingConfig,
+                 generator, prune: PruneConfig | None, reindex: bool, static: bool | None,
+                 compile: bool | None) -> PairState:  # fmt: skip
+    """target prefill -> Stage I scores -> prune -> draft prefill; the first token from the target."""
+    draft = drafter.adapter
+    t_ws = Workspace.reuse(target, target_inputs.length + room, role="target", static=default_static(target, static),
+                           compile=default_compile(target, compile))  # fmt: skip
+    warm = t_ws.warmup_s
+    _sync(target.device)
     t0 = time.perf_counter()
     scores = selection = None
     if not len(target_inputs.video):  # a text-only prompt: nothing to prune
         prune = None
     if prune is not None and needs_scores(prune.strategy):
-        logits, scores = target.prefill_with_scores(target_inputs, t_cache)
+        logits, scores = target.prefill_with_scores(target_inputs, t_ws.cache)
     else:
-        logits = target.prefill(target_inputs, t_cache)
+        logits = target.prefill(target_inputs, t_ws.cache)
     root = int(agree(next_token(logits, sampling, generator).view(1)))
     if prune is not None:
         selection = select(prune, target_inputs.video, None if scores is None else scores.cpu())
         draft_inputs = draft.drop_video_tokens(draft_inputs, selection.kept, reindex=reindex)
         stats.stage1_tokens = selection.num_stage1
     stats.video_tokens, stats.draft_video_tokens = len(target_inputs.video), len(draft_inputs.video)
-    _sync(t_device)
+    _sync(target.device)
     t1 = time.perf_counter()
-    drafter = make_drafter(drafter, draft)
-    drafter.start(draft_inputs, room, static=d_static, compile=default_compile(draft, compile))
-    d_ws = drafter.workspace  # sized for the pruned prompt: smaller
-    warm += d_ws.warmup_s
+    drafter.start(draft_inputs, room, static=default_static(draft, static), compile=default_compile(draft, compile))
     _sync(draft.device)
-    t2 = time.perf_counter()
-    stats.prefill_s, stats.draft_prefill_s = t1 - t0, t2 - t1
+    stats.prefill_s, stats.draft_prefill_s = t1 - t0, time.perf_counter() - t1
+    return PairState(target=t_ws, drafter=drafter, root=root, position=target_inputs.next_position,
+                     draft_offset=draft_inputs.next_position - target_inputs.next_position, selection=selection,
+                     scores=scores, warm=warm + drafter.workspace.warmup_s)  # fmt: skip
 
-    tokens = [root]
-    if on_tokens is not None:
-        on_tokens([root])
-    position = target_inputs.next_position  # the root's rotary position in the target
-    draft_offset = draft_inputs.next_position - target_inputs.next_position
-    pending = [root]
-    clock = Clock(t_device)
-    while not stop.done(tokens):
-        # propose
-        clock.mark("draft")
-        proposal = drafter.propose(tree, pending, position + draft_offset, sampling, generator)
-        stats.draft_passes += proposal.passes
-        node_tokens = proposal.tokens.to(t_device)
-        if on_proposal is not None:
-            on_proposal(node_tokens, len(tokens))
-        node_tokens = agree(node_tokens)  # ranks of a tensor-parallel target verify the same tree
-        # verify: every node in one target pass, the accept decision on the device, one transfer back
-        clock.mark("verify")
-        logits = t_ws.step(node_tokens[None], (position + t_tree.node_depth)[None], t_cache.length, t_tree.ancestor_mask)[0]
-        if sampling.greedy:
-            verdict: Verdict = greedy_verdict(tree, node_tokens, logits.argmax(-1), proposal.depth)
-        else:
-            p = probabilities(logits, sampling)
-            verdict = sampled_verdict(tree, node_tokens, proposal.q.to(t_device), p, generator, proposal.depth)
-        stats.target_passes += 1
-        verdict = _agreed(verdict, tree.depth, t_device)
-        # roll back both caches to the accepted path
-        n = verdict.num_accepted
-        path = verdict.path if verdict.path is not None else _padded_path(verdict.accepted, tree.depth, t_device)
-        t_cache.move(path.clamp(min=0) + t_cache.length, t_cache.length)  # node i sits at length + i
-        t_cache.commit(n + 1)
-        processed = drafter.accept(path.to(drafter.device), n, proposal)
-        # emit
-        accepted_tokens = verdict.accepted_tokens
-        new = accepted_tokens + [verdict.next_token]
-        for d in range(n + 1):
-            stats.reached_depth[d] += 1
-        kept = stop.cut(tokens, new)
-        tokens.extend(kept)
-        stats.cycle_tokens += len(kept)
-        if on_tokens is not None and kept:
-            on_tokens(kept)
-        pending = accepted_tokens[processed:] + [verdict.next_token]  # the deepest accepted node, if unprocessed
-        position += n + 1
-    clock.mark("end")
-    _sync(t_device)
-    stats.decode_s = time.perf_counter() - t2
-    stats.drafting_s, stats.verify_s = clock.seconds("draft"), clock.seconds("verify")
-    stats.new_tokens = len(tokens)
-    stats.warmup_s = t_ws.warmup_s + d_ws.warmup_s - warm
-    return GenerationResult(token_ids=tokens, stats=stats, selection=selection, scores=scores)
+
+def verify(t_ws: Workspace, tree: DraftTree, node_tokens: torch.Tensor, proposal: Proposal, position: int,
+           sampling: SamplingConfig, generator) -> Verdict:  # fmt: skip
+    """Every node in one target pass; the accept decision on the device, one transfer back (rank 0's
+    decision on every rank of a tensor-parallel target)."""
+    on = tree.on(node_tokens.device)
+    logits = t_ws.step(node_tokens[None], (position + on.node_depth)[None], t_ws.cache.length, on.ancestor_mask)[0]
+    if sampling.greedy:
+        verdict = greedy_verdict(tree, node_tokens, logits.argmax(-1), proposal.depth)
+    else:
+        p = probabilities(logits, sampling)
+        verdict = sampled_verdict(tree, node_tokens, proposal.q.to(node_tokens.device), p, generator, proposal.depth)
+    return _agreed(verdict, tree.depth, node_tokens.device)
+
+
+def roll_back(pair: PairState, verdict: Verdict, proposal: Proposal, depth: int) -> int:
+    """Both caches keep only the accepted path (device-side copies, queued without waiting); returns
+    how many accepted tokens the drafter has processed."""
+    cache, n = pair.target.cache, verdict.num_accepted
+    path = verdict.path if verdict.path is not None else _padded_path(verdict.accepted, depth, pair.target.adapter.device)
+    cache.move(path.clamp(min=0) + cache.length, cache.length)  # node i sits at length + i
+    cache.commit(n + 1)
+    return pair.drafter.accept(path.to(pair.drafter.device), n, proposal)
 
 
 def _padded_path(accepted: list[int], depth: int, device) -> torch.Tensor:
