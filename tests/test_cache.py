@@ -1,4 +1,4 @@
-"""Tests for specvlm.engine.cache.KVCache, driven through ``Cache.update`` with known tensors.
+"""Tests for specvlm.cache.KVCache, driven through ``Cache.update`` with known tensors.
 
 Every key/value written carries its own slot id in its data (``slot * 10 + layer`` in keys, the
 negative in values), so after any sequence of writes, commits and compactions we can read back
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specvlm.engine.cache import CacheFullError, KVCache
+from specvlm.cache import CacheFullError, KVCache
 
 HEADS, DIM = 2, 3
 

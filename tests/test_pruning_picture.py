@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from specvlm.models.base import grid_layout
+from specvlm.layout import grid_layout
 from specvlm.pruning import PruneConfig, render_selection, select
 from specvlm.pruning import picture
 from specvlm.pruning.picture import HEADER, LABEL, PAD, STAGE1_COLOR, STAGE2_COLOR, picture_size

@@ -7,7 +7,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from specvlm.models.base import grid_layout
+from specvlm.layout import grid_layout
 from specvlm.pruning import STRATEGIES, PruneConfig, Selection, keep_budget, needs_scores, select
 
 RATIOS = (0.0, 0.1, 0.5, 0.75, 0.9, 0.95, 1.0)

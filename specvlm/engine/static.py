@@ -36,7 +36,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
-from specvlm.engine.cache import KVCache
+from specvlm.cache import KVCache
 from specvlm.engine.tree_attention import tree_attention
 
 STATIC_ATTENTION = "specvlm_static_flex"

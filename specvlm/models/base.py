@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from specvlm.engine.cache import KVCache
+from specvlm.cache import KVCache
+from specvlm.layout import VideoTokenLayout
 from specvlm.video import VideoClip, load_video
 
 Prompt = str | list[dict[str, Any]]
@@ -46,34 +47,6 @@ def cache_keyword(language_model_class: type) -> str:
     ``past_key_values`` (the old name still works there, with a FutureWarning on every call)."""
     parameters = inspect.signature(language_model_class.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
-
-
-@dataclass(frozen=True)
-class VideoTokenLayout:
-    """Where the droppable video tokens sit in a sequence and where each one sits in the video.
-
-    Tokens are listed in sequence order. ``frame`` is the temporal index of the token grid: a frame
-    for LLaVA-OneVision, a temporal patch of ``frames_per_step`` consecutive input frames for Qwen.
-    """
-
-    seq_index: torch.Tensor  # (n,) long, position of each video token in its sequence
-    frame: torch.Tensor  # (n,) long
-    row: torch.Tensor  # (n,) long
-    col: torch.Tensor  # (n,) long
-    grid: tuple[int, int, int]  # (frames, rows, cols) of the token grid of the full video
-    frames_per_step: int = 1
-
-    def __len__(self) -> int:
-        return int(self.seq_index.numel())
-
-    def subset(self, keep: torch.Tensor, seq_index: torch.Tensor) -> "VideoTokenLayout":
-        return replace(
-            self,
-            seq_index=seq_index,
-            frame=self.frame[keep],
-            row=self.row[keep],
-            col=self.col[keep],
-        )
 
 
 @dataclass
@@ -386,20 +359,3 @@ class VideoLMAdapter(ABC):
     @abstractmethod
     def reindexed_positions(self, full: PreparedInputs, pruned: PreparedInputs) -> tuple[torch.Tensor, int]:
         """Positions of a pruned sequence with the gaps left by dropped tokens closed."""
-
-
-def grid_layout(seq_index: torch.Tensor, grid: tuple[int, int, int], frames_per_step: int = 1) -> VideoTokenLayout:
-    """Layout of tokens that fill a (frames, rows, cols) grid in frame-major, row-major order."""
-    t, h, w = grid
-    n = t * h * w
-    if seq_index.numel() != n:
-        raise ValueError(f"expected {n} video tokens for a {t}x{h}x{w} grid, found {seq_index.numel()}")
-    k = torch.arange(n)
-    return VideoTokenLayout(
-        seq_index=seq_index.cpu(),
-        frame=k // (h * w),
-        row=(k % (h * w)) // w,
-        col=k % w,
-        grid=(t, h, w),
-        frames_per_step=frames_per_step,
-    )

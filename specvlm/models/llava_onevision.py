@@ -16,7 +16,8 @@ import math
 
 import torch
 
-from specvlm.models.base import PreparedInputs, VideoLMAdapter, VideoTokenLayout, grid_layout
+from specvlm.layout import VideoTokenLayout, grid_layout
+from specvlm.models.base import PreparedInputs, VideoLMAdapter
 
 
 def pooled_side(config) -> int:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specvlm.models.base import PreparedInputs, VideoLMAdapter, VideoTokenLayout, grid_layout
+from specvlm.layout import VideoTokenLayout, grid_layout
+from specvlm.models.base import PreparedInputs, VideoLMAdapter
 from specvlm.video import VideoClip
 
 

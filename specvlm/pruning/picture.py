@@ -38,7 +38,7 @@ from specvlm.pruning.strategies import Selection, _check_scores
 from specvlm.video import VideoClip
 
 if TYPE_CHECKING:
-    from specvlm.models.base import VideoTokenLayout
+    from specvlm.layout import VideoTokenLayout
 
 __all__ = [
     "STAGE1_COLOR",

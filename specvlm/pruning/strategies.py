@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 if TYPE_CHECKING:  # only len(layout) is read; importing specvlm.models would load transformers
-    from specvlm.models.base import VideoTokenLayout
+    from specvlm.layout import VideoTokenLayout
 
 __all__ = [
     "STRATEGIES",

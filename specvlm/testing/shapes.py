@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from specvlm.models import adapter_for
-from specvlm.models.base import PreparedInputs, VideoLMAdapter, grid_layout
+from specvlm.layout import grid_layout
+from specvlm.models.base import PreparedInputs, VideoLMAdapter
 from specvlm.testing import tiny
 
 # (family, hidden, layers, heads, kv_heads, intermediate, vocab) from the released configs
