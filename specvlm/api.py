@@ -174,13 +174,11 @@ class SpeculativeVLM:
         """
         prune = self.prune if prune == "default" else prune
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        from specvlm.bench.harness import check_context
-
         clip = video if video is None or isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
         features = self.target.build_inputs(clip, prompt)
-        check_context(self.target, features["input_ids"], max_new_tokens)  # PromptTooLongError, before any work
+        self.target.check_context(features["input_ids"], max_new_tokens)  # PromptTooLongError, before any work
         if speculative:
-            check_context(self.draft, features["input_ids"], max_new_tokens, "draft")
+            self.draft.check_context(features["input_ids"], max_new_tokens, "draft")
         target_inputs = self.target.prepare(features)
         gen = self._generator(seed, generator)
         if speculative:

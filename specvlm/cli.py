@@ -7,16 +7,23 @@
 
 Every flag maps onto one argument of the library (``SpeculativeVLM.from_pretrained`` / ``generate``,
 ``PruneConfig``, ``DraftTree.parse``, ``load_samples``, ``specvlm.bench.harness``). Problems the user
-can fix (unsupported model, mismatched pair, missing dataset files or video, a prompt past the
-context, out of GPU memory) end with exit code 2 and one line on stderr; ``--debug`` raises instead.
-The prompt-length check lives here and in the harness, not in the engine.
+can fix (an output path that cannot be written, a device this machine lacks, a checkpoint that is not
+there, unsupported model, mismatched pair, missing dataset files or video, a prompt past the context,
+out of GPU memory) end with exit code 2 and one line on stderr that names the flag; ``--debug`` raises
+instead. Whatever can be known without a weight is checked before any model loads. The prompt-length
+check lives here and in the harness, not in the engine. transformers' deprecation notices and loading
+bars are kept quiet unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import re
 import sys
+import tempfile
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -72,57 +79,151 @@ def _default_video_and_prompt(args) -> None:
         args.prompt = DEFAULT_PROMPT
 
 
-def _model_family(name: str) -> str:
-    """The adapter family of a checkpoint, read from its config alone (no weights)."""
+# A hub id: a name or org/name (what huggingface_hub accepts as a repo id).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name meant as a local folder: starts with / . ~, or its parent folder exists here."""
+    if name.startswith(("/", ".", "~")):
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def checkpoint_config(flag: str, name: str):
+    """The config of the checkpoint that ``flag`` names, read without a weight; a CLIError that says
+    what ``name`` is instead: a missing folder, a folder without config.json, or a hub id that is
+    neither in the local Hugging Face cache nor reachable."""
+    from huggingface_hub import constants
     from transformers import AutoConfig
 
-    from specvlm.models import adapter_class
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CLIError(f"{flag} {name}: the folder has no config.json, so it holds no model checkpoint")
+        try:
+            return AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as error:
+            raise CLIError(f"{flag} {name}: cannot read its config.json: {_one_line(error)}") from None
+    if path.exists():
+        raise CLIError(f"{flag} {name}: a file, not a checkpoint folder (give the folder that holds config.json)")
+    if _looks_like_path(name) or not _HUB_ID.fullmatch(name):
+        raise CLIError(f"{flag} {name}: no such folder")
+    try:  # a hub id: the local cache first, so that nothing waits on the network
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    not_here = f"{flag} {name}: neither a folder here nor a hub id in the local Hugging Face cache"
+    if constants.HF_HUB_OFFLINE:
+        raise CLIError(f"{not_here}; HF_HUB_OFFLINE is set, so the hub is not asked")
+    if not _hub_reachable():
+        raise CLIError(f"{not_here}; {constants.ENDPOINT} cannot be reached (no internet?)")
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"{not_here}; the hub gave no model config for it: {_one_line(error)}") from None
+
+
+def _family(flag: str, name: str, config) -> tuple[str, str]:
+    """(family, how to call it) of a checkpoint, from its config alone: its model type, and the
+    family too where that differs (a qwen2_vl checkpoint runs on the qwen2_5_vl adapter)."""
+    from specvlm.models import UnsupportedModelError, adapter_class
 
     try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise CLIError(f"cannot read the model config of {name!r}: {_one_line(error)}") from None
-    return adapter_class(config.model_type).family  # UnsupportedModelError lists the families
+        family = adapter_class(config.model_type).family
+    except UnsupportedModelError as error:  # lists the families
+        raise CLIError(f"{flag} {name}: {error}") from None
+    return family, family if family == config.model_type else f"{config.model_type} (of the {family} family)"
 
 
-def precheck_pair(target: str, draft: str) -> None:
-    """Refuse an unsupported or mismatched pair before any weight is loaded (the tokenizer check
-    needs the tokenizers and runs when the pair is built)."""
-    from specvlm.engine.speculative import PairMismatchError
+def check_device(flag: str, value: str | int) -> None:
+    """Refuse a device that torch does not see on this machine (or a name that is no device)."""
+    import torch
 
-    t_family, d_family = _model_family(target), _model_family(draft)
-    if t_family != d_family:
-        raise PairMismatchError(
-            f"target and draft must be of one family: target {target!r} is {t_family}, "
-            f"draft {draft!r} is {d_family}"
-        )
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise CLIError(f"{flag} {value}: not a device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cpu":
+        return
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "torch sees no CUDA GPU here"
+            raise CLIError(f"{flag} {value}: {why}; leave the flag out to run on the CPU")
+        if device.index is not None and device.index >= count:
+            raise CLIError(f"{flag} {value}: torch sees {count} GPU(s) here, cuda:0 to cuda:{count - 1}")
+        return
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise CLIError(f"{flag} {value}: torch has no {device.type} device on this machine")
 
 
 def _device_map(value: str | None):
     if value is None or not value.strip().startswith("{"):
         return value
     try:
-        return json.loads(value)
+        device_map = json.loads(value)
     except ValueError as error:
         raise CLIError(f"--device-map: neither a strategy name (auto, ...) nor a JSON object: {error}") from None
+    if not isinstance(device_map, dict):
+        raise CLIError("--device-map: a JSON object of module name -> device, e.g. '{\"\": \"cuda:0\"}'")
+    return device_map
 
 
-def load_pair(args, *, prune=None):
-    """A SpeculativeVLM from the command's model flags."""
-    from specvlm.api import SpeculativeVLM
-
-    target, draft = resolve_pair(args.target, args.draft)
-    precheck_pair(target, draft)
+def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
+    """The (target, draft) of the model flags, after every check that needs no weight: devices torch
+    sees here, checkpoints that are there and supported, one family for both, a tensor-parallel size
+    the target can take. (The tokenizer check needs the tokenizers: it runs when the pair is built.)"""
+    for flag in ("--device", "--draft-device"):
+        if (value := getattr(args, flag[2:].replace("-", "_"), None)) is not None:
+            check_device(flag, value)
+    device_map = _device_map(getattr(args, "device_map", None))
+    if isinstance(device_map, dict):
+        for where in device_map.values():
+            if where != "disk":
+                check_device("--device-map", where)
+    target, draft = resolve_pair(args.target, getattr(args, "draft", None), need_draft=need_draft)
+    t_config = checkpoint_config("--target", target)
+    t_family, t_name = _family("--target", target, t_config)
+    if draft is not None:
+        d_family, d_name = _family("--draft", draft, checkpoint_config("--draft", draft))
+        if t_family != d_family:
+            raise CLIError(
+                f"target and draft must be of one family: --target {target} is {t_name}, --draft {draft} is {d_name}"
+            )
     tp = getattr(args, "tp", None)
     if tp is not None:
-        from transformers import AutoConfig
-
         from specvlm.models import check_tensor_parallel
 
         try:
-            check_tensor_parallel(AutoConfig.from_pretrained(target), tp)
+            check_tensor_parallel(t_config, tp)
         except ValueError as error:
             raise CLIError(f"--tp {tp}: {error}") from None
+    return target, draft
+
+
+def load_pair(args, *, prune=None):
+    """A SpeculativeVLM from the command's model flags (checked first by check_models)."""
+    from specvlm.api import SpeculativeVLM
+
+    target, draft = resolve_pair(args.target, args.draft)
     try:
         return SpeculativeVLM.from_pretrained(
             target,
@@ -136,18 +237,18 @@ def load_pair(args, *, prune=None):
             prune=prune,
             reindex=args.reindex,
             compile=False if args.no_compile else None,
-            tensor_parallel=tp,
+            drafter=getattr(args, "drafter", "model"),
+            tensor_parallel=getattr(args, "tp", None),
         )
     except OSError as error:  # a file missing from a checkpoint folder, a hub id that does not resolve
         raise CLIError(f"cannot load the models: {_one_line(error)}") from None
 
 
 def load_target(args):
-    """The target's adapter alone (visualize needs no draft)."""
+    """The target's adapter alone (visualize needs no draft; checked first by check_models)."""
     from specvlm.models import load_adapter
 
     target, _ = resolve_pair(args.target, None, need_draft=False)
-    _model_family(target)
     try:
         return load_adapter(
             target, dtype=args.dtype, device=args.device, device_map=_device_map(args.device_map),
@@ -155,6 +256,70 @@ def load_target(args):
         )
     except OSError as error:
         raise CLIError(f"cannot load the model: {_one_line(error)}") from None
+
+
+# ------------------------------------------------------------------------------ outputs and inputs
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why no file can be made in ``folder``, None if one can: a real try (os.access says yes to
+    root even where the file system says no)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as error:
+        return error.strerror or str(error)
+
+
+def check_output(flag: str, value: str, *, folder: bool = False) -> None:
+    """Refuse an output path the command could not write, before anything runs: a ``folder`` to
+    fill (new or existing), else a file (new or to overwrite). Missing parent folders are fine when
+    they can be made (they are made when the output is written, not here)."""
+    path = Path(value).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise CLIError(f"{flag} {value}: a file is there, not a folder")
+    if not folder and path.is_dir():
+        raise CLIError(f"{flag} {value}: a folder, not a file name (e.g. {path / 'picture.png'})")
+    if not folder and path.exists():
+        try:
+            open(path, "ab").close()  # opened to append, written nothing: the file stays as it is
+        except OSError as error:
+            raise CLIError(f"{flag} {value}: cannot overwrite the file ({error.strerror})") from None
+        return
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"{flag} {value}: {existing} is a file, so no folder can be made in it")
+    if (reason := _cannot_write(existing)) is not None:
+        raise CLIError(f"{flag} {value}: cannot write in {existing} ({reason})")
+
+
+def _check_input_folder(flag: str, value: str, what: str) -> None:
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise CLIError(f"{flag} {value}: no such folder ({what})")
+    if not path.is_dir():
+        raise CLIError(f"{flag} {value}: a file, not a folder ({what})")
+
+
+def load_clip(args):
+    """The --video clip (default: a bundled sample) sampled as the frame flags say; a notice on
+    stderr when it has fewer frames than --frames asked for (load_video then takes them all)."""
+    from specvlm.video import VideoInputError, load_video
+
+    _default_video_and_prompt(args)
+    try:
+        clip = load_video(args.video, **_frames(args))
+    except VideoInputError as error:
+        if args.debug:
+            raise
+        raise CLIError(f"--video: {_one_line(error)}") from None
+    asked = min(args.frames, args.max_frames or args.frames) if args.frames else None
+    if asked is not None and clip.num_frames < asked:
+        print(f"specvlm {args.command}: note: --frames {args.frames}, but {args.video} has {clip.num_frames} "
+              f"frames: using all {clip.num_frames}", file=sys.stderr)
+    return clip
 
 
 def _frames(args) -> dict:
@@ -280,8 +445,27 @@ def _add_speculation(p: argparse.ArgumentParser) -> None:
                         "call of a prompt-length bucket pays tens of seconds, later calls and processes reuse it)")
 
 
+def _drafter(text: str) -> str:
+    from specvlm.engine.drafters import make_drafter
+
+    try:
+        make_drafter(text, None)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _add_drafter(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drafter", type=_drafter, default="model", metavar="RULE",
+                   help="drafting rule: model (every level of the tree, default) or adaptive[:P] (stop drafting "
+                        "when the draft's confidence in its main path drops below P, default 0.3); the answer "
+                        "does not depend on it")
+
+
 def _add_debug(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="raise errors with their traceback")
+    p.add_argument("--verbose", action="store_true",
+                   help="show transformers' warnings, deprecation notices and loading bars (quiet by default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(g, tp=True)
     _add_video(g)
     _add_speculation(g)
+    _add_drafter(g)
     g.add_argument("--temperature", type=_temperature, default=0.0, metavar="T", help="0 = greedy (default)")
     g.add_argument("--top-p", type=_top_p, metavar="P", help="nucleus sampling mass, in (0, 1]")
     g.add_argument("--top-k", type=_positive_int, metavar="K", help="sample from the k most likely tokens")
@@ -361,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(s)
     _add_frames(s)
     _add_speculation(s)
+    _add_drafter(s)
     _add_prune(s)
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=_port, default=8000, help="(default 8000; 0 = any free port)")
@@ -370,6 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allowed-media-dir", metavar="DIR", help="serve local video paths under DIR (default: none)")
     s.add_argument("--max-media-mb", type=_positive_float, default=64.0, metavar="MB",
                    help="largest video a request may carry (default 64)")
+    s.add_argument("--max-video-pixels", type=_positive_int, default=2**26, metavar="N",
+                   help="most decoded pixels (frames x height x width) a request's video may hold (default 2^26)")
+    s.add_argument("--max-body-mb", type=_positive_float, metavar="MB",
+                   help="largest request body (default: what --max-media-mb needs as base64, plus 1 MiB)")
     s.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) video URLs (default: refused)")
     s.add_argument("--max-queue", type=_count, default=8, metavar="N",
                    help="requests that may wait for the engine; more get 503 (default 8)")
@@ -412,18 +602,20 @@ def _render(clip, layout, selection, scores, path: str, title: str) -> str:
 
 
 def cmd_generate(args) -> int:
-    from specvlm.api import TextDeltas
-    from specvlm.engine.distributed import is_main
-    from specvlm.bench.harness import stats_dict
-    from specvlm.video import load_video
-
     speculative = not args.no_speculative
     if args.picture and not speculative:
         raise CLIError("--picture shows the draft's kept video tokens, so it needs speculative decoding "
                        "(drop --no-speculative, or use `specvlm visualize`)")
+    if args.picture:
+        check_output("--picture", args.picture)
+    check_models(args)
     prune = _prune_config(args)
-    _default_video_and_prompt(args)
-    clip = load_video(args.video, **_frames(args))  # a bad video fails before any model loads
+    clip = load_clip(args)  # a bad video fails before any model loads
+
+    from specvlm.api import TextDeltas
+    from specvlm.bench.harness import stats_dict
+    from specvlm.engine.distributed import is_main
+
     pair = load_pair(args, prune=prune)
 
     deltas = TextDeltas(pair.target.tokenizer)
@@ -468,16 +660,16 @@ def cmd_generate(args) -> int:
 
 
 def cmd_visualize(args) -> int:
-    from specvlm.bench.harness import check_context
+    check_output("--out", args.out)
+    check_models(args, need_draft=False)
+
     from specvlm.pruning import PruneConfig, needs_scores, select
-    from specvlm.video import load_video
 
     config = _prune_config(args) or PruneConfig(strategy="none")
-    _default_video_and_prompt(args)
-    clip = load_video(args.video, **_frames(args))
+    clip = load_clip(args)
     adapter = load_target(args)
     features = adapter.build_inputs(clip, args.prompt)
-    check_context(adapter, features["input_ids"], 0)
+    adapter.check_context(features["input_ids"], 0)
     prepared = adapter.prepare(features)
     scores = None
     if needs_scores(config.strategy):
@@ -489,8 +681,6 @@ def cmd_visualize(args) -> int:
 
 
 def _torchrun_shard() -> tuple[int, int] | None:
-    import os
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
 
@@ -508,16 +698,21 @@ def cmd_bench(args) -> int:
             raise CLIError(str(error)) from None
         sys.stdout.write(markdown(write_report(out, records, skipped, settings)))
         return 0
-    target, draft = resolve_pair(args.target, args.draft)
-    if args.videos is not None:
+    check_output("--out", args.out, folder=True)
+    if args.videos is not None or args.dataset == "folder":
+        flag = "--videos" if args.videos is not None else "--dataset folder"
         if not args.prompt:
-            raise CLIError("--videos needs --prompt: a folder of videos has no annotations")
+            raise CLIError(f"{flag} needs --prompt: a folder of videos has no annotations")
         if args.tasks:
-            raise CLIError("--tasks applies to --dataset, not to --videos")
+            raise CLIError(f"--tasks applies to the benchmarks ({', '.join(d for d in DATASETS if d != 'folder')}), "
+                           f"not to {flag}")
+    if args.videos is not None:
+        _check_input_folder("--videos", args.videos, "the videos to run")
         name, root = "folder", args.videos
     elif args.dataset is not None:
         if not args.data_root:
             raise CLIError(f"--dataset {args.dataset} needs --data-root DIR (the benchmark's local folder)")
+        _check_input_folder("--data-root", args.data_root, f"the local copy of {args.dataset}")
         name, root = args.dataset, args.data_root
     else:
         raise CLIError("one of --dataset or --videos is required (or --merge)")
@@ -526,9 +721,8 @@ def cmd_bench(args) -> int:
     main_rank = is_main()  # under torchrun --tp: rank 0 writes, every rank runs the same samples
     shard = args.shard or (None if args.tp else _torchrun_shard())
     if shard is not None and args.device and args.device.startswith("cuda") and ":" not in args.device:
-        import os
-
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per data-parallel rank
+    target, draft = check_models(args)
     frames = _frames(args)
     settings = BenchSettings(
         target=target, draft=draft, num_frames=frames["num_frames"], fps=frames["fps"],
@@ -557,6 +751,10 @@ def cmd_bench(args) -> int:
     if bench.pending(samples):  # the models load only when something is left to run
         result = bench.run(load_pair(args), samples)
         print(f"{result.new_records} new records, {result.new_skipped} samples skipped", file=sys.stderr)
+        if args.frames and result.short_videos:
+            shown = ", ".join(result.short_videos[:3]) + (", ..." if len(result.short_videos) > 3 else "")
+            print(f"specvlm bench: note: --frames {args.frames}, but {len(result.short_videos)} video(s) have fewer "
+                  f"frames ({shown}): each was used whole", file=sys.stderr)
     else:
         print(f"every (sample, method) is already in {run_dir / 'samples.jsonl'}", file=sys.stderr)
     if not main_rank:
@@ -587,15 +785,15 @@ def cmd_serve(args) -> int:
         media_dir = Path(args.allowed_media_dir)
         if not media_dir.is_dir():
             raise CLIError(f"--allowed-media-dir {args.allowed_media_dir}: not a folder")
+    target, _ = check_models(args)
     pair = load_pair(args, prune=_prune_config(args))
-    target, _ = resolve_pair(args.target, args.draft)
     frames = _frames(args)
     settings = ServeSettings(
         model_name=args.model_name or (args.target or "specvlm-bundled"), max_queue=args.max_queue,
         timeout_s=args.timeout, api_key=api_key_from_env(args.api_key), allowed_media_dir=media_dir,
         max_media_mb=args.max_media_mb, allow_remote_media=args.allow_remote_media,
-        num_frames=frames["num_frames"], fps=frames["fps"], max_frames=frames["max_frames"],
-        max_new_tokens=args.max_new_tokens,
+        num_frames=frames["num_frames"], fps=frames["fps"], max_frames=frames["max_frames"] or 256,
+        max_new_tokens=args.max_new_tokens, max_video_pixels=args.max_video_pixels, max_body_mb=args.max_body_mb,
     )  # fmt: skip
     where = f"http://{args.host}:{args.port}/v1"
     print(f"specvlm serve: {settings.model_name} ({target}) at {where}"
@@ -607,18 +805,42 @@ def cmd_serve(args) -> int:
 # ------------------------------------------------------------------------------------------ main
 
 
+_USER_ERRORS = (
+    ("specvlm.models.base", "UnsupportedModelError"),
+    ("specvlm.engine.speculative", "PairMismatchError"),
+    ("specvlm.bench.datasets", "DatasetError"),
+    ("specvlm.video", "VideoInputError"),
+    ("specvlm.models.base", "PromptTooLongError"),
+    ("torch", "OutOfMemoryError"),
+)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    import torch
+    # Only from modules already imported: an error of a class whose module never loaded cannot have
+    # been raised, and importing the engine just to say so costs seconds.
+    loaded = [getattr(sys.modules[module], name, None) for module, name in _USER_ERRORS if module in sys.modules]
+    return (CLIError, *(cls for cls in loaded if cls is not None))
 
-    from specvlm.bench.datasets import DatasetError
-    from specvlm.bench.harness import PromptTooLongError
-    from specvlm.engine.speculative import PairMismatchError
-    from specvlm.models import UnsupportedModelError
-    from specvlm.video import VideoInputError
 
-    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    return (CLIError, UnsupportedModelError, PairMismatchError, DatasetError, VideoInputError,
-            PromptTooLongError, oom)
+# The library's messages name its keyword arguments; the CLI user set them by these flags.
+_FLAGS = {"num_frames": "--frames", "max_frames": "--max-frames", "fps": "--fps", "tasks": "--tasks",
+          "limit": "--limit", "prompt": "--prompt", "max_new_tokens": "--max-new-tokens",
+          "device_map": "--device-map", "draft_device": "--draft-device"}
+_KEYWORD = r"(?<![\w/.-])(" + "|".join(_FLAGS) + r")="  # not inside a word or a path
+_IDENTIFIER = r"(?<![\w/.-])(" + "|".join(k for k in _FLAGS if "_" in k) + r")(?![\w/])"
+
+
+def _in_flag_terms(text: str) -> str:
+    """``text`` with the Python API's names (``load_samples(...)``, ``num_frames=...``) as flags."""
+    text = re.sub(r"load_samples\(([^()]*)\)",
+                  lambda m: " ".join(_FLAGS[k] for k in re.findall(r"(\w+)=", m[1]) if k in _FLAGS) or "the flags",
+                  text)  # fmt: skip
+    text = text.replace("(or no sampling argument)", "(or neither --frames nor --fps)")
+    text = re.sub(r"(?<![\w-])fps sampling\b", "--fps sampling", text)
+    text = re.sub(_KEYWORD + r"\.\.\.", lambda m: _FLAGS[m[1]], text)
+    text = re.sub(_KEYWORD + r"(?=\S)", lambda m: _FLAGS[m[1]] + " ", text)
+    text = re.sub(_KEYWORD, lambda m: _FLAGS[m[1]], text)
+    return re.sub(_IDENTIFIER, lambda m: _FLAGS[m[1]], text)
 
 
 def _message(error: BaseException) -> str:
@@ -627,7 +849,40 @@ def _message(error: BaseException) -> str:
     if is_oom(error):
         first = (str(error).strip().splitlines() or [""])[0][:160]
         return f"out of GPU memory ({first}): {OOM_HINT}"
-    return _one_line(error)
+    return _in_flag_terms(_one_line(error))
+
+
+# Python warnings about transformers' own internals, which no flag changes, matched by message so that
+# every other warning still shows (--verbose shows these too). Our own calls pass the cache by its new
+# name (models/base.py); Hugging Face's generate (bench --hf-assisted) may still use the old one.
+_KNOWN_NOISE = (r"`past_key_values` is deprecated",)
+
+
+@contextlib.contextmanager
+def _quiet_third_party(verbose: bool):
+    """transformers' logging below errors, its and the hub's progress bars and the known deprecation
+    notices off while a command runs (restored after: main() is also called in-process)."""
+    if verbose:
+        yield
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hub_bars_off = are_progress_bars_disabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            for message in _KNOWN_NOISE:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if hub_bars_off:
+            disable_progress_bars()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -638,7 +893,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help (0) or a usage error argparse has printed (2)
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
-        return args.func(args)
+        with _quiet_third_party(args.verbose):
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"specvlm {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -521,16 +521,16 @@ class Engine:
         return out
 
     def check_context(self, job: ChatJob, clip) -> None:
-        from specvlm.bench.harness import PromptTooLongError, check_context
+        from specvlm.models import PromptTooLongError
 
         input_ids = self.pair.target.build_inputs(clip, job.messages)["input_ids"]
         try:
-            check_context(self.pair.target, input_ids, job.max_new_tokens)
+            self.pair.target.check_context(input_ids, job.max_new_tokens)
             if job.speculative:
-                check_context(self.pair.draft, input_ids, job.max_new_tokens, "draft")
+                self.pair.draft.check_context(input_ids, job.max_new_tokens, "draft")
         except PromptTooLongError as error:
-            message = str(error).replace("--frames", "num_frames").replace("--fps", "fps")
-            message = message.replace("--max-new-tokens", "max_tokens")
+            message = str(error).replace("num_frames=...", "num_frames").replace("fps=...", "fps")
+            message = message.replace("max_new_tokens=...", "max_tokens")
             raise RequestError(400, message, param="messages", code="context_length_exceeded") from None
 
 

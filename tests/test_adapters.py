@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -220,3 +222,17 @@ def test_chat_messages_need_exactly_one_video(loaded):
         loaded.adapter.messages(two)
     one = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}]
     assert loaded.adapter.messages(one) is one
+
+
+def test_the_cache_goes_by_the_keyword_the_model_takes(loaded):
+    from specvlm.models.base import cache_keyword
+
+    class Older(torch.nn.Module):  # before transformers renamed it
+        def forward(self, inputs_embeds, past_key_values=None, **kwargs): ...
+
+    assert cache_keyword(Older) == "past_key_values"
+    assert cache_keyword(type(loaded.adapter.language_model)) == "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # `past_key_values` is deprecated, on every call
+        logits = loaded.adapter.prefill(loaded.prepared, loaded.adapter.new_cache(loaded.prepared.length))
+    assert torch.isfinite(logits).all()

@@ -4,12 +4,15 @@ plus the summary arithmetic and the JSONL repair on synthetic records."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
-from specvlm.bench.harness import JsonlLog
+from specvlm.bench.harness import HF_ASSISTED, Bench, BenchSettings, JsonlLog, Method, timing_error
 from specvlm.bench.report import PLOTS, markdown, summarize
 from specvlm.cli import main
 from specvlm.video import write_video
@@ -67,6 +70,8 @@ def test_bench_folder_writes_records_report_and_resumes(pair, tmp_path, capsys):
         assert r["status"] == "ok" and r["equal_to_target"] is True, r
         assert 1 <= r["tokens"] <= 8 and r["decode_s"] > 0 and r["tokens_per_s"] > 0 and r["speedup"] > 0
         assert r["video_tokens"] == 32
+        if r["method"] == "hf-assisted":
+            assert r["decode_s"] == pytest.approx(r["total_s"] - r["first_token_s"])
     by = {(r["sample_id"], r["method"]): r for r in records}
     assert by["a.mp4", "target"]["speedup"] == 1.0 and by["a.mp4", "target"]["tau"] is None
     assert by["a.mp4", "sd"]["draft_video_tokens"] == 32 and by["a.mp4", "sd"]["tau"] >= 1
@@ -146,6 +151,82 @@ def test_bench_videodetailcaption_layout_and_failing_peer(pair, tmp_path, capsys
 
 
 # ------------------------------------------------------------------------- no models: pure helpers
+
+
+SETTINGS = BenchSettings(target="t", draft="d", num_frames=4, fps=None, max_frames=None, max_new_tokens=8,
+                         tree="chain:2", reindex=False, stage1_mass=0.4, dtype="auto")  # fmt: skip
+SAMPLE = SimpleNamespace(sample_id="a", dataset="folder", video="a.mp4")
+
+
+class Features(dict):
+    def to(self, device):
+        return self
+
+
+class SleepyModel:
+    """A generate() that takes ``first`` seconds for one token alone, ``assisted`` with a draft."""
+
+    def __init__(self, first: float, assisted: float = 0.0):
+        self.first, self.assisted = first, assisted
+
+    def generate(self, input_ids, max_new_tokens, assistant_model=None, **kwargs):
+        time.sleep(self.assisted if assistant_model is not None else self.first)
+        return torch.cat([input_ids, torch.ones(1, max_new_tokens, dtype=torch.long)], dim=1)
+
+
+def fake_bench(tmp_path, target_model=None, draft_model=None) -> tuple[Bench, SimpleNamespace, dict]:
+    """A Bench over a stand-in pair, with the baseline of SAMPLE recorded: 8 tokens in 0.3 s."""
+    def side(model):
+        return SimpleNamespace(model=model, device=torch.device("cpu"),
+                               tokenizer=SimpleNamespace(decode=lambda ids, skip_special_tokens: "text"))
+
+    bench = Bench([Method("target", "target")], SETTINGS, tmp_path)
+    bench.pair = SimpleNamespace(target=side(target_model), draft=side(draft_model))
+    baseline = {"sample_id": "a", "method": "target", "kind": "target", "status": "ok", "tokens": 8,
+                "prefill_s": 0.005, "decode_s": 0.3, "tokens_per_s": 8 / 0.3, "speedup": 1.0, "token_ids": [1] * 8}
+    bench.samples_log.append(baseline)
+    video = SimpleNamespace(video=[0] * 32)
+    prepared = SimpleNamespace(features=Features(input_ids=torch.zeros(1, 5, dtype=torch.long)), target_inputs=video,
+                               draft_inputs=video, prepare_s=0.29, prompt_tokens=5)  # fmt: skip
+    return bench, prepared, baseline
+
+
+def test_hf_assisted_decode_time_is_timed_apart_from_vision_encoding_and_prefill(tmp_path):
+    # 0.05 s to a first token for each model alone, 0.3 s for the assisted run: about 0.2 s decoding.
+    bench, prepared, baseline = fake_bench(tmp_path, SleepyModel(0.05, assisted=0.3), SleepyModel(0.05))
+    record = bench._run_method(SAMPLE, Method(HF_ASSISTED, HF_ASSISTED), prepared)
+    assert record["status"] == "ok" and record["tokens"] == 8 and record["decode_s_estimated"]
+    assert record["first_token_s"] >= 0.1 and record["total_s"] >= 0.3
+    assert record["decode_s"] == pytest.approx(record["total_s"] - record["first_token_s"])
+    # Taking the sample's own prepare time (0.29 s) off the wall time instead left about nothing, and
+    # a speedup in the hundreds.
+    assert record["decode_s"] > 0.15 and record["speedup"] < 2
+    assert record["speedup"] == pytest.approx(0.3 / record["decode_s"])
+    assert record["tokens_per_s"] == pytest.approx(8 / record["decode_s"])
+    assert timing_error(record, baseline) is None
+
+
+def test_figures_that_contradict_the_decode_time_make_a_failed_record(tmp_path, monkeypatch):
+    bench, prepared, _ = fake_bench(tmp_path)
+    stats = SimpleNamespace(as_dict=lambda: {"decode_s": 0.1, "tokens_per_s": 24231.0, "prefill_s": 0.01})
+    monkeypatch.setattr(bench, "_decode", lambda method, prepared, n: ([1] * 8, stats, None))
+    record = bench._run_method(SAMPLE, Method("sd", "sd"), prepared)
+    assert record["status"] == "failed" and record["speedup"] is None and record["tokens_per_s"] is None
+    assert record["error"].startswith("inconsistent timing: 2.423e+04 tokens/s, but 8 tokens in 0.1 s is 80 tokens/s")
+
+
+def test_timing_error_checks_rates_and_speedups_against_decode_time():
+    baseline = {"decode_s": 2.0}
+    ok = {"kind": "sd", "tokens": 10, "decode_s": 1.0, "tokens_per_s": 10.0, "speedup": 2.0}
+    assert timing_error(ok, baseline) is None
+    assert "tokens/s" in timing_error({**ok, "tokens_per_s": 24231.0}, baseline)
+    assert "is 2x" in timing_error({**ok, "speedup": 246.0}, baseline)
+    assert "without a baseline" in timing_error(ok, None)
+    assert "not a positive number" in timing_error({**ok, "decode_s": 0.0}, baseline)
+    assert "longer than the whole run" in timing_error({**ok, "total_s": 0.5}, baseline)
+    untimed = {"kind": HF_ASSISTED, "tokens": 10, "decode_s": None, "tokens_per_s": None, "speedup": None}
+    assert timing_error(untimed, baseline) is None
+    assert "without a decode time" in timing_error({**untimed, "speedup": 3.0}, baseline)
 
 
 def record(sample: str, method: str, decode_s: float, tokens: int = 10, **extra) -> dict:

@@ -100,13 +100,14 @@ def test_generate_streams_the_targets_answer(pair, video, tmp_path, capsys):
 
 def test_visualize_writes_the_picture(pair, video, tmp_path, capsys):
     png = tmp_path / "sub" / "selection.png"
-    code, out, err = run(
-        ["visualize", "--target", pair[0], "--video", video, "--prompt", PROMPT, "--frames", "4", "--out", str(png)],
-        capsys,
-    )
+    argv = ["visualize", "--target", pair[0], "--video", video, "--prompt", PROMPT, "--frames", "4", "--out", str(png)]
+    code, out, err = run(argv, capsys)
     assert code == 0, err
     assert "kept 3/32 video tokens" in out and "Stage I" in out
     assert_png(png)
+    assert err == ""  # transformers' loading bars are quiet by default...
+    code, _, err = run([*argv, "--verbose"], capsys)
+    assert code == 0 and "Loading weights" in err  # ...and back with --verbose
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -224,3 +225,172 @@ def test_sampling_values_and_empty_prompts_are_refused(args, words, capsys):
 def test_serve_refuses_a_media_folder_that_is_not_one(tmp_path, capsys):
     code, _, err = run(["serve", "--allowed-media-dir", str(tmp_path / "nope")], capsys)
     assert code == 2 and "not a folder" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------- refused before loading, in a fresh process
+# Each case runs `python -m specvlm.cli` and must end in one line on stderr naming the flag, exit code
+# 2, no traceback. The checkpoints hold a config and no weights: loading them would fail with another
+# message, so a refusal here is the check before loading.
+
+
+@pytest.fixture(scope="module")
+def unloadable(pair, tmp_path_factory) -> tuple[str, str]:
+    """The tiny pair's configs without their weights: every check passes, any load fails."""
+    root = tmp_path_factory.mktemp("configs")
+    for role, source in zip(("target", "draft"), pair):
+        (root / role).mkdir()
+        (root / role / "config.json").write_bytes((Path(source) / "config.json").read_bytes())
+    return str(root / "target"), str(root / "draft")
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, video) -> dict[str, Path]:
+    """A file, a folder, a folder nothing can be written in (also for root), a folder of videos."""
+    root = tmp_path_factory.mktemp("places")
+    (root / "file").write_text("not a folder")
+    (root / "folder").mkdir()
+    (root / "videos").mkdir()
+    (root / "videos" / "clip.mp4").write_bytes(Path(video).read_bytes())
+    locked = root / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        (locked / "probe").write_text("")  # root writes anyway: use a folder no one can write in
+        (locked / "probe").unlink()
+        locked = Path("/proc")
+    except OSError:
+        pass
+    yield {"file": root / "file", "folder": root / "folder", "videos": root / "videos", "locked": locked}
+    (root / "locked").chmod(0o700)
+
+
+def cli(*argv: str, **env: str) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", **env,
+                       PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "specvlm.cli", *argv], capture_output=True, text=True,
+                          env=environment, timeout=300)  # fmt: skip
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("specvlm ") and ": error: " in lines[0], lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+OUTPUTS = {
+    "picture through a file": (["generate", "--picture", "{file}/kept.png"], "--picture", "is a file"),
+    "picture is a folder": (["generate", "--picture", "{folder}"], "--picture", "a folder, not a file"),
+    "picture unwritable": (["generate", "--picture", "{locked}/kept.png"], "--picture", "cannot write in"),
+    "visualize out through a file": (["visualize", "--out", "{file}/sub/kept.png"], "--out", "is a file"),
+    "visualize out unwritable": (["visualize", "--out", "{locked}/kept.png"], "--out", "cannot write in"),
+    "bench out is a file": (["bench", "--out", "{file}"], "--out", "a file is there, not a folder"),
+    "bench out unwritable": (["bench", "--out", "{locked}/run"], "--out", "cannot write in"),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUTS)
+def test_output_paths_are_checked_before_loading(case, unloadable, places, video):
+    argv, flag, words = OUTPUTS[case]
+    command, rest = argv[0], [a.format(**places) for a in argv[1:]]
+    models = ["--target", unloadable[0]] + (["--draft", unloadable[1]] if command != "visualize" else [])
+    inputs = ["--videos", str(places["videos"]), "--prompt", PROMPT] if command == "bench" else ["--video", video]
+    assert_refused(cli(command, *models, *inputs, *rest), flag, words)
+
+
+def _devices() -> dict[str, tuple[list[str], str]]:
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cases = {
+        "cuda:N past the count": (["--device", f"cuda:{count}"], f"--device cuda:{count}"),
+        "not a device": (["--device", "gpu0"], "--device gpu0: not a device"),
+        "draft device": (["--draft-device", "cuda:x"], "--draft-device cuda:x: not a device"),
+        "device map": (["--device-map", '{"": "nowhere"}'], "--device-map nowhere: not a device"),
+    }
+    if count == 0:
+        cases["cuda without a GPU"] = (["--device", "cuda"], "--device cuda: torch sees no CUDA GPU")
+    if not torch.backends.mps.is_available():
+        cases["mps absent"] = (["--device", "mps"], "--device mps: torch has no mps device")
+    return cases
+
+
+DEVICES = _devices()
+
+
+@pytest.mark.parametrize("case", DEVICES)
+def test_devices_are_checked_against_what_torch_sees(case, unloadable, video):
+    flags, words = DEVICES[case]
+    models = ["--target", unloadable[0], "--draft", unloadable[1]]
+    assert_refused(cli("generate", *models, "--video", video, *flags), words)
+
+
+def test_a_gpu_index_past_the_count_names_the_gpus(monkeypatch):
+    from specvlm.cli import CLIError, check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_device("--device", "cuda:1")
+    with pytest.raises(CLIError, match=r"--device cuda:2: torch sees 2 GPU\(s\) here, cuda:0 to cuda:1"):
+        check_device("--device", "cuda:2")
+
+
+def test_checkpoint_names_say_what_is_missing(unloadable, places, tmp_path, video):
+    draft = ["--draft", unloadable[1], "--video", video]
+    assert_refused(cli("generate", "--target", "/no/such/dir", *draft), "--target /no/such/dir: no such folder")
+    line = assert_refused(cli("generate", "--target", str(places["folder"]), *draft), "--target", "no config.json")
+    assert "model_type" not in line
+    # A hub id: looked up in the local cache only (HF_HUB_OFFLINE in cli(); an empty cache here).
+    line = assert_refused(cli("generate", "--target", "no-org/no-such-model", *draft, HF_HOME=str(tmp_path)),
+                          "--target no-org/no-such-model", "nor a hub id in the local Hugging Face cache")  # fmt: skip
+    assert "Repo id" not in line
+
+
+def test_family_mismatch_names_the_model_type(unloadable, tmp_path, video):
+    from transformers import Qwen2VLConfig, Qwen3VLConfig
+
+    Qwen2VLConfig().save_pretrained(tmp_path / "qwen2_vl")
+    Qwen3VLConfig().save_pretrained(tmp_path / "qwen3_vl")
+    models = ["--target", str(tmp_path / "qwen2_vl"), "--draft", str(tmp_path / "qwen3_vl")]
+    line = assert_refused(cli("generate", *models, "--video", video),
+                          "one family", "is qwen2_vl (of the qwen2_5_vl family)", "is qwen3_vl")  # fmt: skip
+    assert "qwen2_5_vl, --draft" not in line
+
+
+def test_errors_name_flags_not_the_python_api(unloadable, places, tmp_path):
+    models = ["--target", unloadable[0], "--draft", unloadable[1]]
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32)).save(frames / f"{i}.png")
+    line = assert_refused(cli("generate", *models, "--video", str(frames), "--fps", "2"), "--fps", "--frames")
+    assert "num_frames" not in line and "=..." not in line
+    line = assert_refused(cli("bench", *models, "--dataset", "folder", "--data-root", str(places["videos"]),
+                              "--out", str(tmp_path / "a")), "--dataset folder needs --prompt")  # fmt: skip
+    assert "load_samples" not in line
+    line = assert_refused(cli("bench", *models, "--dataset", "videodetailcaption", "--data-root", str(places["folder"]),
+                              "--tasks", "x", "--out", str(tmp_path / "b")), "--tasks")  # fmt: skip
+    assert "tasks=" not in line
+
+
+def test_frames_past_the_clip_are_noted_and_nothing_else_is_said(pair, video, tmp_path):
+    png = tmp_path / "kept.png"
+    proc = cli("visualize", "--target", pair[0], "--video", video, "--prompt", PROMPT, "--frames", "20",
+               "--out", str(png))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    # No loading bars, no deprecation warnings: the notice alone.
+    assert proc.stderr.splitlines() == [f"specvlm visualize: note: --frames 20, but {video} has 8 frames: using all 8"]
+    assert_png(png)
+
+
+def test_library_messages_are_put_in_flag_terms():
+    from specvlm.cli import _in_flag_terms
+
+    message = "folder: a prompt is required (load_samples('folder', root, prompt=...)): no annotations"
+    assert _in_flag_terms(message) == "folder: a prompt is required (--prompt): no annotations"
+    message = "max_frames must be an integer >= 1, got max_frames=0"
+    assert _in_flag_terms(message) == "--max-frames must be an integer >= 1, got --max-frames 0"
+    for untouched in ("clip_fps=3 at 8 fps", "/data/num_frames.mp4", "num_frames_test.mp4", "a/fps=2/b"):
+        assert _in_flag_terms(untouched) == untouched

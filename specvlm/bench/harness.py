@@ -8,11 +8,12 @@ For each sample the video is read and prepared ONCE (processor features, then ea
 * ``pruned:<strategy>@<ratio>``: speculative decoding, the draft sees the tokens that
   ``PruneConfig(strategy, ratio, stage1_mass)`` keeps (selected from the target's prefill);
 * ``hf-assisted`` (optional): the Hugging Face peer, ``target.model.generate(**features,
-  assistant_model=draft.model, do_sample=False, ...)``. Its wall time covers vision encoding,
-  prefill and decoding; its ``decode_s`` is that time minus this sample's measured vision
-  encoding (both models) and the baseline's prefill (so it still holds the draft's prefill, which
-  SD's ``decode_s`` does not), flagged ``decode_s_estimated``. If it raises,
-  the record says ``status: "failed"`` with the error text and the run goes on.
+  assistant_model=draft.model, do_sample=False, ...)``. Its wall time (``total_s``) covers vision
+  encoding, prefill and decoding. Right before it, the same ``generate`` of the target alone and of
+  the draft alone for one token is timed (``first_token_s``: both models' vision encoding and
+  prefill, the part SD's ``decode_s`` leaves out); its ``decode_s`` is ``total_s - first_token_s``,
+  flagged ``decode_s_estimated``. If it raises, the record says ``status: "failed"`` with the error
+  text and the run goes on.
 
 What a record holds (``samples.jsonl``, one JSON object per line, written and flushed as soon
 as the method finished): ``sample_id``, ``dataset``, ``video``, ``method``, ``kind``,
@@ -22,7 +23,9 @@ as the method finished): ``sample_id``, ``dataset``, ``video``, ``method``, ``ki
 ``video_tokens``, ``draft_video_tokens``, ``stage1_tokens``, ``speedup`` (the baseline's decode_s
 over this method's, same sample), ``equal_to_target`` (token ids identical to the baseline's),
 ``token_ids``, ``text``, ``prepare_s`` (vision encoding of both models for this sample).
-Non-finite numbers are written as null.
+Non-finite numbers are written as null. Every record's ``tokens_per_s`` and ``speedup`` are checked
+against its ``tokens`` and ``decode_s`` (and the baseline's ``decode_s``): figures that contradict
+them make the record ``status: "failed"`` (see ``timing_error``), never a number in the summary.
 
 Resume: a run appends to ``samples.jsonl``; (sample_id, method) pairs already there are not
 run again, a truncated last line (an interrupted write) is cut off. The baseline of a sample
@@ -48,6 +51,7 @@ from typing import Any
 
 import torch
 
+from specvlm.models.base import PromptTooLongError
 from specvlm.pruning import PruneConfig
 
 SAMPLES_FILE = "samples.jsonl"
@@ -61,10 +65,6 @@ OOM_HINT = (
     "try fewer --frames or a lower --fps, --dtype bfloat16, --device-map auto (spread the target "
     "over GPUs) or --draft-device (put the draft on another GPU)"
 )
-
-
-class PromptTooLongError(ValueError):
-    """The prompt plus the tokens to generate do not fit the target's context."""
 
 
 # ---------------------------------------------------------------------------------------- methods
@@ -140,32 +140,10 @@ class BenchSettings:
 # ---------------------------------------------------------------------------------- small helpers
 
 
-def context_limit(adapter) -> int | None:
-    """The target's context length (``text_config.max_position_embeddings``), None if unknown."""
-    config = adapter.config
-    text = getattr(config, "text_config", None) or config
-    limit = getattr(text, "max_position_embeddings", None)
-    return int(limit) if limit else None
-
-
-def check_context(adapter, input_ids: torch.Tensor, max_new_tokens: int, role: str = "target") -> None:
-    """Refuse, before any decoding, a prompt that with ``max_new_tokens`` overflows the context."""
-    limit = context_limit(adapter)
-    length = int(input_ids.shape[-1])
-    if limit is None or length + max_new_tokens <= limit:
-        return
-    n_video = int((input_ids == adapter.video_token_id).sum())
-    raise PromptTooLongError(
-        f"the prompt is {length} tokens ({n_video} of them video) and {max_new_tokens} new tokens "
-        f"would reach {length + max_new_tokens}, past the {role}'s context of {limit} tokens: "
-        "use fewer --frames or a lower --fps (or a smaller --max-new-tokens)"
-    )
-
-
 def check_pair_context(pair, input_ids: torch.Tensor, max_new_tokens: int) -> None:
-    """``check_context`` for the target, then for the draft (which holds the same prompt unpruned)."""
-    check_context(pair.target, input_ids, max_new_tokens, "target")
-    check_context(pair.draft, input_ids, max_new_tokens, "draft")
+    """The context check for the target, then for the draft (which holds the same prompt unpruned)."""
+    pair.target.check_context(input_ids, max_new_tokens, "target")
+    pair.draft.check_context(input_ids, max_new_tokens, "draft")
 
 
 def is_oom(error: BaseException) -> bool:
@@ -197,6 +175,35 @@ def stats_dict(stats) -> dict[str, Any]:
             "tokens_per_s": stats.tokens_per_s,
         }
     )
+
+
+def timing_error(record: dict[str, Any], baseline: dict[str, Any] | None) -> str | None:
+    """Why the figures of ``record`` contradict its measured decode time (None when they agree).
+
+    ``tokens_per_s`` must be ``tokens / decode_s`` and ``speedup`` the baseline's ``decode_s`` over
+    this record's; a decode time must be a positive number, and within ``total_s`` where one is given.
+    """
+    decode, tokens = record.get("decode_s"), record.get("tokens")
+    rate, speedup = record.get("tokens_per_s"), record.get("speedup")
+    if decode is None:
+        if rate is not None or speedup is not None:
+            return f"tokens/s {rate} and speedup {speedup} without a decode time"
+        return None
+    if not (math.isfinite(decode) and decode > 0):
+        return f"decode time {decode} s is not a positive number"
+    total = record.get("total_s")
+    if total is not None and decode > total:
+        return f"decode time {decode:.4g} s is longer than the whole run, {total:.4g} s"
+    if rate is not None and not math.isclose(rate, tokens / decode, rel_tol=1e-6):
+        return f"{rate:.4g} tokens/s, but {tokens} tokens in {decode:.4g} s is {tokens / decode:.4g} tokens/s"
+    base = None if baseline is None else baseline.get("decode_s")
+    if speedup is not None:
+        if base is None:
+            return f"speedup {speedup:.4g}x without a baseline decode time"
+        if not math.isclose(speedup, base / decode, rel_tol=1e-6):
+            return (f"speedup {speedup:.4g}x, but the baseline's {base:.4g} s over {decode:.4g} s "
+                    f"is {base / decode:.4g}x")
+    return None
 
 
 def _sync(*devices: torch.device) -> None:
@@ -337,12 +344,26 @@ class _Prepared:
     prompt_tokens: int
 
 
+@dataclass(frozen=True)
+class _AssistedTiming:
+    """Wall times of the Hugging Face peer on one sample (see the module docstring)."""
+
+    total_s: float  # assisted generate: vision encoding, prefill and decoding
+    first_token_s: float  # generate for one token, target alone plus draft alone
+
+    @property
+    def decode_s(self) -> float | None:
+        decode = self.total_s - self.first_token_s
+        return decode if decode > 0 else None
+
+
 @dataclass
 class BenchResult:
     records: list[dict[str, Any]]
     skipped: list[dict[str, Any]]
     new_records: int = 0
     new_skipped: int = 0
+    short_videos: list[str] = field(default_factory=list)  # sample ids with fewer frames than num_frames
 
 
 @dataclass
@@ -356,6 +377,7 @@ class Bench:
     progress: bool = True
     write: bool = True  # False on the other ranks of a tensor-parallel group: rank 0 writes
     pair: Any = field(default=None, init=False)  # SpeculativeVLM, given to run()
+    short_videos: list[str] = field(default_factory=list, init=False)  # run this time, fewer frames than asked
     _warm: bool = field(default=False, init=False)
 
     def __post_init__(self):
@@ -435,6 +457,7 @@ class Bench:
             skipped=self.skipped_log.records,
             new_records=len(self.samples_log.records) - n_records,
             new_skipped=len(self.skipped_log.records) - n_skipped,
+            short_videos=list(self.short_videos),
         )
 
     @staticmethod
@@ -458,6 +481,9 @@ class Bench:
         except VideoInputError as error:
             self._skip(sample, "unreadable video", error)
             return None
+        asked = min(s.num_frames, s.max_frames or s.num_frames) if s.num_frames else None
+        if asked is not None and clip.num_frames < asked:  # load_video took every frame it has
+            self.short_videos.append(str(sample.sample_id))
         features = target.build_inputs(clip, sample.prompt)
         try:
             check_pair_context(self.pair, features["input_ids"], s.max_new_tokens)
@@ -492,7 +518,7 @@ class Bench:
         self._warm = True
 
     def _decode(self, method: Method, prepared: _Prepared, max_new_tokens: int):
-        """(token_ids, stats or None, wall seconds) of one greedy run."""
+        """(token_ids, stats or None, _AssistedTiming or None) of one greedy run."""
         from specvlm.engine.decoding import decode_target
         from specvlm.engine.speculative import speculative_decode
 
@@ -512,15 +538,21 @@ class Bench:
         # generation_config sets one (real Qwen2.5-VL does) still decode plain greedy.
         features = prepared.features.to(target.device)
         n_prompt = int(features["input_ids"].shape[-1])
-        _sync(target.device, draft.device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = target.model.generate(
-                **features, assistant_model=draft.model, do_sample=False,
-                max_new_tokens=max_new_tokens, repetition_penalty=1.0,
-            )
-        _sync(target.device, draft.device)
-        return out[0, n_prompt:].tolist(), None, time.perf_counter() - t0
+        greedy = {"do_sample": False, "repetition_penalty": 1.0}
+
+        def timed(model, inputs, **kwargs):
+            _sync(target.device, draft.device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = model.generate(**inputs, **greedy, **kwargs)
+            _sync(target.device, draft.device)
+            return out, time.perf_counter() - t0
+
+        # Vision encoding and prefill, timed apart from decoding as the other methods have them.
+        _, target_first = timed(target.model, features, max_new_tokens=1)
+        _, draft_first = timed(draft.model, prepared.features.to(draft.device), max_new_tokens=1)
+        out, total = timed(target.model, features, assistant_model=draft.model, max_new_tokens=max_new_tokens)
+        return out[0, n_prompt:].tolist(), None, _AssistedTiming(total, target_first + draft_first)
 
     def _run_method(self, sample, method: Method, prepared: _Prepared) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -537,7 +569,7 @@ class Bench:
             "prepare_s": prepared.prepare_s,
         }
         try:
-            token_ids, stats, wall = self._decode(method, prepared, self.settings.max_new_tokens)
+            token_ids, stats, assisted = self._decode(method, prepared, self.settings.max_new_tokens)
         except Exception as error:
             if method.kind != HF_ASSISTED and not is_oom(error):
                 raise  # our own methods failing is a bug: let it surface
@@ -567,12 +599,11 @@ class Bench:
                 draft_video_tokens=d.get("draft_video_tokens"),
                 stage1_tokens=d.get("stage1_tokens"),
             )
-        else:  # hf-assisted: one wall time for vision encoding + prefill + decoding
-            prefill = baseline.get("prefill_s") if baseline else None
-            decode = wall - prepared.prepare_s - prefill if prefill is not None else None
-            decode = decode if decode is not None and decode > 0 else None
+        else:  # hf-assisted
+            decode = assisted.decode_s
             record.update(
-                total_s=wall,
+                total_s=assisted.total_s,
+                first_token_s=assisted.first_token_s,
                 decode_s=decode,
                 decode_s_estimated=True,
                 tokens_per_s=len(token_ids) / decode if decode else None,
@@ -585,6 +616,8 @@ class Bench:
             record["equal_to_target"] = token_ids == baseline.get("token_ids")
         else:
             record["speedup"] = record["equal_to_target"] = None
+        if (problem := timing_error(record, baseline)) is not None:
+            record.update(status="failed", error=f"inconsistent timing: {problem}", tokens_per_s=None, speedup=None)
         return record
 
     def _free(self) -> None:

@@ -140,7 +140,7 @@ def markdown(summary: dict) -> str:
             errors = "; ".join(m["errors"])
             notes.append(f"failed {m['failed']}/{m['failed'] + m['samples']}: {errors}")
         if m.get("decode_s_estimated"):
-            notes.append("decode s estimated: wall time minus vision encoding and the target's prefill")
+            notes.append("decode s estimated: wall time minus both models' time to a first token")
         draft_video = ""
         if m.get("draft_video_tokens") is not None:
             draft_video = f"{m['draft_video_tokens']:.0f}"

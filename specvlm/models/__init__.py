@@ -6,12 +6,8 @@ from typing import Any
 
 import torch
 
-from specvlm.models.base import (
-    PreparedInputs,
-    UnsupportedModelError,
-    VideoLMAdapter,
-    VideoTokenLayout,
-)
+from specvlm.layout import VideoTokenLayout
+from specvlm.models.base import PreparedInputs, PromptTooLongError, UnsupportedModelError, VideoLMAdapter
 from specvlm.models.llava_onevision import LlavaOnevisionAdapter
 from specvlm.models.qwen2_5_vl import Qwen2_5_VLAdapter
 from specvlm.models.qwen3_vl import Qwen3VLAdapter
@@ -21,6 +17,7 @@ ADAPTERS: tuple[type[VideoLMAdapter], ...] = (LlavaOnevisionAdapter, Qwen2_5_VLA
 __all__ = [
     "ADAPTERS",
     "PreparedInputs",
+    "PromptTooLongError",
     "UnsupportedModelError",
     "VideoLMAdapter",
     "VideoTokenLayout",

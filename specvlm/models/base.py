@@ -41,6 +41,10 @@ class UnsupportedModelError(ValueError):
     """The checkpoint is not of a supported video-LLM family."""
 
 
+class PromptTooLongError(ValueError):
+    """The prompt plus the tokens to generate do not fit a model's context."""
+
+
 @lru_cache(maxsize=None)
 def cache_keyword(language_model_class: type) -> str:
     """The keyword a language model takes its KV cache by: ``cache`` where transformers has renamed
@@ -113,6 +117,26 @@ class VideoLMAdapter(ABC):
     @property
     def dtype(self) -> torch.dtype:
         return self.language_model.embed_tokens.weight.dtype
+
+    @property
+    def context_limit(self) -> int | None:
+        """The language model's context length (``text_config.max_position_embeddings``), None if unknown."""
+        text = getattr(self.config, "text_config", None) or self.config
+        limit = getattr(text, "max_position_embeddings", None)
+        return int(limit) if limit else None
+
+    def check_context(self, input_ids: torch.Tensor, max_new_tokens: int, role: str = "target") -> None:
+        """Refuse, before any decoding, a prompt that with ``max_new_tokens`` overflows the context."""
+        limit = self.context_limit
+        length = int(input_ids.shape[-1])
+        if limit is None or length + max_new_tokens <= limit:
+            return
+        n_video = int((input_ids == self.video_token_id).sum())
+        raise PromptTooLongError(
+            f"the prompt is {length} tokens ({n_video} of them video) and {max_new_tokens} new tokens "
+            f"would reach {length + max_new_tokens}, past the {role}'s context of {limit} tokens: "
+            "use a smaller num_frames=... or fps=... (or max_new_tokens=...)"
+        )
 
     def new_cache(self, capacity: int, *, static: bool = False) -> KVCache:
         return KVCache(self.num_layers, capacity, static=static, device=self.device)
