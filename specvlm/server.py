@@ -60,6 +60,7 @@ log = logging.getLogger("specvlm.server")
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")  # metric labels: these or "other"
 MAX_JSON_DEPTH = 32
 MAX_FPS = 240.0
+MAX_STOP_CHARS = 256
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 MEDIA_SUFFIX = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "matroska": ".mkv", "quicktime": ".mov",
@@ -192,6 +193,8 @@ def parse_request(body: Any, settings: ServeSettings) -> ChatJob:
         raise RequestError(400, "'stop' must be a string or a list of at most 4 non-empty strings", param="stop")
     if stop and not all(stop):
         raise RequestError(400, "'stop' strings must not be empty", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise RequestError(400, f"'stop' strings must be at most {MAX_STOP_CHARS} characters", param="stop")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(400, f"'stream' must be true or false, got {stream!r}", param="stream")
@@ -691,9 +694,10 @@ def create_app(pair, settings: ServeSettings):
         started = time.monotonic()
         ticket = None
         try:
-            body = parse_json(await read_body(request, settings.body_limit))
+            deadline = started + settings.timeout_s  # a body sent slowly counts against it too
+            body = parse_json(await within(deadline, "reading the request body", read_body(request, settings.body_limit)))
             job = parse_request(body, settings)
-            job.deadline = started + settings.timeout_s
+            job.deadline = deadline
             ticket = engine.admit()  # refused before decoding media, streamed or not
             clip = await within(job.deadline, "reading the video", asyncio.to_thread(load_clip, job, settings))
             await within(job.deadline, "preparing the prompt", asyncio.to_thread(engine.check_context, job, clip))
@@ -800,10 +804,17 @@ def create_app(pair, settings: ServeSettings):
 
 
 def serve(pair, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve ``pair`` until interrupted."""
+    """Serve ``pair`` until interrupted. Connections are bounded too: beyond what the queue can take
+    (plus room for /health and /metrics) uvicorn answers 503, and an idle kept-alive connection is
+    closed after 5 s."""
     import uvicorn
 
-    uvicorn.run(create_app(pair, settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(pair, settings), host=host, port=port, log_level=log_level,
+                limit_concurrency=connection_limit(settings), timeout_keep_alive=5)  # fmt: skip
+
+
+def connection_limit(settings: ServeSettings) -> int:
+    return 2 * (settings.max_queue + 1) + 16
 
 
 def api_key_from_env(value: str | None) -> str | None:

@@ -376,6 +376,7 @@ HOSTILE = [
     ("a FIFO", "fifo", 400, "not a regular file"),
     ("a folder", "folder", 400, "not a regular file"),
     ("a decompression bomb", "bomb", 413, "--max-video-pixels"),
+    ("an over-long stop string", {"stop": ["x" * 10_000]}, 400, "'stop' strings must be at most"),
 ]
 
 
@@ -416,6 +417,19 @@ def test_a_body_past_the_limit_is_refused_before_it_is_read(hostile, media):
     reply, grown = _rss_growth(lambda: _raw(hostile.port, head, [piece] * 64))
     assert reply.startswith(b"HTTP/1.1 413") and grown < 0.5
     assert _answer(hostile, media)[0] == 200
+
+
+def test_a_body_sent_slowly_is_cut_off_at_the_timeout(pair, media):
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allowed_media_dir=media, timeout_s=1.5)))
+    try:
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n{\"messages\": ")  # fmt: skip
+        t0 = time.monotonic()
+        reply = _raw(live.port, head, timeout=30)  # then nothing more
+        assert reply.startswith(b"HTTP/1.1 504") and b"reading the request body timed out" in reply
+        assert time.monotonic() - t0 < 10
+    finally:
+        live.close()
 
 
 def test_a_non_streamed_request_stops_when_its_client_leaves(hostile, media):
