@@ -208,9 +208,8 @@ class SpeculativeVLM:
                 generator=gen,
                 stop_strings=stop_strings,
                 compile=self.compile,
+                on_tokens=on_tokens,
             )
-            if on_tokens is not None:
-                on_tokens(result.token_ids)
         text = self.target.tokenizer.decode(result.token_ids, skip_special_tokens=True)
         return GenerateOutput(
             text=text,

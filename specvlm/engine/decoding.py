@@ -8,6 +8,7 @@ draws from the processed target distribution with the caller's ``torch.Generator
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,10 +85,12 @@ def decode_target(
     stop_strings: tuple[str, ...] = (),
     static: bool | None = None,
     compile: bool | None = None,
+    on_tokens: Callable[[list[int]], None] | None = None,
 ) -> GenerationResult:
     """Decode with the target alone; stops on an EOS id (kept in the output), max_new_tokens or a
     stop string (see stopping.StopRule). ``static`` and ``compile`` as in ``speculative_decode``:
-    the baseline runs the same compiled, captured one-token step the speculative loop would."""
+    the baseline runs the same compiled, captured one-token step the speculative loop would.
+    ``on_tokens`` receives each token as it is decoded (streaming; it may raise to stop)."""
     stop = StopRule(adapter.eos_token_ids, max_new_tokens, stop_strings, adapter.tokenizer)
     stats = DecodeStats()
     ws = Workspace.reuse(adapter, prepared.length + max_new_tokens, role="target",
@@ -110,6 +113,8 @@ def decode_target(
     while True:
         token_id = int(token)
         tokens.append(token_id)
+        if on_tokens is not None:
+            on_tokens([token_id])
         if stop.done(tokens):
             break
         positions = torch.full((1, 1), position, dtype=torch.long, device=device)
