@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specvlm.engine import static
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
@@ -131,7 +130,7 @@ def generate_ms_per_token(adapter, prepared, n: int) -> float:
 
 def kept_capacity(adapter, role: str) -> int | None:
     """The capacity of the workspace kept for (adapter, role), as the next call will find it."""
-    sizes = [ws.cache.capacity for (r, *_), ws in static._REUSED.get(adapter, {}).items() if r == role]
+    sizes = [ws.cache.capacity for (r, *_), ws in adapter.workspaces.items() if r == role]
     return max(sizes) if sizes else None
 
 
@@ -173,7 +172,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
     for context in sorted(args.contexts, reverse=True):
         if args.workspace == "fresh":
             for adapter in (target, draft):
-                static._REUSED.pop(adapter, None)
+                adapter.workspaces.clear()
             empty_cache()
         full = shapes.synthetic_inputs(target, context)
         d_full = shapes.synthetic_inputs(draft, context)

@@ -177,16 +177,12 @@ def _prepare_compiler() -> None:
         config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4096)
 
 
-# adapter -> compiled language model; weak, so dropping a model drops its compiled code
-_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def compiled_language_model(adapter):
-    lm = _COMPILED.get(adapter.language_model)
-    if lm is None:
+    """The adapter's compiled language model (kept on the adapter: dropping the model drops it)."""
+    if adapter.compiled_language_model is None:
         _prepare_compiler()
-        lm = _COMPILED[adapter.language_model] = torch.compile(adapter.language_model, dynamic=False)
-    return lm
+        adapter.compiled_language_model = torch.compile(adapter.language_model, dynamic=False)
+    return adapter.compiled_language_model
 
 
 class StaticStep:
@@ -271,10 +267,6 @@ def default_static(adapter, static: bool | None) -> bool:
     return adapter.device.type == "cuda" and not multi and not adapter.tensor_parallel
 
 
-# adapter -> {(role, static, compile): Workspace}; weak, so dropping a model frees its caches and graphs
-_REUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def bucket_capacity(n: int) -> int:
     """Capacities come in few sizes (multiples of 512 up to 4096, then four per doubling), so a new
     prompt length rarely needs newly compiled steps."""
@@ -310,7 +302,7 @@ class Workspace:
         call of a size pays for allocation, compilation and capture. One generation at a time per
         adapter and role.
         """
-        kept = _REUSED.setdefault(adapter, {})
+        kept = adapter.workspaces  # owned by the adapter: dropping the model frees its caches and graphs
         key = (role, static, compile and static)
         ws = kept.get(key)
         if ws is None or ws.cache.capacity < capacity:

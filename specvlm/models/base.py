@@ -99,6 +99,9 @@ class VideoLMAdapter(ABC):
         if tokenizer.eos_token_id is not None and not eos:
             eos = [tokenizer.eos_token_id]
         self.eos_token_ids: tuple[int, ...] = tuple(int(e) for e in eos)
+        # state the engine keeps for this model, owned here so it lives and dies with the model:
+        self.workspaces: dict = {}  # (role, static, compile) -> Workspace (KV cache, captured steps)
+        self.compiled_language_model = None  # torch.compile of the language model, made on first use
 
     # ------------------------------------------------------------------ language model pieces
     @property
