@@ -75,7 +75,7 @@ def test_workspaces_are_reused_and_do_not_keep_models_alive(tiny_pairs):
     assert Workspace.reuse(adapter, 60, role="draft", static=False) is not ws  # one per role
     assert Workspace.reuse(adapter, 5000, role="target", static=False).cache.capacity >= 5000  # grown
     assert set(adapter.workspaces) == {("target", False, False), ("draft", False, False)}  # owned by the model
-    ref, ws_ref = weakref.ref(adapter), weakref.ref(again)
+    ref, ws_ref = weakref.ref(adapter), weakref.ref(adapter.workspaces[("target", False, False)])
     del adapter, ws, again
     gc.collect()
     assert ref() is None and ws_ref() is None  # the model's caches go with it
