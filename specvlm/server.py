@@ -656,7 +656,7 @@ def create_app(pair, settings: ServeSettings):
     metrics = Metrics()
     engine = Engine(pair, settings, metrics)
     app = FastAPI(title="specvlm", version="0.1.0")
-    app.state.engine, app.state.metrics = engine, metrics
+    app.state.engine, app.state.metrics, app.state.settings = engine, metrics, settings
     created = int(time.time())
     eos = tuple(pair.target.eos_token_ids)
 
@@ -809,12 +809,14 @@ def serve(pair, settings: ServeSettings, host: str = "127.0.0.1", port: int = 80
     closed after 5 s."""
     import uvicorn
 
-    uvicorn.run(create_app(pair, settings), host=host, port=port, log_level=log_level,
-                limit_concurrency=connection_limit(settings), timeout_keep_alive=5)  # fmt: skip
+    uvicorn.Server(uvicorn_config(create_app(pair, settings), settings, host, port, log_level)).run()
 
 
-def connection_limit(settings: ServeSettings) -> int:
-    return 2 * (settings.max_queue + 1) + 16
+def uvicorn_config(app, settings: ServeSettings, host: str, port: int, log_level: str = "info"):
+    import uvicorn
+
+    limit = 2 * (settings.max_queue + 1) + 16  # requests in flight at once, /health and /metrics included
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5)
 
 
 def api_key_from_env(value: str | None) -> str | None:

@@ -22,7 +22,7 @@ import uvicorn
 
 from specvlm import SpeculativeVLM
 from specvlm.assets import default_pair, sample_videos
-from specvlm.server import ServeSettings, create_app
+from specvlm.server import ServeSettings, create_app, uvicorn_config
 
 PROMPT = "Describe the video."
 FRAMES = 16
@@ -32,7 +32,7 @@ class LiveServer:
     """A uvicorn server in a thread on a free loopback port."""
 
     def __init__(self, app):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn_config(app, app.state.settings, "127.0.0.1", 0, "warning"))  # as serve()
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         for _ in range(500):
@@ -449,6 +449,26 @@ def test_a_body_sent_slowly_is_cut_off_at_the_timeout(pair, media):
         assert reply.startswith(b"HTTP/1.1 504") and b"reading the request body timed out" in reply
         assert time.monotonic() - t0 < 10
     finally:
+        live.close()
+
+
+def test_connections_past_the_limit_get_503(pair, media):
+    settings = ServeSettings(model_name="bundled", allowed_media_dir=media, max_queue=1, timeout_s=20)
+    live = LiveServer(create_app(pair, settings))
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{")  # fmt: skip
+    held = []
+    try:
+        for _ in range(40):  # slow bodies, each holding a request open
+            sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+            sock.sendall(head)
+            held.append(sock)
+        time.sleep(0.5)
+        status, _ = live.get("/health")
+        assert status == 503  # refused by the server, not queued behind the slow clients
+    finally:
+        for sock in held:
+            sock.close()
         live.close()
 
 
