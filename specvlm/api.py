@@ -99,8 +99,12 @@ class SpeculativeVLM:
 
         check_pair(target, draft)
         make_drafter(drafter, draft)  # a bad name fails here, not at the first generate
+        from specvlm.engine.static import choose_step_mode
+
         self.drafter = drafter
         self.compile = compile
+        for adapter in (target, draft):  # eager, or compiled and captured: decided here, once
+            choose_step_mode(adapter, compile)
         self.target = target
         self.draft = draft
         self.tree = tree if isinstance(tree, DraftTree) else DraftTree.parse(tree)

@@ -141,6 +141,7 @@ def test_sampled_tokens_follow_the_target_distribution(pair, tree, drafter):
 def test_api_generate_and_stream(tiny_pairs, video):
     target_dir, draft_dir = tiny_pairs(FAMILY)
     vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", tree="chain:3")
+    assert vlm.target.step_mode == vlm.draft.step_mode == (False, False)  # chosen at load: eager on a CPU
     baseline = vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=12, speculative=False)
     fast = vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=12)
     assert fast.token_ids == baseline.token_ids and fast.text == baseline.text

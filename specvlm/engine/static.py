@@ -159,10 +159,26 @@ def _static_run(adapter, cache: KVCache):
 
 
 def default_compile(adapter, compile: bool | None) -> bool:
-    """Compile static steps on a GPU unless told not to (argument, or SPECVLM_COMPILE=0)."""
+    """Compile static steps on a GPU unless told not to (argument, the mode chosen at load, or
+    SPECVLM_COMPILE=0)."""
     if compile is not None:
         return compile
+    if adapter.step_mode is not None:
+        return adapter.step_mode[1]
     return adapter.device.type == "cuda" and os.environ.get("SPECVLM_COMPILE", "1") != "0"
+
+
+def choose_step_mode(adapter, compile: bool | None = None) -> tuple[bool, bool]:
+    """The model's step mode, chosen once (when a pair is loaded) and kept on the adapter: eager on a
+    CPU, compiled and captured on one GPU, eager under a multi-device map or tensor parallelism.
+    Sets the compiler up when it will be used."""
+    adapter.step_mode = None
+    static = default_static(adapter, None)
+    mode = (static, static and default_compile(adapter, compile))
+    if mode[1]:
+        _prepare_compiler()
+    adapter.step_mode = mode
+    return mode
 
 
 def _prepare_compiler() -> None:
@@ -262,6 +278,8 @@ def default_static(adapter, static: bool | None) -> bool:
     (yet: untested on GPUs) for a tensor-parallel model."""
     if static is not None:
         return static
+    if adapter.step_mode is not None:
+        return adapter.step_mode[0]
     device_map = getattr(adapter.model, "hf_device_map", None)
     multi = device_map is not None and len(set(device_map.values())) > 1
     return adapter.device.type == "cuda" and not multi and not adapter.tensor_parallel

@@ -102,6 +102,7 @@ class VideoLMAdapter(ABC):
         # state the engine keeps for this model, owned here so it lives and dies with the model:
         self.workspaces: dict = {}  # (role, static, compile) -> Workspace (KV cache, captured steps)
         self.compiled_language_model = None  # torch.compile of the language model, made on first use
+        self.step_mode: tuple[bool, bool] | None = None  # (static, compiled) steps, chosen once at load
 
     # ------------------------------------------------------------------ language model pieces
     @property
