@@ -666,6 +666,7 @@ def create_app(pair, settings: ServeSettings):
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     app.add_middleware(Guard, settings=settings, respond=error_response)
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_name, "waiting": engine.waiting,
@@ -708,7 +709,16 @@ def create_app(pair, settings: ServeSettings):
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         stops = StopText(job.stop)
         if job.stream:
-            return StreamingResponse(stream(job, ticket, clip, stops, rid, now, started),
+            # the generation starts here, not in the response's body: a client gone before the body
+            # is sent still frees its place in the queue when the (bounded) generation ends
+            loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
+
+            def on_text(piece: str) -> None:
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+            work = asyncio.ensure_future(engine.run(job, ticket, lambda: engine.generate(job, clip, on_text)))
+            work.add_done_callback(lambda task: task.cancelled() or task.exception())  # retrieved: no warning
+            return StreamingResponse(stream(job, work, pieces, stops, rid, now, started),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})  # fmt: skip
         work = asyncio.ensure_future(engine.run(job, ticket, lambda: engine.generate(job, clip)))
         try:
@@ -741,20 +751,13 @@ def create_app(pair, settings: ServeSettings):
             metrics.tau.observe(tau)
         metrics.latency.observe(time.monotonic() - started)
 
-    async def stream(job: ChatJob, ticket: Ticket, clip, stops: "StopText", rid: str, now: int,
+    async def stream(job: ChatJob, work: asyncio.Future, pieces: asyncio.Queue, stops: "StopText", rid: str, now: int,
                      started: float) -> AsyncIterator[str]:  # fmt: skip
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue = asyncio.Queue()
-
         def chunk(delta: dict, finish: str | None = None, **extra) -> str:
             data = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": settings.model_name,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-        def on_text(piece: str) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, piece)
-
-        work = asyncio.ensure_future(engine.run(job, ticket, lambda: engine.generate(job, clip, on_text)))
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
