@@ -21,8 +21,10 @@ from dataclasses import dataclass
 import torch
 
 from specvlm.engine.decoding import DecodeStats, decode_target
+from specvlm.engine.drafters import make_drafter
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import check_pair, speculative_decode
+from specvlm.engine.static import choose_step_mode
 from specvlm.engine.tree import DraftTree
 from specvlm.models import load_adapter
 from specvlm.models.base import Prompt, VideoLMAdapter
@@ -95,12 +97,8 @@ class SpeculativeVLM:
         later processes reuse it). ``drafter`` is the drafting rule: "model" (every level of the
         tree), or "adaptive" / "adaptive:P" (stop drafting when the draft's confidence in its main path
         drops below P, default 0.3); the output does not depend on it."""
-        from specvlm.engine.drafters import make_drafter
-
         check_pair(target, draft)
         make_drafter(drafter, draft)  # a bad name fails here, not at the first generate
-        from specvlm.engine.static import choose_step_mode
-
         self.drafter = drafter
         self.compile = compile
         for adapter in (target, draft):  # eager, or compiled and captured: decided here, once
@@ -145,6 +143,13 @@ class SpeculativeVLM:
         return cls(target_adapter, draft_adapter, tree=tree, prune=prune, reindex=reindex, compile=compile,
                    drafter=drafter)  # fmt: skip
 
+    def check_context(self, input_ids: torch.Tensor, max_new_tokens: int, *, speculative: bool = True) -> None:
+        """PromptTooLongError when the prompt and ``max_new_tokens`` overflow the target's context, or
+        the draft's (which holds the same prompt unpruned) when it will run."""
+        self.target.check_context(input_ids, max_new_tokens, "target")
+        if speculative:
+            self.draft.check_context(input_ids, max_new_tokens, "draft")
+
     def _generator(self, seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
         if generator is not None:
             return generator
@@ -180,9 +185,7 @@ class SpeculativeVLM:
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         clip = video if video is None or isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
         features = self.target.build_inputs(clip, prompt)
-        self.target.check_context(features["input_ids"], max_new_tokens)  # PromptTooLongError, before any work
-        if speculative:
-            self.draft.check_context(features["input_ids"], max_new_tokens, "draft")
+        self.check_context(features["input_ids"], max_new_tokens, speculative=speculative)  # before any work
         target_inputs = self.target.prepare(features)
         gen = self._generator(seed, generator)
         if speculative:

@@ -321,8 +321,7 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
         if not header.endswith(";base64") or not header[5:].startswith("video/"):
             raise RequestError(400, "a data URL must look like data:video/<format>;base64,<data>", param="video_url")
         if len(payload) * 3 // 4 > limit:
-            raise RequestError(413, f"the video is larger than --max-media-mb {settings.max_media_mb:g}",
-                               param="video_url", code="media_too_large")  # fmt: skip
+            raise _media_too_large(settings)
         try:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
@@ -342,8 +341,7 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
         except OSError as error:
             raise RequestError(400, f"cannot fetch the video: {error}", param="video_url") from None
         if len(data) > limit:
-            raise RequestError(413, f"the video is larger than --max-media-mb {settings.max_media_mb:g}",
-                               param="video_url", code="media_too_large")  # fmt: skip
+            raise _media_too_large(settings)
         path.write_bytes(data)
         return path
     if scheme not in ("", "file"):
@@ -351,40 +349,38 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
                            param="video_url")  # fmt: skip
     local = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path) if scheme == "file" else url)
     allowed = settings.allowed_media_dir
-    if allowed is None:
-        raise RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
+    refused = RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
                            param="video_url", code="media_path_refused")  # fmt: skip
-    shown = str(local)[:200]
+    if allowed is None:
+        raise refused
+    info = None
     try:
         resolved = local.resolve(strict=True)
-        inside = resolved.is_relative_to(allowed.resolve())
         info = resolved.stat()
     except FileNotFoundError:
-        inside = _lexically_inside(local, allowed)
-        if not inside:
-            raise RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
-                               param="video_url", code="media_path_refused") from None  # fmt: skip
-        raise RequestError(400, f"no such video: {shown}", param="video_url") from None
+        resolved = Path(os.path.abspath(local))  # where it would be, for the right error
     except (OSError, RuntimeError, ValueError) as error:  # a null byte, a name too long, a symlink loop
         reason = "a null byte" if isinstance(error, ValueError) else (getattr(error, "strerror", None) or "a loop")
         raise RequestError(400, f"cannot open the video path ({reason})", param="video_url") from None
+    try:
+        inside = resolved.is_relative_to(allowed.resolve())
+    except (OSError, ValueError):
+        inside = False
     if not inside:
-        raise RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
-                           param="video_url", code="media_path_refused")  # fmt: skip
+        raise refused
+    shown = str(local)[:200]
+    if info is None:
+        raise RequestError(400, f"no such video: {shown}", param="video_url")
     if not stat.S_ISREG(info.st_mode):
         raise RequestError(400, f"not a regular file: {shown}", param="video_url")
     if info.st_size > limit:
-        raise RequestError(413, f"the video is larger than --max-media-mb {settings.max_media_mb:g}",
-                           param="video_url", code="media_too_large")  # fmt: skip
+        raise _media_too_large(settings)
     return resolved
 
 
-def _lexically_inside(path: Path, folder: Path) -> bool:
-    """Whether a path that does not exist would lie under ``folder`` (for the right error)."""
-    try:
-        return Path(os.path.abspath(path)).is_relative_to(folder.resolve())
-    except (OSError, ValueError):
-        return False
+def _media_too_large(settings: ServeSettings) -> RequestError:
+    return RequestError(413, f"the video is larger than --max-media-mb {settings.max_media_mb:g}",
+                        param="video_url", code="media_too_large")  # fmt: skip
 
 
 def load_clip(job: ChatJob, settings: ServeSettings):
@@ -402,8 +398,10 @@ def load_clip(job: ChatJob, settings: ServeSettings):
             raise RequestError(504, f"reading the video timed out after {settings.timeout_s:g} s",
                                kind="server_error", code="timeout") from None  # fmt: skip
         except VideoBudgetError as error:
-            message = str(error).split(": ", 1)[-1].replace("ask for fewer frames", "ask for fewer num_frames or a lower fps")
-            raise RequestError(413, f"{message} (--max-video-pixels)", param="video_url", code="media_too_large") from None
+            width, height = error.size
+            message = (f"{error.frames} frames of {width}x{height} are {error.pixels:,} pixels, more than the "
+                       f"server's limit of {error.limit:,} (--max-video-pixels): ask for fewer num_frames or a lower fps")
+            raise RequestError(413, message, param="video_url", code="media_too_large") from None
         except VideoInputError as error:
             message = str(error).replace(str(path), "the video")[:300]
             raise RequestError(400, f"unreadable video: {message}", param="video_url", code="invalid_video") from None
@@ -528,9 +526,7 @@ class Engine:
 
         input_ids = self.pair.target.build_inputs(clip, job.messages)["input_ids"]
         try:
-            self.pair.target.check_context(input_ids, job.max_new_tokens)
-            if job.speculative:
-                self.pair.draft.check_context(input_ids, job.max_new_tokens, "draft")
+            self.pair.check_context(input_ids, job.max_new_tokens, speculative=job.speculative)
         except PromptTooLongError as error:
             message = str(error).replace("num_frames=...", "num_frames").replace("fps=...", "fps")
             message = message.replace("max_new_tokens=...", "max_tokens")
@@ -540,18 +536,18 @@ class Engine:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 from its Content-Length or as soon as more than ``limit`` bytes
     have arrived (nothing past that is read)."""
+    too_large = f"the request body is larger than the server's limit of {limit / 2**20:.1f} MiB (--max-body-mb)"
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
+    if declared is not None:
         if not declared.strip().isdigit():
             raise RequestError(400, "the Content-Length header is not a number")
-        raise RequestError(413, f"the request body is larger than the server's limit of {limit / 2**20:.1f} MiB "
-                           "(--max-body-mb)", code="body_too_large")  # fmt: skip
+        if int(declared) > limit:
+            raise RequestError(413, too_large, code="body_too_large")
     chunks, size = [], 0
     async for piece in request.stream():
         size += len(piece)
         if size > limit:
-            raise RequestError(413, f"the request body is larger than the server's limit of {limit / 2**20:.1f} MiB "
-                               "(--max-body-mb)", code="body_too_large")  # fmt: skip
+            raise RequestError(413, too_large, code="body_too_large")
         chunks.append(piece)
     return b"".join(chunks)
 

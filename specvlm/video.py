@@ -76,7 +76,16 @@ class VideoInputError(ValueError):
 
 
 class VideoBudgetError(VideoInputError):
-    """Decoding would exceed the caller's ``max_pixels`` or pass its ``deadline``."""
+    """Decoding would exceed the caller's ``max_pixels`` (``pixels`` of ``frames`` frames of
+    ``size`` against ``limit``) or pass its ``deadline``."""
+
+    def __init__(self, message: str, *, frames: int = 0, size: tuple[int, int] = (0, 0), limit: int = 0):
+        super().__init__(message)
+        self.frames, self.size, self.limit = frames, size, limit
+
+    @property
+    def pixels(self) -> int:
+        return self.frames * self.size[0] * self.size[1]
 
 
 class VideoTimeoutError(VideoBudgetError):
@@ -410,7 +419,8 @@ class _Budget:
         if self.max_pixels is not None and frames * width * height > self.max_pixels:
             raise VideoBudgetError(
                 f"{self.path}: {frames} frames of {width}x{height} {where} are {frames * width * height:,} "
-                f"pixels, more than the limit of {self.max_pixels:,}: ask for fewer frames"
+                f"pixels, more than the limit of {self.max_pixels:,}: ask for fewer frames",
+                frames=frames, size=(width, height), limit=self.max_pixels,
             )
 
 
@@ -489,10 +499,9 @@ def _decode(path: str, selected: np.ndarray, stop_early: bool, budget: _Budget) 
                 t = float(frame.time) if frame.time is not None else None
                 times.append(t)
                 if i in wanted:
-                    if size is None:
+                    if size is None:  # every kept frame takes this size: the stream's declared one may lie
                         size = (frame.width, frame.height)
-                    # the stream's declared size may lie: count what really decodes
-                    budget.check_pixels(len(selected), *size, "decoded")
+                        budget.check_pixels(len(selected), *size, "decoded")
                     if (frame.width, frame.height) != size:
                         frame = frame.reformat(width=size[0], height=size[1])
                     kept[i] = (frame.to_ndarray(format="rgb24"), t)

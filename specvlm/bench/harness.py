@@ -140,12 +140,6 @@ class BenchSettings:
 # ---------------------------------------------------------------------------------- small helpers
 
 
-def check_pair_context(pair, input_ids: torch.Tensor, max_new_tokens: int) -> None:
-    """The context check for the target, then for the draft (which holds the same prompt unpruned)."""
-    pair.target.check_context(input_ids, max_new_tokens, "target")
-    pair.draft.check_context(input_ids, max_new_tokens, "draft")
-
-
 def is_oom(error: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
     return isinstance(error, oom)
@@ -486,7 +480,7 @@ class Bench:
             self.short_videos.append(str(sample.sample_id))
         features = target.build_inputs(clip, sample.prompt)
         try:
-            check_pair_context(self.pair, features["input_ids"], s.max_new_tokens)
+            self.pair.check_context(features["input_ids"], s.max_new_tokens)
         except PromptTooLongError as error:
             self._skip(sample, "prompt too long", error)
             return None

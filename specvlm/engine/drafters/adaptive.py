@@ -11,7 +11,6 @@ import torch
 
 from specvlm.engine.drafters.model import ModelDrafter
 from specvlm.engine.sampling import SamplingConfig, probabilities
-from specvlm.engine.tree import DraftTree
 
 
 class AdaptiveDrafter(ModelDrafter):
@@ -22,8 +21,7 @@ class AdaptiveDrafter(ModelDrafter):
         self.threshold = threshold
         self.confidence = 1.0
 
-    def keep_going(self, depth: int, parent_logits: torch.Tensor, tokens: torch.Tensor, tree: DraftTree,
-                   sampling: SamplingConfig) -> bool:  # fmt: skip
+    def keep_going(self, depth: int, parent_logits: torch.Tensor, sampling: SamplingConfig) -> bool:
         if depth == 1:
             self.confidence = 1.0
         # level depth - 1's first node is on the main path (nodes are sorted by path, rank 0 first)

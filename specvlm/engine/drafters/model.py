@@ -47,7 +47,7 @@ class ModelDrafter(Drafter):
                 dist = probabilities(parent_logits, sampling)  # (len(parents), V)
                 q[parents] = dist
                 tokens[level] = torch.multinomial(dist[child_parent], 1, generator=generator).flatten()
-            if depth == tree.depth or not self.keep_going(depth, parent_logits, tokens, tree, sampling):
+            if depth == tree.depth or not self.keep_going(depth, parent_logits, sampling):
                 return Proposal(tokens=tokens, q=q, depth=depth, passes=passes)
             width = level.stop - level.start
             step_tokens[0, :width] = tokens[level]
@@ -58,8 +58,7 @@ class ModelDrafter(Drafter):
             passes += 1
         raise AssertionError("unreachable")
 
-    def keep_going(self, depth: int, parent_logits: torch.Tensor, tokens: torch.Tensor, tree: DraftTree,
-                   sampling: SamplingConfig) -> bool:  # fmt: skip
+    def keep_going(self, depth: int, parent_logits: torch.Tensor, sampling: SamplingConfig) -> bool:
         """Whether to draft the level below ``depth`` (``parent_logits``: the draft's logits at
         level ``depth - 1``, whose children level ``depth`` holds). Always, here."""
         return True
