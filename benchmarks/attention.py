@@ -7,19 +7,18 @@ A step writes q tokens after a filled prefix and attends over a static cache who
 far larger than what it holds (a workspace kept from an earlier, longer prompt). Per layer shape of
 the published models (all layers, each with its own KV, captured as one CUDA graph, so L2 behaves as
 in a model step), per filled length and capacity, ms per step summed over the layers:
-- ``engine``: what the engine runs (engine/static.py): FlexAttention's decoding kernel with the query
-  heads folded into rows by hand for fewer than 128 rows, the split-prefix tree attention
-  (engine/tree_attention.py) for more;
-- ``tree kernel``: the split-prefix tree attention for every row count;
-- ``flex gqa BLOCK_M=N`` (earlier run, torch 2.11): FlexAttention's decoding kernel given the query
-  heads unfolded (``enable_gqa``), rows tiled by N;
-- ``flex folded chunks``: query heads folded into rows by hand, the rows cut into chunks the
-  decoding kernel takes (each chunk reads the whole KV once);
-- ``grouped matmul`` (earlier run): the previous verification path, eager: scores for every slot of
-  the capacity, masked;
-- ``sdpa prefix only``: SDPA's fused kernel on the exact filled slice without a mask (a lower bound
-  for the "fused prefix + small tree block" route: it leaves out the tree block and the merge, and it
-  cannot be captured for a changing length).
+- ``engine``: what the engine runs (engine/static.py);
+- ``tree kernel``: the split-prefix tree attention (engine/tree_attention.py), parts and merge each
+  one Triton launch;
+- ``tree kernel, eager merge``: the same parts merged by PyTorch ops (as before the merge kernel);
+- ``flex folded decoding``: FlexAttention's decoding kernel, query heads folded into rows by hand
+  (below 128 rows, which is all it takes);
+- earlier runs (records kept in results/attention.jsonl): ``flex gqa BLOCK_M=N`` (heads unfolded,
+  ``enable_gqa``), ``flex folded chunks`` (rows cut into chunks of the decoding kernel's size, each
+  reading the whole KV), ``grouped matmul`` (scores for every slot of the capacity, masked, eager);
+- ``sdpa prefix only`` (beside verification rows): SDPA's fused kernel on the exact filled slice
+  without a mask, a lower bound for the "fused prefix + small tree block" route (it leaves out the
+  tree block and the merge, and it cannot be captured for a changing length).
 Every output is checked against a float32 reference on the filled slice (``max_err``). KV bytes read
 at the bandwidth floor are reported beside (``floor_ms``).
 """
@@ -32,9 +31,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from specvlm.engine.static import StaticMask, _prepare_compiler, bucket_capacity, static_attention
+from specvlm.engine.static import FLEX_DECODING_ROWS, StaticMask, _flex, _prepare_compiler, bucket_capacity, static_attention
 from specvlm.engine import tree_attention as ta
 from specvlm.engine.tree_attention import tree_attention
 from specvlm.engine.tree import DraftTree
@@ -52,33 +50,6 @@ def patterns() -> dict[int, torch.Tensor]:
     tree = DraftTree.default()
     return {1: torch.ones(1, 1, dtype=torch.bool), tree.draft_width: tree.draft_patterns()[2],
             tree.num_nodes: tree.ancestor_mask}  # fmt: skip
-
-
-_compiled = torch.compile(flex_attention, dynamic=False)
-
-
-def folded_chunks(query, key, value, prefix, pattern, capacity, scale, chunk=64):
-    """Heads folded into rows by hand, rows in chunks of at most ``chunk`` (one decoding call each)."""
-    b, hq, q, d = query.shape
-    hkv = key.shape[1]
-    rows = hq // hkv * q
-    grouped = query.reshape(b, hkv, rows, d)
-    width = pattern.shape[1]
-    outs = []
-    for c0 in range(0, rows, chunk):
-        n = min(chunk, rows - c0)
-        num = torch.div(prefix + width + 127, 128, rounding_mode="floor").clamp(max=capacity // 128).view(1, 1, 1).int()
-        idx = torch.arange(capacity // 128, dtype=torch.int32, device=query.device).view(1, 1, 1, -1)
-
-        def mask_mod(b_, h, q_idx, kv_idx, c0=c0):
-            offset = kv_idx - prefix
-            inside = (offset >= 0) & (offset < width)
-            return (kv_idx < prefix) | (inside & pattern[(q_idx + c0) % q, offset.clamp(0, width - 1)])
-
-        bm = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=(128, 128), mask_mod=mask_mod,
-                                      seq_lengths=(n, capacity), compute_q_blocks=False)  # fmt: skip
-        outs.append(_compiled(grouped[:, :, c0 : c0 + n], key, value, block_mask=bm, scale=scale))
-    return torch.cat(outs, 2).view(b, hq, q, d)
 
 
 def reference(query, key, value, prefix: int, pattern, scale):
@@ -132,12 +103,16 @@ def run_model(name, contexts, qs, bandwidth, out: Path, methods_fresh) -> None:
             methods = {"engine": lambda l: static_attention(None, queries[l], storage[l, 0], storage[l, 1],
                                                              mask.block_mask, scale)[0].transpose(1, 2)}  # fmt: skip
             if kind == "shared":
-                if rows < 128:
-                    methods["tree kernel"] = lambda l: tree_attention(queries[l], storage[l, 0], storage[l, 1],
-                                                                      mask.prefix, mask.pattern, scale)  # fmt: skip
-                else:
-                    methods["flex folded chunks"] = lambda l: folded_chunks(
-                        queries[l], storage[l, 0], storage[l, 1], mask.prefix, mask.pattern, capacity, scale)
+                methods["tree kernel"] = lambda l: tree_attention(queries[l], storage[l, 0], storage[l, 1],
+                                                                  mask.prefix, mask.pattern, scale)  # fmt: skip
+                config = ta.kernel_config(rows, hkv)
+                methods["tree kernel, eager merge"] = lambda l: ta._merge(*ta.launch_parts(
+                    queries[l].reshape(1, hkv, rows, d), storage[l, 0], storage[l, 1], mask.prefix, mask.pattern, scale,
+                    config)).to(queries.dtype).view(1, hq, q, d)  # fmt: skip
+                if rows < FLEX_DECODING_ROWS:
+                    methods["flex folded decoding"] = lambda l: _flex(
+                        queries[l].reshape(1, hkv, rows, d), storage[l, 0], storage[l, 1], mask.block_mask, scale
+                    ).view(1, hq, q, d)
             for context in contexts if kind == "shared" else [c for c in methods_fresh if bucket_capacity(c + ROOM) == capacity]:
                 prefix = context
                 mask.prefix.fill_(prefix)
@@ -145,7 +120,7 @@ def run_model(name, contexts, qs, bandwidth, out: Path, methods_fresh) -> None:
                 ref = reference(queries[0], storage[0, 0], storage[0, 1], prefix, pattern, scale)
                 kv = 2 * layers * hkv * (prefix + width) * d * 2
                 sdpa_ms = None
-                if kind == "shared":
+                if kind == "shared" and rows >= FLEX_DECODING_ROWS:
                     ks, vs = storage[:, 0, :, :, : prefix + width], storage[:, 1, :, :, : prefix + width]
 
                     def sdpa_all():
@@ -236,7 +211,7 @@ def summary(records) -> str:
     for r in records:
         ms = "failed" if r["ms"] is None else f"{r['ms']:.3f}"
         sd = r.get("sdpa_prefix_only_ms")
-        sd = "-" if sd is None or r["method"] not in ("engine", "flex gqa BLOCK_M=64", "flex folded decoding (engine below 128 rows)") else (f"{sd:.3f}" if isinstance(sd, float) else sd)
+        sd = "-" if sd is None or r["method"] not in ("engine", "flex gqa BLOCK_M=64", "flex folded decoding (engine below 128 rows)", "tree kernel") else (f"{sd:.3f}" if isinstance(sd, float) else sd)
         err = "-" if r["max_err"] is None else f"{r['max_err']:.1e}"
         lines.append(f"| {r['model']} | {r['q']} | {r['workspace']} ({r['capacity']}) | {r['context']} | {r['method']} | "
                      f"{ms} | {r['floor_ms']:.3f} | {err} | {sd} |")

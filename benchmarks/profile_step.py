@@ -1,6 +1,12 @@
 """Profile one decode step of target-only decoding vs generate at a real LM shape (GPU).
 
     python benchmarks/profile_step.py [--shape llava-ov-7b] [--frames 256]
+    python benchmarks/profile_step.py --static --shape llava-ov-7b --context 65536 --q 1 26
+
+``--static``: the engine's compiled steps of q tokens (1: a one-token step, the default tree's 26:
+verification, 8: a draft level) over a workspace filled to ``--context`` (its keys and values are
+whatever the memory held: timing only). Prints each step's captured replay time (CUDA events) and
+the kernels of the same step run uncaptured, grouped, with their share of the step.
 """
 
 from __future__ import annotations
@@ -13,8 +19,46 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from specvlm.engine.decoding import decode_target
+from specvlm.engine.static import Workspace, bucket_capacity
+from specvlm.engine.tree import DraftTree
 from specvlm.testing.shapes import random_adapter
 from specvlm.video import load_video
+
+
+def static_steps(args) -> None:
+    adapter = random_adapter(args.shape)
+    tree = DraftTree.default()
+    patterns = {1: torch.ones(1, 1, dtype=torch.bool), tree.draft_width: tree.draft_patterns()[2],
+                tree.num_nodes: tree.ancestor_mask}  # fmt: skip
+    ws = Workspace(adapter, bucket_capacity(args.context + 512), static=True, compile=True)
+    print(f"{args.shape}: {args.context} filled of {ws.cache.capacity}", flush=True)
+    for q in args.q:
+        pattern = patterns[q].cuda()
+        tokens = torch.zeros(1, q, dtype=torch.long, device="cuda")
+        positions = torch.arange(q, device="cuda")[None] + args.context
+        ws.cache.length = args.context
+        t0 = time.perf_counter()
+        ws.step(tokens, positions, args.context, pattern)  # compiles and captures
+        step = ws._steps[tuple(pattern.shape)]
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(args.reps):
+            step.graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        replay_ms = start.elapsed_time(end) / args.reps
+        print(f"\n===== q={q}: captured replay {replay_ms:.3f} ms (compile+capture {time.perf_counter() - t0:.0f}s)")
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step._run()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+        total = sum(e.self_device_time_total for e in kernels) / 3
+        print(f"uncaptured kernels: {total / 1000:.3f} ms per step, {sum(e.count for e in kernels) // 3} launches")
+        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:18]:
+            per = e.self_device_time_total / 3
+            print(f"  {per / 1000:8.3f} ms {100 * per / total:5.1f}% x{e.count // 3:4d}  {e.key[:110]}")
 
 
 def main() -> None:
@@ -22,7 +66,14 @@ def main() -> None:
     parser.add_argument("--shape", default="llava-ov-7b")
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--static", action="store_true", help="profile the engine's compiled steps instead")
+    parser.add_argument("--context", type=int, default=65536)
+    parser.add_argument("--q", type=int, nargs="+", default=[1, 26])
+    parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
+    if args.static:
+        static_steps(args)
+        return
     adapter = random_adapter(args.shape)
     adapter.eos_token_ids = ()
     frames = np.random.default_rng(0).integers(0, 256, (args.frames, 56, 56, 3), dtype=np.uint8)

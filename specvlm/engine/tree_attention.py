@@ -12,7 +12,7 @@ whole KV. Here (cascade attention):
 - the block of ``width`` slots from ``prefix`` on (the tree's own nodes) is one more part, under the
   ``pattern`` (q x width) mask;
 - the parts are merged by their log-sum-exp.
-On a GPU the parts are one Triton kernel; elsewhere the same arithmetic runs in PyTorch on the
+On a GPU the parts are one Triton kernel and the merge one more; elsewhere the same arithmetic runs in PyTorch on the
 filled slice (the reference the GPU kernel is tested against).
 """
 
@@ -105,6 +105,36 @@ if triton is not None:
         tl.store(LSE + b * slb + h * slh + part * sls + rows, lse, mask=keep)
 
 
+    @triton.jit
+    def _merge_kernel(
+        O, LSE, OUT, sob, soh, sop, som, slb, slh, slp, sub, suh, sum_, HKV, M, P,
+        D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    ):  # fmt: skip
+        """One launch for the merge: each program weighs every part of ``BLOCK_R`` rows of one KV
+        head by its log-sum-exp and writes the rows in the output's dtype."""
+        tile, bh = tl.program_id(0), tl.program_id(1)
+        b, h = bh // HKV, bh % HKV
+        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+        parts = tl.arange(0, BLOCK_P)
+        dims = tl.arange(0, D)
+        keep = rows < M
+        lse_base = LSE + b * slb + h * slh
+        lses = tl.load(lse_base + parts[:, None] * slp + rows[None, :], mask=(parts[:, None] < P) & keep[None, :],
+                       other=float("-inf"))  # fmt: skip
+        top = tl.max(lses, 0)
+        top = tl.where(top == float("-inf"), 0.0, top)
+        total = tl.sum(tl.exp2(lses - top[None, :]), 0)
+        acc = tl.zeros([BLOCK_R, D], tl.float32)
+        for part in range(P):
+            w = tl.exp2(tl.load(lse_base + part * slp + rows, mask=keep, other=float("-inf")) - top)
+            o = tl.load(O + b * sob + h * soh + part * sop + rows[:, None] * som + dims[None, :], mask=keep[:, None],
+                        other=0.0)  # fmt: skip
+            acc += w[:, None] * o
+        out = acc / tl.where(total == 0.0, 1.0, total)[:, None]
+        tl.store(OUT + b * sub + h * suh + rows[:, None] * sum_ + dims[None, :], out.to(OUT.dtype.element_ty),
+                 mask=keep[:, None])  # fmt: skip
+
+
 @lru_cache(maxsize=None)
 def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
@@ -168,6 +198,11 @@ def _tree_attention_op(grouped: torch.Tensor, key: torch.Tensor, value: torch.Te
 
 def launch(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig) -> torch.Tensor:
     """The GPU kernel on grouped rows (B, Hkv, rows, D) with a given tiling, and the merge."""
+    return merge(*launch_parts(grouped, key, value, prefix, pattern, scale, config), grouped.dtype)
+
+
+def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig):
+    """The parts' kernel alone: outs (B, Hkv, P, rows, D) fp32 and their base-2 log-sum-exps."""
     b, hkv, rows, d = grouped.shape
     q, width = pattern.shape
     splits = _splits(hkv, b, grouped.device, config.per_sm)
@@ -186,7 +221,27 @@ def launch(grouped, key, value, prefix, pattern, scale: float, config: KernelCon
         PRECISION=dot_precision(grouped.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
-    return _merge(outs, lses).to(grouped.dtype)
+    return outs, lses
+
+
+def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``_merge`` in one GPU launch (the PyTorch form is a dozen kernels over every part, which cost
+    more than the parts themselves at short prefixes): outs (B, Hkv, P, M, D) fp32 -> (B, Hkv, M, D)."""
+    b, hkv, parts, rows, d = outs.shape
+    out = torch.empty(b, hkv, rows, d, dtype=dtype, device=outs.device)
+    block_r = _merge_rows(rows * b * hkv, outs.device)
+    _merge_kernel[(triton.cdiv(rows, block_r), b * hkv)](
+        outs, lses, out, outs.stride(0), outs.stride(1), outs.stride(2), outs.stride(3), lses.stride(0),
+        lses.stride(1), lses.stride(2), out.stride(0), out.stride(1), out.stride(2), hkv, rows, parts,
+        D=d, BLOCK_R=block_r, BLOCK_P=triton.next_power_of_2(parts), num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def _merge_rows(rows: int, device) -> int:
+    """Rows per merge program: enough programs for two per SM, at most 16 rows each."""
+    per = max(1, rows // (2 * _multiprocessors(device)))
+    return min(16, 1 << (per.bit_length() - 1))
 
 
 @_tree_attention_op.register_fake
