@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from specvlm.engine.static import FLEX_DECODING_ROWS, StaticMask, _flex, _prepare_compiler, bucket_capacity, static_attention
+from specvlm.engine.static import StaticMask, _flex, _prepare_compiler, bucket_capacity, static_attention
 from specvlm.engine import tree_attention as ta
 from specvlm.engine.tree_attention import tree_attention
 from specvlm.engine.tree import DraftTree
@@ -44,6 +44,7 @@ MODELS = {  # layers, query heads, KV heads, head dim
     "llava-ov-0.5b": (24, 14, 2, 64),
 }
 ROOM = 512  # new tokens + a tree, as a workspace adds to the prompt
+FLEX_MAX_ROWS = 128  # FlexAttention's decoding kernel takes fewer query rows than this
 
 
 def patterns() -> dict[int, torch.Tensor]:
@@ -109,7 +110,7 @@ def run_model(name, contexts, qs, bandwidth, out: Path, methods_fresh) -> None:
                 methods["tree kernel, eager merge"] = lambda l: ta._merge(*ta.launch_parts(
                     queries[l].reshape(1, hkv, rows, d), storage[l, 0], storage[l, 1], mask.prefix, mask.pattern, scale,
                     config)).to(queries.dtype).view(1, hq, q, d)  # fmt: skip
-                if rows < FLEX_DECODING_ROWS:
+                if rows < FLEX_MAX_ROWS:
                     methods["flex folded decoding"] = lambda l: _flex(
                         queries[l].reshape(1, hkv, rows, d), storage[l, 0], storage[l, 1], mask.block_mask, scale
                     ).view(1, hq, q, d)
@@ -120,7 +121,7 @@ def run_model(name, contexts, qs, bandwidth, out: Path, methods_fresh) -> None:
                 ref = reference(queries[0], storage[0, 0], storage[0, 1], prefix, pattern, scale)
                 kv = 2 * layers * hkv * (prefix + width) * d * 2
                 sdpa_ms = None
-                if kind == "shared" and rows >= FLEX_DECODING_ROWS:
+                if kind == "shared" and rows >= FLEX_MAX_ROWS:
                     ks, vs = storage[:, 0, :, :, : prefix + width], storage[:, 1, :, :, : prefix + width]
 
                     def sdpa_all():
@@ -157,15 +158,20 @@ def run_model(name, contexts, qs, bandwidth, out: Path, methods_fresh) -> None:
             torch.cuda.empty_cache()
 
 
-def sweep(contexts, bandwidth, out: Path) -> None:
+def sweep(contexts, bandwidth, out: Path, few_rows: bool = False) -> None:
     """The split-prefix kernel's tilings on the verification (and draft-level) shapes, all layers
-    captured as one graph; the engine's ``kernel_config`` is chosen from these records."""
+    captured as one graph; the engine's ``kernel_config`` is chosen from these records. ``few_rows``:
+    one-token steps and draft levels instead, over the parallelism (programs per SM) and KV tile."""
     import itertools
 
     tree = DraftTree.default()
-    cases = [("qwen2.5-vl-7b", tree.num_nodes), ("qwen2.5-vl-32b", tree.num_nodes), ("llava-ov-0.5b", tree.draft_width),
-             ("qwen2.5-vl-7b", 1)]  # fmt: skip
-    grid = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4)))
+    if few_rows:
+        cases = [("qwen2.5-vl-7b", 1), ("llava-ov-0.5b", 1), ("qwen2.5-vl-32b", 1), ("qwen2.5-vl-7b", tree.draft_width)]
+        grid = [(None, bn, 4, stages, per_sm) for bn, stages, per_sm in itertools.product((32, 64), (2, 3), (1, 2, 4, 8))]
+    else:
+        cases = [("qwen2.5-vl-7b", tree.num_nodes), ("qwen2.5-vl-32b", tree.num_nodes),
+                 ("llava-ov-0.5b", tree.draft_width), ("qwen2.5-vl-7b", 1)]  # fmt: skip
+        grid = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4)))
     capacity = bucket_capacity(max(contexts) + ROOM)
     for name, q in cases:
         layers, hq, hkv, d = MODELS[name]
@@ -180,7 +186,7 @@ def sweep(contexts, bandwidth, out: Path) -> None:
             ref = reference(queries[0].view(1, hq, q, d), storage[0, 0], storage[0, 1], context, pattern, d**-0.5)
             best = None
             for bm, bn, warps, stages, per_sm in grid:
-                config = ta.KernelConfig(bm, bn, warps, stages, per_sm)
+                config = ta.KernelConfig(bm or ta.kernel_config(hq // hkv * q, hkv).block_m, bn, warps, stages, per_sm)
                 try:
                     err = float((ta.launch(queries[0], storage[0, 0], storage[0, 1], prefix, pattern, d**-0.5, config)
                                  .view(1, hq, q, d).float() - ref).abs().max())  # fmt: skip
@@ -226,6 +232,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("attention.jsonl"))
     parser.add_argument("--summary", type=Path)
     parser.add_argument("--sweep", action="store_true", help="time the tree kernel's tilings instead")
+    parser.add_argument("--few-rows", action="store_true", help="with --sweep: one-token steps and draft levels")
     args = parser.parse_args()
     if args.summary:
         records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
@@ -235,7 +242,7 @@ def main() -> None:
     bandwidth = shapes.copy_bandwidth("cuda")
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     if args.sweep:
-        sweep(args.contexts, bandwidth, args.out)
+        sweep(args.contexts, bandwidth, args.out, args.few_rows)
         return
     _prepare_compiler()
     tree = DraftTree.default()

@@ -60,7 +60,11 @@ def _flex(query, key, value, block_mask, scale):
     return _compiled_flex(query, key, value, block_mask=block_mask, scale=scale)
 
 
-FLEX_DECODING_ROWS = 128  # FlexAttention's decoding kernel takes fewer query rows than this
+# At this many query rows per KV head and more, the split-prefix tree attention (draft levels of 8
+# tokens: 56 rows for the 0.5B and 7B drafts, 1.6-2.3x faster than FlexAttention's decoding kernel
+# from 4k to 128k; verification: 130-182 rows, more than that kernel takes); below (one-token
+# steps, 5-7 rows), FlexAttention's decoding kernel (results/attention.md).
+TREE_KERNEL_ROWS = 16
 
 
 def static_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -68,16 +72,16 @@ def static_attention(module, query, key, value, attention_mask, scaling=None, dr
 
     query (B, Hq, q, D); key, value (B, Hkv, C, D). The query heads sharing a key/value head are
     folded into the query length (rep * q rows per KV head), so each KV head is read once for all
-    of them: on FlexAttention's split-KV decoding kernel when the rows fit it (one-token steps,
-    draft levels), else on the split-prefix tree attention (engine/tree_attention.py: verification,
-    130-182 rows for the published targets), whose work follows the filled length. Returns
+    of them: on FlexAttention's split-KV decoding kernel for a few rows (one-token steps), else on
+    the split-prefix tree attention (engine/tree_attention.py: draft levels, verification), whose
+    work follows the filled length. Returns
     (B, q, Hq, D) like transformers' attention functions, and no weights.
     """
     b, hq, q, d = query.shape
     hkv = key.shape[1]
     rep = hq // hkv
     grouped = query.reshape(b, hkv, rep * q, d)  # row r * q + i: head h * rep + r, token i
-    if rep * q < FLEX_DECODING_ROWS:
+    if rep * q < TREE_KERNEL_ROWS:
         out = _flex(grouped, key, value, attention_mask, scaling)
     else:
         scale = scaling if scaling is not None else d**-0.5
