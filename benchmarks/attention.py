@@ -32,7 +32,9 @@ from pathlib import Path
 
 import torch
 
-from specvlm.engine.static import StaticMask, _flex, _prepare_compiler, bucket_capacity, static_attention
+from torch.nn.attention.flex_attention import flex_attention
+
+from specvlm.engine.static import StaticMask, _prepare_compiler, bucket_capacity, static_attention
 from specvlm.engine import tree_attention as ta
 from specvlm.engine.tree_attention import tree_attention
 from specvlm.engine.tree import DraftTree
@@ -51,6 +53,14 @@ def patterns() -> dict[int, torch.Tensor]:
     tree = DraftTree.default()
     return {1: torch.ones(1, 1, dtype=torch.bool), tree.draft_width: tree.draft_patterns()[2],
             tree.num_nodes: tree.ancestor_mask}  # fmt: skip
+
+
+_compiled_flex = torch.compile(flex_attention, dynamic=False)
+
+
+def _flex(query, key, value, block_mask, scale):
+    """FlexAttention's fused kernel (its decoding kernel below 128 rows)."""
+    return _compiled_flex(query, key, value, block_mask=block_mask, scale=scale)
 
 
 def reference(query, key, value, prefix: int, pattern, scale):

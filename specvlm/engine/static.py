@@ -6,18 +6,20 @@ visibility pattern among them) is built once per model and replayed:
 - the language model's forward is compiled (``torch.compile``, static shapes) so norms, rotary
   embeddings and activations fuse; the compiled step is captured as a CUDA graph and replayed;
 - the KV cache is written at slots ``length + arange(q)`` given by a device tensor, and attention is
-  FlexAttention over the cache's whole capacity under a block mask whose block count and pattern are
-  device tensors: it reads each key/value head once for all query heads and all q tokens, only the
-  blocks up to the filled length, at flash-decoding speed; nothing in a step depends on a host value;
+  the split-prefix tree attention (engine/tree_attention.py) over the cache, whose filled length is a
+  device tensor: it reads each key/value head once for all query heads and all q tokens, only up to
+  the filled length, split over it for parallelism; nothing in a step depends on a host value;
 - the mask: slots before ``prefix`` are visible; the ``width`` slots from ``prefix`` on follow a
   boolean ``pattern`` (q x width) held in the step's own buffer, so one graph serves every pattern of
-  its shape (every level of a draft tree, padded to one q).
+  its shape (every level of a draft tree, padded to one q). The two travel to the attention function
+  on a FlexAttention BlockMask (which transformers hands through to it untouched).
 
-Off the GPU the same static step runs eagerly (FlexAttention's reference path), which is how the
-CPU tests check it against the ordinary path. Prefill stays on the ordinary kernels.
+Off the GPU the same static step runs eagerly (the tree attention's PyTorch form on the filled
+slice), which is how the CPU tests check it against the ordinary path. Prefill stays on the
+ordinary kernels.
 
 Compilation is on by default on a GPU; ``compile=False`` (or ``SPECVLM_COMPILE=0``) turns it off,
-leaving the graphs and the compiled attention kernel. Inductor keeps its compiled code on disk
+leaving the graphs and the attention kernel. Inductor keeps its compiled code on disk
 (``TORCHINDUCTOR_CACHE_DIR``, by default ``~/.cache/specvlm/inductor``), so a later process with the
 same model shapes starts warm.
 """
@@ -26,13 +28,12 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
@@ -42,52 +43,24 @@ from specvlm.engine.tree_attention import tree_attention
 STATIC_ATTENTION = "specvlm_static_flex"
 KV_BLOCK = KVCache.BLOCK
 
-_compiled_flex = None
-
-
-def _flex(query, key, value, block_mask, scale):
-    """FlexAttention: compiled on a GPU (the fused kernel), the reference path on a CPU."""
-    global _compiled_flex
-    if torch.compiler.is_compiling():
-        return flex_attention(query, key, value, block_mask=block_mask, scale=scale)
-    if query.device.type != "cuda":
-        with warnings.catch_warnings():  # the reference path is what a CPU run wants
-            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-            return flex_attention(query, key, value, block_mask=block_mask, scale=scale)
-    if _compiled_flex is None:
-        _prepare_compiler()
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(query, key, value, block_mask=block_mask, scale=scale)
-
-
-# At this many query rows per KV head and more, the split-prefix tree attention (draft levels of 8
-# tokens: 56 rows for the 0.5B and 7B drafts, 1.6-2.3x faster than FlexAttention's decoding kernel
-# from 4k to 128k; verification: 130-182 rows, more than that kernel takes); below (one-token
-# steps, 5-7 rows), FlexAttention's decoding kernel (results/attention.md).
-TREE_KERNEL_ROWS = 16
-
-
 def static_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Attention of q new tokens over a whole static cache under a StaticMask's BlockMask.
+    """Attention of q new tokens over a whole static cache, under the prefix and pattern of the
+    StaticMask whose BlockMask is ``attention_mask``.
 
-    query (B, Hq, q, D); key, value (B, Hkv, C, D). The query heads sharing a key/value head are
-    folded into the query length (rep * q rows per KV head), so each KV head is read once for all
-    of them: on FlexAttention's split-KV decoding kernel for a few rows (one-token steps), else on
-    the split-prefix tree attention (engine/tree_attention.py: draft levels, verification), whose
-    work follows the filled length. Returns
-    (B, q, Hq, D) like transformers' attention functions, and no weights.
+    query (B, Hq, q, D); key, value (B, Hkv, C, D). The split-prefix tree attention
+    (engine/tree_attention.py) folds the query heads sharing a key/value head into rows, so each KV
+    head is read once for all of them, and its work follows the filled length, not the capacity;
+    one kernel for every step (one token: 5-7 rows per KV head; a draft level: 56; verification:
+    130-182). Measured against FlexAttention's decoding kernel (results/attention.md): 1.6-2.3x
+    faster on draft levels from 4k to 128k, faster on one-token steps at 64k (7B 1.31 vs 1.61 ms,
+    32B 5.10 vs 6.57 ms for all layers), within 6% at 16k. Returns (B, q, Hq, D) like transformers'
+    attention functions, and no weights.
     """
     b, hq, q, d = query.shape
-    hkv = key.shape[1]
-    rep = hq // hkv
-    grouped = query.reshape(b, hkv, rep * q, d)  # row r * q + i: head h * rep + r, token i
-    if rep * q < TREE_KERNEL_ROWS:
-        out = _flex(grouped, key, value, attention_mask, scaling)
-    else:
-        scale = scaling if scaling is not None else d**-0.5
-        static = attention_mask.static  # the StaticMask that built this BlockMask
-        out = tree_attention(query, key, value, static.prefix, static.pattern, scale)
-    return out.view(b, hq, q, d).transpose(1, 2).contiguous(), None
+    scale = scaling if scaling is not None else d**-0.5
+    static = attention_mask.static  # the StaticMask that built this BlockMask
+    out = tree_attention(query, key, value, static.prefix, static.pattern, scale)
+    return out.transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(STATIC_ATTENTION, static_attention)

@@ -44,10 +44,19 @@ class KernelConfig:
 
 
 def kernel_config(rows: int, kv_heads: int) -> KernelConfig:
-    """The tiling for ``rows`` query rows per KV head: of 72 tilings timed on verification
-    (``benchmarks/attention.py --sweep``, results/tree_kernel_sweep.jsonl) the fastest for 7B (4 KV
-    heads, 4k and 64k) and within 2% of the fastest for 32B (8 KV heads, 64k): about 33 prefix parts."""
-    return KernelConfig(block_m=64 if rows > 32 else (32 if rows > 16 else 16), per_sm=1 if kv_heads <= 4 else 2)
+    """The tiling for ``rows`` query rows per KV head, from the timed tilings
+    (``benchmarks/attention.py --sweep [--few-rows]``, results/tree_kernel_sweep.jsonl):
+    - verification (more than 64 rows): of 72 tilings the fastest for 7B (4 KV heads, 4k and 64k)
+      and within 2% of the fastest for 32B (8 KV heads, 64k): about 33 prefix parts;
+    - a draft level (17-64 rows): the fastest for the 7B draft's 56 rows at 64k, within 1% at 16k;
+    - one token (16 rows or fewer): within 1% of the fastest for 7B and 0.5B at 16k and 64k and for
+      32B at 16k, 2% for 32B at 64k (5.10 against 4.99 ms).
+    """
+    if rows <= 16:
+        return KernelConfig(block_m=16, block_n=64, num_stages=3, per_sm=2)
+    if rows <= 64:
+        return KernelConfig(block_m=64, block_n=32, num_stages=3, per_sm=2)
+    return KernelConfig(block_m=64, per_sm=1 if kv_heads <= 4 else 2)
 
 
 if triton is not None:
