@@ -222,14 +222,14 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False) -> None:
 
 
 def summary(records) -> str:
-    lines = ["| model | q | workspace (capacity) | context | method | ms/step (all layers) | KV floor ms | max err | sdpa prefix only ms |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| run | model | q | workspace (capacity) | context | method | ms/step (all layers) | KV floor ms | max err | sdpa prefix only ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in records:
         ms = "failed" if r["ms"] is None else f"{r['ms']:.3f}"
         sd = r.get("sdpa_prefix_only_ms")
         sd = "-" if sd is None or r["method"] not in ("engine", "flex gqa BLOCK_M=64", "flex folded decoding (engine below 128 rows)", "tree kernel") else (f"{sd:.3f}" if isinstance(sd, float) else sd)
         err = "-" if r["max_err"] is None else f"{r['max_err']:.1e}"
-        lines.append(f"| {r['model']} | {r['q']} | {r['workspace']} ({r['capacity']}) | {r['context']} | {r['method']} | "
+        lines.append(f"| {str(r.get('run', '-')).split(':')[0]} | {r['model']} | {r['q']} | {r['workspace']} ({r['capacity']}) | {r['context']} | {r['method']} | "
                      f"{ms} | {r['floor_ms']:.3f} | {err} | {sd} |")
     return "\n".join(lines)
 

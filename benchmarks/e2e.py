@@ -197,7 +197,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
         common = {"pair": pair, "target": target_name, "draft": draft_name, "context": full.length,
                   "workspace": args.workspace, "target_capacity": kept_capacity(target, "target"),
                   "device": device_name(), "torch": torch.__version__, "compile": compile,
-                  "new_tokens": n, "target_floor_ms": t_floor}  # fmt: skip
+                  "new_tokens": n, "target_floor_ms": t_floor, "engine": engine_digest()}  # fmt: skip
         record = {**common, "method": "target-only", "acceptance": "-", "sampling": 0.0, "ms_per_token": base_ms,
                   "generate_ms_per_token": gen_ms, "speedup": 1.0,
                   "speedup_vs_generate": gen_ms / base_ms if gen_ms else None,
@@ -244,6 +244,17 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
         empty_cache()
 
 
+def engine_digest(root: Path = Path(__file__).resolve().parent.parent) -> str:
+    """A short hash of the engine's source (specvlm/engine, cache, layout): which code a record measured."""
+    import hashlib
+
+    files = sorted((root / "specvlm" / "engine").rglob("*.py")) + [root / "specvlm" / "cache.py", root / "specvlm" / "layout.py"]
+    digest = hashlib.sha1()
+    for f in files:
+        digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def device_name() -> str:
     return torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
 
@@ -273,17 +284,18 @@ def summary(records: list[dict]) -> str:
     for pair in dict.fromkeys(r["pair"] for r in records):
         rows = [r for r in records if r["pair"] == pair]
         lines.append(f"\n## {pair} (bf16, {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['new_tokens']} new tokens)\n")
-        lines.append("| workspace | context | method | acceptance | tau | ms/token | speedup | vs generate | ceiling | "
+        lines.append("| engine | workspace | context | method | acceptance | tau | ms/token | speedup | vs generate | ceiling | "
                      "draft ms/cycle | verify ms/cycle | cycle ms | prefill s | draft prefill s | latency s | equal |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         order = {"fresh": 0, "shared": 1}
-        for r in sorted(rows, key=lambda r: (order.get(r.get("workspace"), 2), r["context"], r["acceptance"] != "-", r["acceptance"])):
+        for r in sorted(rows, key=lambda r: (r.get("engine", ""), order.get(r.get("workspace"), 2), r["context"],
+                                             r["acceptance"] != "-", r["acceptance"])):  # fmt: skip
             ws = r.get("workspace", "shared")
             ws += f" ({r['target_capacity']})" if r.get("target_capacity") else ""
             gen = r.get("generate_ms_per_token")
             method = r["method"] + (f" (generate {gen:.2f} ms/token)" if gen else "")
             lines.append(
-                f"| {ws} | {r['context']} | {method} | {r['acceptance']} | {fmt(r.get('tau'))} | {r['ms_per_token']:.2f} | "
+                f"| {r.get('engine', '-')} | {ws} | {r['context']} | {method} | {r['acceptance']} | {fmt(r.get('tau'))} | {r['ms_per_token']:.2f} | "
                 f"{r['speedup']:.2f}x | {fmt(r.get('speedup_vs_generate'), suffix='x')} | "
                 f"{fmt(r.get('ceiling'), suffix='x')} | {fmt(r.get('drafting_ms_per_cycle'))} | "
                 f"{fmt(r.get('verify_ms_per_cycle'))} | {fmt(r.get('cycle_ms'))} | {r['prefill_s']:.2f} | {fmt(r.get('draft_prefill_s'))} | "
