@@ -26,6 +26,7 @@ import torch
 
 from specvlm import synthetic
 from specvlm.assets import default_pair
+from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
@@ -81,8 +82,12 @@ def main() -> None:
         row = totals[name]
         for (full, draft_full), reference in zip(inputs, references):
             result = speculative_decode(
-                target, draft, full, draft_full, tree=tree, max_new_tokens=args.max_new_tokens,
-                prune=prune, reindex=reindex, drafter=drafter,
+                target,
+                draft,
+                full,
+                draft_full,
+                max_new_tokens=args.max_new_tokens,
+                config=SpecConfig(tree=tree, prune=prune, reindex=reindex, drafter=drafter),
             )
             row["tokens"] += result.stats.cycle_tokens
             row["passes"] += result.stats.target_passes

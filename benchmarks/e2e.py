@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
@@ -209,9 +210,16 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                 if (i and not sampling.greedy) or key_of(pair, full.length, name, label, args.workspace) in done:
                     continue
                 oracle = Oracle(truth.token_ids, alphas, tree, target.vocab_size, target.device, seed=context)
-                run = lambda: speculative_decode(  # noqa: E731
-                    target, draft, full, d_full, tree=tree, max_new_tokens=n, prune=prune, sampling=sampling,
-                    generator=torch.Generator(device=DEVICE).manual_seed(0), on_proposal=oracle, compile=compile,
+                run = lambda: speculative_decode(
+                    target,
+                    draft,
+                    full,
+                    d_full,
+                    max_new_tokens=n,
+                    generator=torch.Generator(device=DEVICE).manual_seed(0),
+                    on_proposal=oracle,
+                    compile=compile,
+                    config=SpecConfig(tree=tree, prune=prune, sampling=sampling),
                 )
                 result = first = run()
                 if first.stats.warmup_s > 0:  # it compiled or captured a step: measure again, warm

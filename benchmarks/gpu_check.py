@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
@@ -89,8 +90,15 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
                 }
                 for tree_name, tree in trees.items():
                     for draft_name, (d, d_inputs, prune) in drafts.items():
-                        out = speculative_decode(target, d, full, d_inputs, tree=tree, max_new_tokens=48,
-                                                 prune=prune, compile=compile)  # fmt: skip
+                        out = speculative_decode(
+                            target,
+                            d,
+                            full,
+                            d_inputs,
+                            max_new_tokens=48,
+                            compile=compile,
+                            config=SpecConfig(tree=tree, prune=prune),
+                        )  # fmt: skip
                         div = first_divergence(out.token_ids, reference)
                         rows.append(
                             {
@@ -143,7 +151,14 @@ def device_map_check(root: Path) -> list[dict]:
         with torch.no_grad():
             out = target.model.generate(**features.to("cuda:0"), max_new_tokens=32, do_sample=False)
         reference = out[0, features["input_ids"].shape[1] :].tolist()
-        spec = speculative_decode(target, target, full, full, tree=DraftTree.default(), max_new_tokens=32)
+        spec = speculative_decode(
+            target,
+            target,
+            full,
+            full,
+            max_new_tokens=32,
+            config=SpecConfig(tree=DraftTree.default()),
+        )
         rows.append(
             {
                 "family": family,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.distributed import is_main
 from specvlm.engine.sampling import SamplingConfig
@@ -68,13 +69,27 @@ def main() -> None:
         row = {"family": family, "world_size": dist.get_world_size(), "tp_equals_single": sharded == single.get(family)}
         for tree_name, tree in (("chain3", DraftTree.chain(3)), ("default", DraftTree.default())):
             for prune_name, prune in (("plain", None), ("specvlm-90", PruneConfig(ratio=0.9))):
-                out = speculative_decode(target, draft, full, d_full, tree=tree, max_new_tokens=NEW, prune=prune)
+                out = speculative_decode(
+                    target,
+                    draft,
+                    full,
+                    d_full,
+                    max_new_tokens=NEW,
+                    config=SpecConfig(tree=tree, prune=prune),
+                )
                 row[f"sd_{tree_name}_{prune_name}"] = out.token_ids == sharded
         hot = SamplingConfig(temperature=1.0)
         seeded = torch.Generator(device=target.device).manual_seed(1000 + dist.get_rank())  # ranks disagree
         sampled = [decode_target(target, full, max_new_tokens=NEW, sampling=hot, generator=seeded).token_ids,
-                   speculative_decode(target, draft, full, d_full, tree=DraftTree.default(), max_new_tokens=NEW,
-                                      sampling=hot, generator=seeded).token_ids]  # fmt: skip
+                   speculative_decode(
+                       target,
+                       draft,
+                       full,
+                       d_full,
+                       max_new_tokens=NEW,
+                       generator=seeded,
+                       config=SpecConfig(tree=DraftTree.default(), sampling=hot),
+                   ).token_ids]  # fmt: skip
         everyone: list = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, sampled)
         row["sampled_ranks_agree"] = all(other == everyone[0] for other in everyone)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import DecodeStats, decode_target
 from specvlm.engine.drafters import make_drafter
 from specvlm.engine.sampling import SamplingConfig
@@ -99,15 +100,21 @@ class SpeculativeVLM:
         drops below P, default 0.3); the output does not depend on it."""
         check_pair(target, draft)
         make_drafter(drafter, draft)  # a bad name fails here, not at the first generate
-        self.drafter = drafter
         self.compile = compile
         for adapter in (target, draft):  # eager, or compiled and captured: decided here, once
             choose_step_mode(adapter, compile)
         self.target = target
         self.draft = draft
-        self.tree = tree if isinstance(tree, DraftTree) else DraftTree.parse(tree)
-        self.prune = prune
-        self.reindex = reindex
+        # what every call does unless told otherwise (sampling is per call)
+        self.config = SpecConfig(tree=tree, prune=prune, reindex=reindex, drafter=drafter)
+
+    @property
+    def tree(self) -> DraftTree:
+        return self.config.tree
+
+    @property
+    def prune(self) -> PruneConfig | None:
+        return self.config.prune
 
     @classmethod
     def from_pretrained(
@@ -195,16 +202,12 @@ class SpeculativeVLM:
                 self.draft,
                 target_inputs,
                 draft_inputs,
-                tree=self.tree,
                 max_new_tokens=max_new_tokens,
-                sampling=sampling,
                 generator=gen,
                 stop_strings=stop_strings,
                 on_tokens=on_tokens,
-                prune=prune,
-                reindex=self.reindex,
                 compile=self.compile,
-                drafter=self.drafter,
+                config=self.config.replace(sampling=sampling, prune=prune),
             )
         else:
             result = decode_target(

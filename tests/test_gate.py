@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
@@ -69,7 +70,14 @@ def test_reference_is_the_models_own_generate(fam):
 def test_independent_draft_is_lossless(fam, tree_name):
     tree = TREES[tree_name]
     for _, full, draft_inputs, reference in fam.inputs:
-        result = speculative_decode(fam.target, fam.draft, full, draft_inputs, tree=tree, max_new_tokens=MAX_NEW)
+        result = speculative_decode(
+            fam.target,
+            fam.draft,
+            full,
+            draft_inputs,
+            max_new_tokens=MAX_NEW,
+            config=SpecConfig(tree=tree),
+        )
         assert result.token_ids == reference
         stats = result.stats
         assert stats.new_tokens == len(reference)
@@ -81,7 +89,14 @@ def test_independent_draft_is_lossless(fam, tree_name):
 def test_target_as_its_own_draft_accepts_everything(fam, tree_name):
     tree = TREES[tree_name]
     for _, full, _, reference in fam.inputs:
-        result = speculative_decode(fam.target, fam.target, full, full, tree=tree, max_new_tokens=MAX_NEW)
+        result = speculative_decode(
+            fam.target,
+            fam.target,
+            full,
+            full,
+            max_new_tokens=MAX_NEW,
+            config=SpecConfig(tree=tree),
+        )
         assert result.token_ids == reference
         stats = result.stats
         # every cycle but possibly the last (cut by the stop rule) accepts a full path: tau = depth + 1
@@ -98,7 +113,14 @@ def test_pruned_self_draft_is_lossless(fam):
             keep = torch.arange(0, len(full.video), 3)
             pruned = fam.target.drop_video_tokens(full, keep, reindex=reindex)
             for tree in (TREES["chain3"], TREES["default"]):
-                result = speculative_decode(fam.target, fam.target, full, pruned, tree=tree, max_new_tokens=MAX_NEW)
+                result = speculative_decode(
+                    fam.target,
+                    fam.target,
+                    full,
+                    pruned,
+                    max_new_tokens=MAX_NEW,
+                    config=SpecConfig(tree=tree),
+                )
                 assert result.token_ids == reference
 
 
@@ -115,8 +137,12 @@ def test_every_pruning_strategy_is_lossless(fam):
     for strategy in STRATEGIES:
         for ratio in STRATEGY_RATIOS:
             result = speculative_decode(
-                fam.target, fam.draft, full, draft_inputs, tree=TREES["chain3"], max_new_tokens=SWEEP_NEW,
-                prune=PruneConfig(strategy=strategy, ratio=ratio),
+                fam.target,
+                fam.draft,
+                full,
+                draft_inputs,
+                max_new_tokens=SWEEP_NEW,
+                config=SpecConfig(tree=TREES["chain3"], prune=PruneConfig(strategy=strategy, ratio=ratio)),
             )
             assert result.token_ids == reference[:SWEEP_NEW], (strategy, ratio)
             kept = n_video if strategy == "none" else keep_budget(n_video, ratio)
@@ -133,8 +159,12 @@ def test_pruned_self_draft_with_scores_is_lossless(fam, reindex):
     for ratio in STRATEGY_RATIOS:
         for tree in (TREES["chain5"], TREES["default"]):
             result = speculative_decode(
-                fam.target, fam.target, full, full, tree=tree, max_new_tokens=MAX_NEW,
-                prune=PruneConfig(strategy="specvlm", ratio=ratio), reindex=reindex,
+                fam.target,
+                fam.target,
+                full,
+                full,
+                max_new_tokens=MAX_NEW,
+                config=SpecConfig(tree=tree, prune=PruneConfig(strategy="specvlm", ratio=ratio), reindex=reindex),
             )
             assert result.token_ids == reference, ratio
             if ratio == 0.0 and not reindex:
@@ -146,8 +176,12 @@ def test_pruning_everything_leaves_the_draft_only_text(fam):
 
     _, full, _, reference = fam.inputs[1]
     result = speculative_decode(
-        fam.target, fam.target, full, full, tree=TREES["default"], max_new_tokens=MAX_NEW,
-        prune=PruneConfig(strategy="specvlm", ratio=1.0),
+        fam.target,
+        fam.target,
+        full,
+        full,
+        max_new_tokens=MAX_NEW,
+        config=SpecConfig(tree=TREES["default"], prune=PruneConfig(strategy="specvlm", ratio=1.0)),
     )
     assert result.token_ids == reference
     assert result.stats.draft_video_tokens == 0 and result.stats.video_tokens == len(full.video)
@@ -159,7 +193,15 @@ def test_static_steps_are_lossless(fam):
     assert decode_target(fam.target, full, max_new_tokens=MAX_NEW, static=True).token_ids == reference
     for tree in (TREES["chain3"], TREES["default"]):
         for draft, d_inputs in ((fam.draft, draft_inputs), (fam.target, full)):
-            result = speculative_decode(fam.target, draft, full, d_inputs, tree=tree, max_new_tokens=MAX_NEW, static=True)
+            result = speculative_decode(
+                fam.target,
+                draft,
+                full,
+                d_inputs,
+                max_new_tokens=MAX_NEW,
+                static=True,
+                config=SpecConfig(tree=tree),
+            )
             assert result.token_ids == reference
 
 
@@ -175,10 +217,23 @@ def test_text_only_chat_is_lossless(fam, tree_name):
     reference = decode_target(fam.target, full, max_new_tokens=MAX_NEW).token_ids
     assert out[0, features["input_ids"].shape[1] :].tolist() == reference
     tree = TREES[tree_name]
-    spec = speculative_decode(fam.target, fam.draft, full, fam.draft.prepare(features), tree=tree,
-                              max_new_tokens=MAX_NEW, prune=PruneConfig(ratio=0.9))  # fmt: skip
+    spec = speculative_decode(
+        fam.target,
+        fam.draft,
+        full,
+        fam.draft.prepare(features),
+        max_new_tokens=MAX_NEW,
+        config=SpecConfig(tree=tree, prune=PruneConfig(ratio=0.9)),
+    )  # fmt: skip
     assert spec.token_ids == reference and spec.stats.draft_video_tokens == 0
-    own = speculative_decode(fam.target, fam.target, full, full, tree=tree, max_new_tokens=MAX_NEW)
+    own = speculative_decode(
+        fam.target,
+        fam.target,
+        full,
+        full,
+        max_new_tokens=MAX_NEW,
+        config=SpecConfig(tree=tree),
+    )
     assert own.token_ids == reference and own.stats.tau > tree.depth
 
 
@@ -191,13 +246,33 @@ def test_the_adaptive_drafter_is_lossless_and_stops_early(fam, threshold):
     tree = TREES["default"]
     for _, full, d_full, reference in fam.inputs:
         drafter = AdaptiveDrafter(fam.draft, threshold=threshold)
-        out = speculative_decode(fam.target, fam.draft, full, d_full, tree=tree, max_new_tokens=MAX_NEW, drafter=drafter)
+        out = speculative_decode(
+            fam.target,
+            fam.draft,
+            full,
+            d_full,
+            max_new_tokens=MAX_NEW,
+            config=SpecConfig(tree=tree, drafter=drafter),
+        )
         assert out.token_ids == reference
-        model = speculative_decode(fam.target, fam.draft, full, d_full, tree=tree, max_new_tokens=MAX_NEW)
+        model = speculative_decode(
+            fam.target,
+            fam.draft,
+            full,
+            d_full,
+            max_new_tokens=MAX_NEW,
+            config=SpecConfig(tree=tree),
+        )
         if threshold == 0.0:
             assert out.stats.draft_passes == model.stats.draft_passes
         if threshold == 1.0:
             assert out.stats.draft_passes == out.stats.target_passes
-        own = speculative_decode(fam.target, fam.target, full, full, tree=tree, max_new_tokens=MAX_NEW,
-                                 drafter=AdaptiveDrafter(fam.target, threshold=threshold))  # fmt: skip
+        own = speculative_decode(
+            fam.target,
+            fam.target,
+            full,
+            full,
+            max_new_tokens=MAX_NEW,
+            config=SpecConfig(tree=tree, drafter=AdaptiveDrafter(fam.target, threshold=threshold)),
+        )  # fmt: skip
         assert own.token_ids == reference

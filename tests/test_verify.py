@@ -18,7 +18,13 @@ import torch
 
 from specvlm.engine import verify
 from specvlm.engine.tree import DraftTree
-from specvlm.engine.verify import Verdict, accept_candidates, greedy_verdict, residual, sampled_verdict
+from specvlm.engine.verify import (
+    Verdict,
+    accept_candidates,
+    greedy_verdict,
+    residual,
+    sampled_verdict,
+)
 
 N_SAMPLES = 20_000
 N_JOINT = 16_000
@@ -165,12 +171,44 @@ def test_residual_known_values():
     assert torch.allclose(residual(P, Q).sum(), torch.tensor(1.0))
 
 
+def accept_one(candidates, q, p, g):
+    """accept_candidates for one node: (index of the accepted candidate or None, resample dist)."""
+    c = candidates.numel()
+    u = torch.rand(1, c, generator=g)
+    first, end = accept_candidates(candidates[None], torch.ones(1, c, dtype=torch.bool), q[None], p[None], u)
+    return (None if int(first[0]) < 0 else int(first[0])), end[0]
+
+
+def test_accept_candidates_batches_nodes_with_different_candidate_counts():
+    """One call over many nodes (padding candidates ignored) decides each node as a call of its own."""
+    g = torch.Generator().manual_seed(5)
+    n, c = 40, 3
+    q = torch.softmax(torch.randn(n, V, generator=g), -1)
+    p = torch.softmax(torch.randn(n, V, generator=g), -1)
+    candidates = torch.randint(0, V, (n, c), generator=g)
+    counts = torch.randint(0, c + 1, (n,), generator=g)
+    valid = torch.arange(c)[None] < counts[:, None]
+    u = torch.rand(n, c, generator=g)
+    first, end = accept_candidates(candidates, valid, q, p, u)
+    for i in range(n):
+        k = int(counts[i])
+        alone, alone_end = accept_candidates(candidates[i : i + 1, :k], valid[i : i + 1, :k], q[i : i + 1], p[i : i + 1],
+                                             u[i : i + 1, :k])  # fmt: skip
+        assert int(first[i]) == int(alone[0])
+        if int(first[i]) < 0:
+            assert torch.allclose(end[i], alone_end[0])
+            want = p[i]
+            for _ in range(k):
+                want = residual(want, q[i])
+            assert torch.allclose(end[i], want)
+
+
 def test_accept_candidates_p_equals_q_accepts_the_first():
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
         p = torch.softmax(torch.randn(V, generator=g), -1)
         candidates = torch.multinomial(p, 3, replacement=True, generator=g)
-        index, _ = accept_candidates(candidates, p, p, g)
+        index, _ = accept_one(candidates, p, p, g)
         assert index == 0
 
 
@@ -180,7 +218,7 @@ def test_accept_candidates_rejects_a_token_the_target_never_emits():
     g = torch.Generator().manual_seed(0)
     for c in (1, 3):
         for _ in range(50):
-            index, dist = accept_candidates(torch.full((c,), 3), q, p, g)
+            index, dist = accept_one(torch.full((c,), 3), q, p, g)
             assert index is None
             assert torch.allclose(dist, torch.tensor([0.5, 0.3, 0.2, 0.0]))  # norm(max(0, p - q))
     p2 = torch.tensor([0.4, 0.2, 0.1, 0.3])
@@ -188,7 +226,7 @@ def test_accept_candidates_rejects_a_token_the_target_never_emits():
     # Token 2 has p < q; whenever it is rejected the returned distribution is the residual.
     seen_reject = False
     for _ in range(100):
-        index, dist = accept_candidates(torch.tensor([2]), q2, p2, g)
+        index, dist = accept_one(torch.tensor([2]), q2, p2, g)
         if index is None:
             seen_reject = True
             assert torch.allclose(dist, torch.tensor([0.3 / 0.4, 0.1 / 0.4, 0.0, 0.0]))
@@ -200,13 +238,13 @@ def test_accept_candidates_walks_the_residual_over_siblings():
     p = torch.tensor([0.0, 1.0, 0.0])
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
-        index, _ = accept_candidates(torch.tensor([0, 1]), q, p, g)
+        index, _ = accept_one(torch.tensor([0, 1]), q, p, g)
         assert index == 1  # token 0 impossible under p; token 1 certain under the residual
     # A token rejected once has no residual mass, so a later duplicate candidate is never accepted
     # (a rule that reused the original p would accept it about a third of the time).
     q = torch.tensor([0.75, 0.25])
     p = torch.tensor([0.25, 0.75])
-    indices = [accept_candidates(torch.tensor([0, 0]), q, p, g)[0] for _ in range(600)]
+    indices = [accept_one(torch.tensor([0, 0]), q, p, g)[0] for _ in range(600)]
     assert indices.count(1) == 0
     assert 150 < indices.count(0) < 250  # accepted at the first try with p/q = 1/3
 
@@ -270,24 +308,21 @@ def test_sampled_is_deterministic_under_a_seed(default):
 # ------------------------------------------------------------------------ sampled, statistical
 
 
-def naive_accept_if_p_above_q(candidates, q, p, generator):
+def naive_accept_if_p_above_q(candidates, valid, q, p, u):
     """WRONG rule: accept the first candidate with p(x) > q(x), else resample from the residual.
     For P, Q above it never emits tokens 2..5 via acceptance, and the residual only covers tokens
     0 and 1: TV to P is exactly p({p <= q}) = 0.45."""
-    for i, x in enumerate(candidates.tolist()):
-        if p[x] > q[x]:
-            return i, p
-    return None, residual(p, q)
+    take = valid & (p.gather(1, candidates) > q.gather(1, candidates))
+    first = torch.where(take.any(1), take.long().argmax(1), -1)
+    return first, residual(p, q)
 
 
-def naive_no_residual_update(candidates, q, p, generator):
+def naive_no_residual_update(candidates, valid, q, p, u):
     """WRONG multi-candidate rule: every sibling is tested against the original p (the residual
     is only used for the final resample). With 3 candidates and P, Q above, TV to P is 0.21."""
-    u = torch.rand(candidates.numel(), generator=generator)
-    for i, x in enumerate(candidates.tolist()):
-        if float(u[i]) * float(q[x]) < float(p[x]):
-            return i, p
-    return None, residual(p, q)
+    take = valid & (u * q.gather(1, candidates) < p.gather(1, candidates))
+    first = torch.where(take.any(1), take.long().argmax(1), -1)
+    return first, residual(p, q)
 
 
 def first_token_counts(tree: DraftTree, n: int, seed: int) -> torch.Tensor:

@@ -523,9 +523,13 @@ class Bench:
             return result.token_ids, result.stats, None
         if method.kind in ("sd", "pruned"):
             result = speculative_decode(
-                target, draft, prepared.target_inputs, prepared.draft_inputs,
-                tree=self.pair.tree, max_new_tokens=max_new_tokens, prune=method.prune,
-                reindex=self.settings.reindex, compile=self.pair.compile,
+                target,
+                draft,
+                prepared.target_inputs,
+                prepared.draft_inputs,
+                max_new_tokens=max_new_tokens,
+                compile=self.pair.compile,
+                config=self.pair.config.replace(prune=method.prune, reindex=self.settings.reindex),
             )
             return result.token_ids, result.stats, None
         # The Hugging Face peer: repetition_penalty pinned to 1 so that checkpoints whose

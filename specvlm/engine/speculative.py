@@ -24,15 +24,21 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import Clock, DecodeStats, GenerationResult, _sync
+from specvlm.engine.distributed import agree
 from specvlm.engine.drafter import Drafter, Proposal
 from specvlm.engine.drafters import make_drafter
-from specvlm.engine.distributed import agree, world_size
 from specvlm.engine.sampling import SamplingConfig, next_token, probabilities
 from specvlm.engine.static import Workspace, default_compile, default_static
 from specvlm.engine.stopping import StopRule
 from specvlm.engine.tree import DraftTree
-from specvlm.engine.verify import Verdict, greedy_verdict, sampled_verdict
+from specvlm.engine.verify import (
+    Verdict,
+    greedy_decision,
+    read_verdict,
+    sampled_decision,
+)
 from specvlm.models.base import PreparedInputs, VideoLMAdapter
 from specvlm.pruning.strategies import PruneConfig, needs_scores, select
 
@@ -120,40 +126,38 @@ def speculative_decode(
     target_inputs: PreparedInputs,
     draft_inputs: PreparedInputs,
     *,
-    tree: DraftTree,
+    config: SpecConfig = SpecConfig(),
     max_new_tokens: int,
-    sampling: SamplingConfig = SamplingConfig(),
     generator: torch.Generator | None = None,
     stop_strings: tuple[str, ...] = (),
     on_tokens: Callable[[list[int]], None] | None = None,
-    prune: PruneConfig | None = None,
-    reindex: bool = False,
     static: bool | None = None,
     compile: bool | None = None,
     on_proposal: Callable[[torch.Tensor, int], None] | None = None,
-    drafter: "str | Drafter" = "model",
 ) -> GenerationResult:
-    """Generate with the target's exact output, drafting with ``draft`` on ``draft_inputs``.
+    """Generate with the target's exact output, drafting with ``draft`` on ``draft_inputs``, as
+    ``config`` says (tree, sampling, prune, reindex, drafter: engine/config.py).
 
     ``draft_inputs`` is the draft's own prepared prompt: the full one, or one with video tokens
-    already dropped. With ``prune``, it must be the full one: the target's prefill (split, to score
-    the video tokens when the strategy needs scores) picks the kept tokens, and the draft is
-    prefilled with those only (``reindex`` as in ``drop_video_tokens``). ``on_tokens`` receives
-    each cycle's newly accepted tokens (for streaming). ``static`` runs the draft and verify steps
-    as captured CUDA graphs (default: on a single GPU), ``compile`` compiles them (default: with
-    static steps on a GPU; see engine/static.py). ``on_proposal(tokens, emitted)`` may rewrite the
+    already dropped. With ``config.prune``, it must be the full one: the target's prefill (split, to
+    score the video tokens when the strategy needs scores) picks the kept tokens, and the draft is
+    prefilled with those only (``config.reindex`` as in ``drop_video_tokens``). ``on_tokens``
+    receives each cycle's newly accepted tokens (for streaming). ``static`` runs the draft and verify
+    steps as captured CUDA graphs (default: the mode chosen when the pair was loaded), ``compile``
+    compiles them (likewise; see engine/static.py). ``on_proposal(tokens, emitted)`` may rewrite the
     proposal's node tokens (N,) on the device before verification, ``emitted`` tokens into the
-    output (benchmarks use it to control acceptance; the output stays the target's). ``drafter``
-    is the drafting rule run on ``draft`` (a name of ``specvlm.engine.drafters.DRAFTERS`` or a
-    Drafter; see engine/drafter.py); the output does not depend on it.
+    output (benchmarks use it to control acceptance; the output stays the target's).
+    ``config.drafter`` is the drafting rule run on ``draft`` (see engine/drafter.py); the output
+    does not depend on it.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tree, sampling = config.tree, config.sampling
     stop = StopRule(target.eos_token_ids, max_new_tokens, stop_strings, target.tokenizer)
     stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
-    pair = prefill_pair(target, make_drafter(drafter, draft), target_inputs, draft_inputs, stats,
+    pair = prefill_pair(target, make_drafter(config.drafter, draft), target_inputs, draft_inputs, stats,
                         room=max_new_tokens + tree.num_nodes + tree.draft_width, sampling=sampling, generator=generator,
-                        prune=prune, reindex=reindex, static=static, compile=compile)  # fmt: skip
+                        prune=config.prune, reindex=config.reindex, static=static, compile=compile)  # fmt: skip
     t0 = time.perf_counter()
     tokens, pending = [pair.root], [pair.root]
     if on_tokens is not None:
@@ -236,42 +240,22 @@ def prefill_pair(target: VideoLMAdapter, drafter: Drafter, target_inputs: Prepar
 def verify(t_ws: Workspace, tree: DraftTree, node_tokens: torch.Tensor, proposal: Proposal, position: int,
            sampling: SamplingConfig, generator) -> Verdict:  # fmt: skip
     """Every node in one target pass; the accept decision on the device, one transfer back (rank 0's
-    decision on every rank of a tensor-parallel target)."""
+    decision, broadcast as one tensor, on every rank of a tensor-parallel target)."""
     on = tree.on(node_tokens.device)
     logits = t_ws.step(node_tokens[None], (position + on.node_depth)[None], t_ws.cache.length, on.ancestor_mask)[0]
     if sampling.greedy:
-        verdict = greedy_verdict(tree, node_tokens, logits.argmax(-1), proposal.depth)
+        decision = greedy_decision(tree, node_tokens, logits.argmax(-1), proposal.depth)
     else:
         p = probabilities(logits, sampling)
-        verdict = sampled_verdict(tree, node_tokens, proposal.q.to(node_tokens.device), p, generator, proposal.depth)
-    return _agreed(verdict, tree.depth, node_tokens.device)
+        decision = sampled_decision(tree, node_tokens, proposal.q.to(node_tokens.device), p, generator, proposal.depth)
+    return read_verdict(agree(decision), tree.depth)
 
 
 def roll_back(pair: PairState, verdict: Verdict, proposal: Proposal, depth: int) -> int:
     """Both caches keep only the accepted path (device-side copies, queued without waiting); returns
     how many accepted tokens the drafter has processed."""
     cache, n = pair.target.cache, verdict.num_accepted
-    path = verdict.path if verdict.path is not None else _padded_path(verdict.accepted, depth, pair.target.adapter.device)
+    path = verdict.path
     cache.move(path.clamp(min=0) + cache.length, cache.length)  # node i sits at length + i
     cache.commit(n + 1)
     return pair.drafter.accept(path.to(pair.drafter.device), n, proposal)
-
-
-def _padded_path(accepted: list[int], depth: int, device) -> torch.Tensor:
-    return torch.tensor(accepted + [-1] * (depth + 1 - len(accepted)), device=device)
-
-
-def _agreed(verdict: Verdict, depth: int, device) -> Verdict:
-    """Rank 0's verdict on every rank of a tensor-parallel target (the verdict itself otherwise)."""
-    if world_size() == 1:
-        return verdict
-    packed = torch.full((2 * depth + 4,), -1, dtype=torch.long)
-    n = verdict.num_accepted
-    packed[0], packed[1], packed[2] = n, verdict.next_token, int(verdict.recovered)
-    packed[3 : 4 + n] = torch.tensor(verdict.accepted)
-    packed[4 + depth : 4 + depth + n] = torch.tensor(verdict.accepted_tokens, dtype=torch.long)
-    values = agree(packed).tolist()
-    n = values[0]
-    accepted = values[3 : 4 + n]
-    return Verdict(accepted=accepted, next_token=values[1], recovered=bool(values[2]),
-                   accepted_tokens=values[4 + depth : 4 + depth + n], path=_padded_path(accepted, depth, device))  # fmt: skip

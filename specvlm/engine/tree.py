@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -182,7 +182,7 @@ class DraftTree:
 
     def on(self, device) -> SimpleNamespace:
         """The tensors the engine needs each cycle, copied to ``device`` once: parent, rank,
-        node_depth, ancestor_mask, retrieve_paths, draft_patterns, the main path (nodes 0, 00, ...)."""
+        node_depth, ancestor_mask, retrieve_paths, draft_patterns, the main path (nodes 0, 00, ...), children."""
         device = torch.device(device)
         found = self._on_device.get(device)
         if found is None:
@@ -199,8 +199,16 @@ class DraftTree:
                 draft_patterns=tuple(p.to(device) for p in self.draft_patterns()),
                 draft_rows=torch.arange(self.draft_width, device=device),
                 main_path=torch.tensor(main, device=device),
+                children=self.children_matrix.to(device),
             )
         return found
+
+    @cached_property
+    def children_matrix(self) -> torch.Tensor:
+        """(N, max children) long: each node's children in rank order, -1 padded."""
+        rows = [self.children(i) for i in range(self.num_nodes)]
+        width = max(1, self.max_children)
+        return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
 
     def children(self, node: int) -> list[int]:
         """Child node indices of ``node`` in rank order."""

@@ -32,7 +32,7 @@ class Verdict:
     next_token: int  # bonus or recovered token
     recovered: bool  # True when next_token was resampled after a rejection
     accepted_tokens: list[int] | None = field(default=None, compare=False)  # tokens of accepted[1:]
-    # (depth + 1,) long on the device: accepted, then any nodes (or -1) as padding
+    # (depth + 1,) long on the device: accepted, then -1 as padding
     path: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -40,16 +40,31 @@ class Verdict:
         return len(self.accepted) - 1
 
 
-def greedy_verdict(
+# A decision is one long tensor on the device, the verdict packed for one transfer (and, under tensor
+# parallelism, one broadcast): [m, next token, recovered, path (depth + 1, -1 padded), path tokens].
+
+
+def read_verdict(decision: torch.Tensor, depth: int) -> Verdict:
+    """The Verdict of a decision: one transfer to the host."""
+    values = decision.tolist()
+    n = values[0]
+    return Verdict(accepted=values[3 : 4 + n], next_token=values[1], recovered=bool(values[2]),
+                   accepted_tokens=values[5 + depth : 5 + depth + n], path=decision[3 : 4 + depth])  # fmt: skip
+
+
+def _pack(n: torch.Tensor, next_token: torch.Tensor, recovered: torch.Tensor, path: torch.Tensor,
+          tokens: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    return torch.cat([n.view(1), next_token.view(1), recovered.long().view(1), path, tokens[path.clamp(min=0)]])
+
+
+def greedy_decision(
     tree: DraftTree,
     tokens: torch.Tensor,  # (N,) long, node tokens (root included)
     target_argmax: torch.Tensor,  # (N,) long, the target's argmax at each node
     depth: int | None = None,  # levels proposed (default all): deeper nodes are not considered
-) -> Verdict:
-    """Longest path whose tokens all equal the target's argmax at their parents, then the bonus.
-
-    Computed on the device; one transfer brings back the accepted length, the path and its tokens.
-    """
+) -> torch.Tensor:
+    """Longest path whose tokens all equal the target's argmax at their parents, then the bonus;
+    on the device, nothing waits for it."""
     on = tree.on(tokens.device)
     target_argmax = target_argmax.to(tokens.device)
     correct = torch.zeros(tree.num_nodes + 1, dtype=torch.bool, device=tokens.device)  # last slot: padding
@@ -61,13 +76,14 @@ def greedy_verdict(
     lengths = along.long().cumprod(dim=1).sum(dim=1)  # accepted draft tokens per path
     best = lengths.argmax()
     n = lengths[best]
-    path = paths[best]
+    path = torch.where(torch.arange(tree.depth + 1, device=tokens.device) <= n, paths[best], -1)
     last = path.gather(0, n.view(1))
-    packed = torch.cat([n.view(1), target_argmax[last], path, tokens[path.clamp(min=0)]]).tolist()
-    n, next_token, depth = packed[0], packed[1], tree.depth
-    accepted = packed[2 : 2 + n + 1]
-    tokens_along = packed[3 + depth + 1 : 3 + depth + 1 + n]
-    return Verdict(accepted=accepted, next_token=next_token, recovered=False, accepted_tokens=tokens_along, path=path)
+    return _pack(n, target_argmax[last], torch.zeros((), dtype=torch.bool, device=tokens.device), path, tokens)
+
+
+def greedy_verdict(tree: DraftTree, tokens: torch.Tensor, target_argmax: torch.Tensor,
+                   depth: int | None = None) -> Verdict:  # fmt: skip
+    return read_verdict(greedy_decision(tree, tokens, target_argmax, depth), tree.depth)
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -78,45 +94,69 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def accept_candidates(
-    candidates: torch.Tensor,  # (c,) long, drawn i.i.d. from q
-    q: torch.Tensor,  # (V,) float32
-    p: torch.Tensor,  # (V,) float32
-    generator: torch.Generator | None,
-) -> tuple[int | None, torch.Tensor]:
-    """Recursive rejection over one node's candidates.
+    candidates: torch.Tensor,  # (N, C) long: each node's candidates in order, drawn i.i.d. from its q
+    valid: torch.Tensor,  # (N, C) bool: which are real (a node's real candidates come first)
+    q: torch.Tensor,  # (N, V) float32
+    p: torch.Tensor,  # (N, V) float32
+    u: torch.Tensor,  # (N, C) uniform draws in [0, 1)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recursive rejection over every node's candidates at once (one batch per sibling rank).
 
-    Returns (index of the accepted candidate or None, the distribution to resample from when None).
+    Returns (N,) the index of each node's accepted candidate or -1, and (N, V) the distribution to
+    resample from where none was: the residual after all of the node's candidates (p for a node
+    without candidates).
     """
-    u = torch.rand(candidates.numel(), generator=generator, device=p.device)
-    for i, x in enumerate(candidates.tolist()):
-        px, qx = float(p[x]), float(q[x])
-        if qx > 0 and float(u[i]) * qx < px:  # u < p/q without dividing by a tiny q
-            return i, p
-        p = residual(p, q)
-    return None, p
+    accepted = torch.full(valid.shape[:1], -1, dtype=torch.long, device=p.device)
+    dist, end = p, p
+    for i in range(candidates.shape[1]):
+        x = candidates[:, i : i + 1]
+        px, qx = dist.gather(1, x)[:, 0], q.gather(1, x)[:, 0]
+        take = valid[:, i] & (accepted < 0) & (qx > 0) & (u[:, i] * qx < px)  # u < p/q without dividing by a tiny q
+        accepted = torch.where(take, i, accepted)
+        dist = residual(dist, q)
+        end = torch.where(valid[:, i : i + 1], dist, end)
+    return accepted, end
 
 
-def sampled_verdict(
+def sampled_decision(
     tree: DraftTree,
     tokens: torch.Tensor,  # (N,) long
     q: torch.Tensor,  # (N, V) float32: q[i] is the draft distribution node i's children were drawn from
     p: torch.Tensor,  # (N, V) float32: the target distribution at each node
     generator: torch.Generator | None,
     depth: int | None = None,  # levels proposed (default all): nodes at this depth are leaves
-) -> Verdict:
-    """Walk down the tree accepting by recursive rejection; exact in distribution."""
-    node = 0
-    accepted = [0]
-    while True:
-        children = tree.children(node) if depth is None or len(accepted) <= depth else []
-        if not children:
-            token = torch.multinomial(p[node], 1, generator=generator)
-            return Verdict(accepted=accepted, next_token=int(token), recovered=False,
-                           accepted_tokens=tokens[accepted[1:]].tolist())
-        index, dist = accept_candidates(tokens[children], q[node], p[node], generator)
-        if index is None:
-            token = torch.multinomial(dist, 1, generator=generator)
-            return Verdict(accepted=accepted, next_token=int(token), recovered=True,
-                           accepted_tokens=tokens[accepted[1:]].tolist())
-        node = children[index]
-        accepted.append(node)
+) -> torch.Tensor:
+    """Recursive rejection down the tree, exact in distribution, on the device without waiting.
+
+    Every node's candidates are tested and every node's closing token drawn at once, each node with
+    its own independent draws; the walk from the root then reads off the accepted path. A node's
+    outcome depends only on its own draws, so the path, and the token drawn where it ends, follow
+    the same law as a walk that draws at each visited node only.
+    """
+    device = p.device
+    on = tree.on(device)
+    kids = on.children  # (N, C) child node indices in rank order, -1 padded
+    if depth is not None and depth < tree.depth:
+        kids = kids.masked_fill((on.node_depth >= depth)[:, None], -1)
+    valid = kids >= 0
+    candidates = tokens[kids.clamp(min=0)]
+    u = torch.rand(kids.shape, generator=generator, device=device)
+    first, end = accept_candidates(candidates, valid, q, p, u)
+    closing = torch.multinomial(end, 1, generator=generator)[:, 0]  # the token after each node's verdict
+    child = torch.where(first >= 0, kids.gather(1, first.clamp(min=0)[:, None])[:, 0], -1)
+    node = torch.zeros((), dtype=torch.long, device=device)
+    alive = torch.ones((), dtype=torch.bool, device=device)
+    path = [node]
+    for _ in range(tree.depth):
+        nxt = child[node]
+        alive = alive & (nxt >= 0)
+        path.append(torch.where(alive, nxt, -1))
+        node = torch.where(alive, nxt, node)
+    path = torch.stack(path)
+    n = (path[1:] >= 0).sum()
+    return _pack(n, closing[node], valid[node].any(), path, tokens)
+
+
+def sampled_verdict(tree: DraftTree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
+                    generator: torch.Generator | None, depth: int | None = None) -> Verdict:  # fmt: skip
+    return read_verdict(sampled_decision(tree, tokens, q, p, generator, depth), tree.depth)

@@ -219,7 +219,11 @@ def build_tokenizer(vocab_size: int = 1024):
 
 def build_processor(tokenizer, frame_size: int = 64, patch_size: int = 8):
     """``LlavaOnevisionProcessor`` for ``frame_size`` frames, SigLIP normalisation, no frame sampling."""
-    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+    from transformers import (
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
 
     size = {"height": frame_size, "width": frame_size}
     norm = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
@@ -700,8 +704,12 @@ def measure_speculation(out: Path, cfg: TrainConfig, device: torch.device, seeds
         exact += text.strip() == e.answer
         for name, prune in settings.items():
             result = speculative_decode(
-                pair.target, pair.draft, full, pair.draft.prepare(features), tree=pair.tree,
-                max_new_tokens=cfg.max_new_tokens, prune=prune,
+                pair.target,
+                pair.draft,
+                full,
+                pair.draft.prepare(features),
+                max_new_tokens=cfg.max_new_tokens,
+                config=pair.config.replace(prune=prune),
             )
             lossless += result.token_ids == baseline.token_ids
             if result.stats.target_passes:  # none when the target stops at its first token

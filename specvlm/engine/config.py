@@ -1,0 +1,31 @@
+"""What a speculative generation is asked to do, in one object shared by the API, the benchmarks,
+the server and the CLI: the draft tree, the sampling rule, the draft's pruning, position reindexing
+after pruning, and the drafting rule. Nothing in it changes the output but ``sampling``: greedy
+output is the target's own whatever the rest, sampled output is distributed as the target's."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from specvlm.engine.sampling import SamplingConfig
+from specvlm.engine.tree import DraftTree
+from specvlm.pruning.strategies import PruneConfig
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    tree: DraftTree = field(default_factory=DraftTree.default)
+    sampling: SamplingConfig = SamplingConfig()
+    prune: PruneConfig | None = None  # None: the draft sees its prompt as given (plain SD on a full one)
+    reindex: bool = False  # close the position gaps the pruned tokens leave (see drop_video_tokens)
+    drafter: object = "model"  # a name of specvlm.engine.drafters.DRAFTERS, or a Drafter
+
+    def __post_init__(self):
+        if isinstance(self.tree, str):
+            object.__setattr__(self, "tree", DraftTree.parse(self.tree))
+        if not isinstance(self.tree, DraftTree):
+            raise TypeError(f"tree must be a DraftTree or a tree spec string, got {type(self.tree).__name__}")
+
+    def replace(self, **changes) -> "SpecConfig":
+        return dataclasses.replace(self, **changes)
