@@ -2,7 +2,7 @@
 
     python benchmarks/e2e.py [--pairs qwen2.5-vl-32b:qwen2.5-vl-7b llava-ov-7b:llava-ov-0.5b]
                              [--contexts 65536 16384 4096] [--tau 3.8] [--bundled] [--ratios 0.9 0.95]
-                             [--new-tokens 256] [--sampling] [--workspace shared|fresh] [--no-compile]
+                             [--new-tokens 256] [--sampling] [--overlap] [--workspace shared|fresh] [--no-compile]
                              [--out results/e2e.jsonl] [--summary results/e2e.md]
 
 Random-weight models with the published language-model shapes (specvlm.testing.shapes), bf16, one
@@ -40,6 +40,7 @@ import torch
 
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
+from specvlm.engine.drafters import OverlapDrafter
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
@@ -82,6 +83,7 @@ class Oracle:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, tokens: torch.Tensor, emitted: int) -> None:
+        self.emitted = emitted
         m = 0
         while m < len(self.alphas) and self.rng.random() < self.alphas[m]:
             m += 1
@@ -90,6 +92,12 @@ class Oracle:
             tokens[self.main[1 : m + 1]] = self.truth[emitted : emitted + m]
         if m < len(self.alphas):
             tokens[self.main[m + 1]] = (self.truth[emitted + m] + 1) % self.vocab
+
+    def guess(self, token: torch.Tensor, depth: int) -> None:
+        """The overlapped drafter's guess of the token after a fully accepted main path: right with
+        the last depth's acceptance (as a draft's top-1 after the leaf would be), else wrong."""
+        right = self.truth[self.emitted + depth]
+        token.copy_((right if self.rng.random() < self.alphas[-1] else (right + 1) % self.vocab).view(1))
 
 
 DEVICE = "cuda"
@@ -159,8 +167,10 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
         settings.append(("bundled pair", list(BUNDLED_ACCEPTANCE)))
     # pruned first: a run cut off by its time limit keeps the method's own figure
     methods = [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r), greedy) for r in args.ratios] + [("plain SD", None, greedy)]
+    if args.overlap:  # drafting while verifying, side by side with sequential drafting
+        methods += [(f"{name}, overlap", prune, sampling) for name, prune, sampling in methods]
     if args.sampling:  # the cycle's cost under sampling: the first ratio and plain, first acceptance setting
-        methods += [(f"{name}, T=0.7", prune, sampled) for name, prune, _ in (methods[0], methods[-1])]
+        methods += [(f"{name}, T=0.7", prune, sampled) for name, prune, _ in (methods[0], methods[len(args.ratios)])]
     target = shapes.random_adapter(target_name, device=DEVICE)
     draft = shapes.random_adapter(draft_name, device=DEVICE)
     for adapter in (target, draft):
@@ -210,6 +220,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                 if (i and not sampling.greedy) or key_of(pair, full.length, name, label, args.workspace) in done:
                     continue
                 oracle = Oracle(truth.token_ids, alphas, tree, target.vocab_size, target.device, seed=context)
+                drafter = OverlapDrafter(draft, on_guess=oracle.guess) if name.endswith("overlap") else "model"
                 run = lambda: speculative_decode(
                     target,
                     draft,
@@ -219,7 +230,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                     generator=torch.Generator(device=DEVICE).manual_seed(0),
                     on_proposal=oracle,
                     compile=compile,
-                    config=SpecConfig(tree=tree, prune=prune, sampling=sampling),
+                    config=SpecConfig(tree=tree, prune=prune, sampling=sampling, drafter=drafter),
                 )
                 result = first = run()
                 if first.stats.warmup_s > 0:  # it compiled or captured a step: measure again, warm
@@ -246,6 +257,10 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                           "latency_s": s.prefill_s + s.draft_prefill_s + s.decode_s,
                           "cycle_ms": 1000 * s.decode_s / cycles, "warmup_s": first.stats.warmup_s,
                           "draft_capacity": kept_capacity(draft, "draft"),
+                          "overlapped_cycles": s.overlapped_cycles / cycles,
+                          "guesses": getattr(drafter, "guesses", None), "right_guesses": getattr(drafter, "hits", None),
+                          "side_ms_per_guess": 1000 * drafter.busy_s() / drafter.guesses
+                          if getattr(drafter, "guesses", 0) and DEVICE == "cuda" else None,
                           "equal": equal if sampling.greedy else None}  # fmt: skip
                 emit(args, record, done)
         del full, d_full
@@ -293,8 +308,8 @@ def summary(records: list[dict]) -> str:
         rows = [r for r in records if r["pair"] == pair]
         lines.append(f"\n## {pair} (bf16, {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['new_tokens']} new tokens)\n")
         lines.append("| engine | workspace | context | method | acceptance | tau | ms/token | speedup | vs generate | ceiling | "
-                     "draft ms/cycle | verify ms/cycle | cycle ms | prefill s | draft prefill s | latency s | equal |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                     "draft ms/cycle | verify ms/cycle | cycle ms | overlapped | prefill s | draft prefill s | latency s | equal |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         order = {"fresh": 0, "shared": 1}
         for r in sorted(rows, key=lambda r: (r.get("engine", ""), order.get(r.get("workspace"), 2), r["context"],
                                              r["acceptance"] != "-", r["acceptance"])):  # fmt: skip
@@ -306,7 +321,7 @@ def summary(records: list[dict]) -> str:
                 f"| {r.get('engine', '-')} | {ws} | {r['context']} | {method} | {r['acceptance']} | {fmt(r.get('tau'))} | {r['ms_per_token']:.2f} | "
                 f"{r['speedup']:.2f}x | {fmt(r.get('speedup_vs_generate'), suffix='x')} | "
                 f"{fmt(r.get('ceiling'), suffix='x')} | {fmt(r.get('drafting_ms_per_cycle'))} | "
-                f"{fmt(r.get('verify_ms_per_cycle'))} | {fmt(r.get('cycle_ms'))} | {r['prefill_s']:.2f} | {fmt(r.get('draft_prefill_s'))} | "
+                f"{fmt(r.get('verify_ms_per_cycle'))} | {fmt(r.get('cycle_ms'))} | {fmt(r.get('overlapped_cycles'))} | {r['prefill_s']:.2f} | {fmt(r.get('draft_prefill_s'))} | "
                 f"{r['latency_s']:.2f} | {'-' if r['equal'] is None else 'yes' if r['equal'] else 'NO'} |"
             )
     return "\n".join(lines)
@@ -324,6 +339,7 @@ def main() -> None:
     parser.add_argument("--workspace", choices=["shared", "fresh"], default="shared",
                         help="shared: one workspace for every context, sized by the longest (a server's case); "
                         "fresh: each context in workspaces of its own size")
+    parser.add_argument("--overlap", action="store_true", help="also every method drafting while the target verifies")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-generate", dest="generate", action="store_false", help="skip HF generate")
     parser.add_argument("--generate-tokens", type=int, default=32)

@@ -9,6 +9,8 @@
    CUDA graphs; compiled too for ``--compiled-families``, eager-compiled otherwise). Reports the
    match rate, and for a mismatch the first divergent token and the target's top-1 - top-2 logit
    margin there (16-bit multi-token and one-token forwards round differently: a near-tie can flip).
+   Every drafting rule of ``--drafters`` (the overlapped one drafts on a second CUDA stream).
+   Sampled: the first two tokens of many generations against the target-only joint (total variation).
 2. Device map: with two or more GPUs, each tiny target split layer-wise over cuda:0 and cuda:1;
    target-only decoding must equal the model's own generate, speculative output must equal both.
 3. Speed: a random-weight model of a real LM shape; decode_target vs generate, ms per new token.
@@ -17,9 +19,11 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,7 @@ import torch
 
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
+from specvlm.engine.sampling import SamplingConfig, probabilities
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
 from specvlm.models import load_adapter
@@ -66,7 +71,8 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 WIDE_TREE = DraftTree(tuple((i,) for i in range(8)) + tuple((i, j) for i in range(8) for j in range(8)))
 
 
-def lossless(root: Path, compiled_families: list[str], families: list[str], sink: Path | None) -> list[dict]:
+def lossless(root: Path, compiled_families: list[str], families: list[str], sink: Path | None,
+             drafters=("model",), seeds: int = 3) -> list[dict]:  # fmt: skip
     """Every row is appended to ``sink`` (JSON lines) as soon as it is measured."""
     rows = []
     trees = {"chain3": DraftTree.chain(3), "default": DraftTree.default(), "wide73": WIDE_TREE}
@@ -76,7 +82,7 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
         for dtype in (torch.float32, torch.bfloat16):
             target = load_adapter(str(target_dir), dtype=dtype, device="cuda")
             draft = load_adapter(str(draft_dir), dtype=dtype, device="cuda")
-            for seed in range(3):
+            for seed in range(seeds):
                 clip = load_video(frames(8, seed))
                 features = target.build_inputs(clip, PROMPT)
                 full = target.prepare(features)
@@ -89,7 +95,7 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
                     "self-pruned-90": (target, target.drop_video_tokens(full, torch.arange(0, len(full.video), 10)), None),
                 }
                 for tree_name, tree in trees.items():
-                    for draft_name, (d, d_inputs, prune) in drafts.items():
+                    for (draft_name, (d, d_inputs, prune)), drafter in itertools.product(drafts.items(), drafters):
                         out = speculative_decode(
                             target,
                             d,
@@ -97,7 +103,7 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
                             d_inputs,
                             max_new_tokens=48,
                             compile=compile,
-                            config=SpecConfig(tree=tree, prune=prune),
+                            config=SpecConfig(tree=tree, prune=prune, drafter=drafter),
                         )  # fmt: skip
                         div = first_divergence(out.token_ids, reference)
                         rows.append(
@@ -108,6 +114,8 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
                                 "seed": seed,
                                 "tree": tree_name,
                                 "draft": draft_name,
+                                "drafter": drafter,
+                                "overlapped_cycles": out.stats.overlapped_cycles,
                                 "match": div is None,
                                 "first_divergence": div,
                                 "margin": None if div is None else margin_at(target, full, reference, div),
@@ -118,6 +126,55 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
                             with sink.open("a") as f:
                                 f.write(json.dumps(rows[-1]) + "\n")
     return rows
+
+
+def exact_first_two(adapter, prepared, sampling: SamplingConfig) -> dict:
+    """The target-only joint distribution of the first two sampled tokens (top-k keeps it small)."""
+    cache = adapter.new_cache(prepared.length + 2)
+    p1 = probabilities(adapter.prefill(prepared, cache)[:, -1].float(), sampling)[0]
+    joint = {}
+    for x1 in p1.nonzero().flatten().tolist():
+        cache.rollback(prepared.length)
+        logits = adapter.step(torch.tensor([[x1]], device="cuda"), torch.tensor([[prepared.next_position]], device="cuda"), cache)
+        p2 = probabilities(logits[:, -1].float(), sampling)[0]
+        for x2 in p2.nonzero().flatten().tolist():
+            joint[(x1, x2)] = float(p1[x1] * p2[x2])
+    return joint
+
+
+def sampled(root: Path, families: list[str], compiled_families: list[str], drafters, runs: int) -> list[dict]:
+    """Sampled output on the GPU's compiled, captured steps: the first two tokens of ``runs``
+    generations (temperature 1, top-k 2, an independent draft, the default tree) against the
+    target-only joint, as total variation; a rule letting draft tokens through unchecked lands far
+    from it (the draft's own joint is reported beside)."""
+    rows = []
+    sampling = SamplingConfig(temperature=1.0, top_k=2)
+    for family in families:
+        target_dir, draft_dir = build_tiny_pair(family, root / family)
+        target = load_adapter(str(target_dir), dtype=torch.float32, device="cuda")
+        draft = load_adapter(str(draft_dir), dtype=torch.float32, device="cuda")
+        features = target.build_inputs(load_video(frames(8, 11)), PROMPT)
+        full, d_full = target.prepare(features), draft.prepare(features)
+        exact = exact_first_two(target, full, sampling)
+        draft_tv = tv(Counter({k: round(v * 1e6) for k, v in exact_first_two(draft, d_full, sampling).items()}), exact)
+        for drafter in drafters:
+            generator = torch.Generator(device="cuda").manual_seed(1)
+            counts = Counter()
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                out = speculative_decode(target, draft, full, d_full, max_new_tokens=2, generator=generator,
+                                         compile=family in compiled_families,
+                                         config=SpecConfig(sampling=sampling, drafter=drafter))  # fmt: skip
+                counts[tuple(out.token_ids)] += 1
+            rows.append({"family": family, "drafter": drafter, "runs": runs, "tv": tv(counts, exact),
+                         "draft_tv": draft_tv, "seconds": time.perf_counter() - t0})  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
+def tv(counts: Counter, exact: dict) -> float:
+    n = sum(counts.values())
+    return 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in set(counts) | set(exact))
 
 
 def split_map(model, n_layers: int) -> dict[str, int]:
@@ -213,11 +270,14 @@ def main() -> None:
     parser.add_argument("--speed-shape", default="llava-ov-7b")
     parser.add_argument("--speed-frames", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["lossless", "device_map", "speed"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["lossless", "sampled", "device_map", "speed"])
     parser.add_argument("--compiled-families", nargs="*", default=["qwen2_5_vl"], choices=list(FAMILIES),
                         help="families whose lossless runs use compiled steps (compiling costs ~10 s per shape)")
     parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--rows-out", type=Path, default=None, help="lossless rows as JSON lines, written as measured")
+    parser.add_argument("--drafters", nargs="+", default=["model", "overlap"], help="drafting rules checked")
+    parser.add_argument("--seeds", type=int, default=3, help="inputs per family and dtype")
+    parser.add_argument("--sampled-runs", type=int, default=600, help="generations per drafter in the sampled check")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
     import transformers
@@ -227,16 +287,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if "lossless" not in args.skip:
-            rows = lossless(root, args.compiled_families, args.families, args.rows_out)
+            rows = lossless(root, args.compiled_families, args.families, args.rows_out, args.drafters, args.seeds)
             results["lossless"] = rows
             print("\n## Lossless on the GPU (48 new tokens, 3 inputs per family)")
-            print("| family | compiled | dtype | match rate | mismatches: (first divergence, target margin) |")
+            print("| family | compiled | dtype | drafter | match rate | mismatches: (first divergence, target margin) |")
+            print("|---|---|---|---|---|---|")
+            for family, dtype, drafter in itertools.product(args.families, ("float32", "bfloat16"), args.drafters):
+                sel = [r for r in rows if (r["family"], r["dtype"], r["drafter"]) == (family, dtype, drafter)]
+                bad = [(r["first_divergence"], round(r["margin"], 4)) for r in sel if not r["match"]]
+                print(f"| {family} | {sel[0]['compiled']} | {dtype} | {drafter} | {sum(r['match'] for r in sel)}/{len(sel)} | {bad or '-'} |")
+        if "sampled" not in args.skip:
+            results["sampled"] = sampled(root, args.families, args.compiled_families, args.drafters, args.sampled_runs)
+            print("\n## Sampled on the GPU: first two tokens vs the target-only joint (total variation)")
+            print("| family | drafter | runs | TV | the draft's own joint's TV |")
             print("|---|---|---|---|---|")
-            for family in args.families:
-                for dtype in ("float32", "bfloat16"):
-                    sel = [r for r in rows if r["family"] == family and r["dtype"] == dtype]
-                    bad = [(r["first_divergence"], round(r["margin"], 4)) for r in sel if not r["match"]]
-                    print(f"| {family} | {sel[0]['compiled']} | {dtype} | {sum(r['match'] for r in sel)}/{len(sel)} | {bad or '-'} |")
+            for r in results["sampled"]:
+                print(f"| {r['family']} | {r['drafter']} | {r['runs']} | {r['tv']:.3f} | {r['draft_tv']:.3f} |")
         if "device_map" not in args.skip and torch.cuda.device_count() >= 2:
             rows = device_map_check(root)
             results["device_map"] = rows

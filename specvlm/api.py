@@ -96,17 +96,18 @@ class SpeculativeVLM:
         ``compile`` compiles the decode steps with torch.compile (default: on a single GPU; the first
         call of each prompt-length bucket then pays tens of seconds of compilation, later ones and
         later processes reuse it). ``drafter`` is the drafting rule: "model" (every level of the
-        tree), or "adaptive" / "adaptive:P" (stop drafting when the draft's confidence in its main path
-        drops below P, default 0.3); the output does not depend on it."""
+        tree), "adaptive" / "adaptive:P" (stop drafting when the draft's confidence in its main path
+        drops below P, default 0.3), or "overlap" (draft the next tree while the target verifies, from
+        a guess of its verdict; engine/drafters/overlap.py); the output does not depend on it."""
         check_pair(target, draft)
-        make_drafter(drafter, draft)  # a bad name fails here, not at the first generate
         self.compile = compile
         for adapter in (target, draft):  # eager, or compiled and captured: decided here, once
             choose_step_mode(adapter, compile)
         self.target = target
         self.draft = draft
         # what every call does unless told otherwise (sampling is per call)
-        self.config = SpecConfig(tree=tree, prune=prune, reindex=reindex, drafter=drafter)
+        # made once (a bad name fails here, not at the first generate) and kept: one generation at a time
+        self.config = SpecConfig(tree=tree, prune=prune, reindex=reindex, drafter=make_drafter(drafter, draft))
 
     @property
     def tree(self) -> DraftTree:

@@ -191,6 +191,23 @@ class KVCache(Cache):
         for layer in self.layers:
             layer.move_slots(src, dst_start)
 
+    def save(self, start: int, count: int) -> list[torch.Tensor]:
+        """A copy of the slots ``[start, start + count)`` of every layer (queued, not waited for),
+        for ``restore``: a speculative write over them can be undone."""
+        if self.storage is not None:
+            return [self.storage[:, :, :, :, start : start + count].clone()]
+        return [t[:, :, start : start + count].clone() for layer in self.layers if layer.is_initialized
+                for t in (layer.keys, layer.values)]  # fmt: skip
+
+    def restore(self, saved: list[torch.Tensor], start: int) -> None:
+        """Put back slots copied by ``save(start, ...)``."""
+        if self.storage is not None:
+            self.storage[:, :, :, :, start : start + saved[0].shape[4]] = saved[0]
+            return
+        buffers = [t for layer in self.layers if layer.is_initialized for t in (layer.keys, layer.values)]
+        for buffer, copy in zip(buffers, saved, strict=True):
+            buffer[:, :, start : start + copy.shape[2]] = copy
+
     def rollback(self, length: int) -> None:
         """Forget everything after the first ``length`` slots."""
         if not 0 <= length <= self.length:

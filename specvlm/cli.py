@@ -457,9 +457,10 @@ def _drafter(text: str) -> str:
 
 def _add_drafter(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drafter", type=_drafter, default="model", metavar="RULE",
-                   help="drafting rule: model (every level of the tree, default) or adaptive[:P] (stop drafting "
-                        "when the draft's confidence in its main path drops below P, default 0.3); the answer "
-                        "does not depend on it")
+                   help="drafting rule: model (every level of the tree, default), adaptive[:P] (stop drafting "
+                        "when the draft's confidence in its main path drops below P, default 0.3) or overlap "
+                        "(draft the next tree while the target verifies, from a guess of its verdict); the "
+                        "answer does not depend on it")
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:

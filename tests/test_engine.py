@@ -151,8 +151,9 @@ def _tv(counts: Counter, exact: dict) -> float:
 
 
 @pytest.mark.parametrize("tree, drafter", [(DraftTree.chain(2), "model"), (DraftTree(((0,), (1,), (2,), (0, 0), (1, 0))), "model"),
-                                           (DraftTree(((0,), (1,), (2,), (0, 0), (1, 0))), "adaptive:1.0")],
-                         ids=["chain", "tree", "tree-cut-by-the-adaptive-drafter"])  # fmt: skip
+                                           (DraftTree(((0,), (1,), (2,), (0, 0), (1, 0))), "adaptive:1.0"),
+                                           (DraftTree(((0,), (1,), (2,), (0, 0), (1, 0))), "overlap")],
+                         ids=["chain", "tree", "tree-cut-by-the-adaptive-drafter", "tree-drafted-while-verifying"])  # fmt: skip
 def test_sampled_tokens_follow_the_target_distribution(pair, tree, drafter):
     """The first two sampled tokens, over 800 runs, match the target-only joint distribution.
 

@@ -276,3 +276,27 @@ def test_the_adaptive_drafter_is_lossless_and_stops_early(fam, threshold):
             config=SpecConfig(tree=tree, drafter=AdaptiveDrafter(fam.target, threshold=threshold)),
         )  # fmt: skip
         assert own.token_ids == reference
+
+
+@pytest.mark.parametrize("tree_name", ["chain1", "chain5", "default", "binary"])
+def test_drafting_while_verifying_is_lossless(fam, tree_name):
+    """The overlapped drafter guesses each verdict (main path accepted, its own top-1 next) and
+    drafts the next tree before the verdict is read. With the target as its own draft every guess is
+    right and every cycle after the first uses a tree drafted during the verification before it;
+    with an independent draft the guesses fail and the slots they wrote over are put back. The
+    output is the target's own either way."""
+    from specvlm.engine.drafters import OverlapDrafter
+
+    tree = TREES[tree_name]
+    for _, full, d_full, reference in fam.inputs:
+        other = OverlapDrafter(fam.draft)
+        out = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW,
+                                 config=SpecConfig(tree=tree, drafter=other))  # fmt: skip
+        assert out.token_ids == reference
+        assert other.guesses >= out.stats.target_passes - 1 and out.stats.overlapped_cycles <= other.hits
+        own = OverlapDrafter(fam.target)
+        out = speculative_decode(fam.target, fam.target, full, full, max_new_tokens=MAX_NEW,
+                                 config=SpecConfig(tree=tree, drafter=own))  # fmt: skip
+        assert out.token_ids == reference
+        assert out.stats.overlapped_cycles == out.stats.target_passes - 1 > 0  # the first tree has no cycle before it
+        assert own.hits >= out.stats.overlapped_cycles  # the last right guess may go unused

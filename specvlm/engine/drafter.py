@@ -1,8 +1,9 @@
 """The seam between the loop and whatever proposes tokens: a ``Drafter``.
 
 A drafter owns its model's workspace (KV cache and steps). Per request it is ``start``-ed on its
-prepared prompt; per cycle it ``propose``-s a tree of tokens rooted at the last accepted token, and
-after the target's verdict it ``accept``-s the accepted path (its cache keeps that path only).
+prepared prompt; per cycle it ``propose``-s a tree of tokens rooted at the last accepted token, may work while the
+target verifies it (``during_verify``), and after the target's verdict it ``accept``-s the accepted
+path (its cache keeps that path only).
 Whatever a drafter proposes, the target's verification decides the output: greedy output stays the
 target's own and sampled output exactly distributed, as long as, under sampling, every candidate
 of a node is drawn from the ``q`` the proposal reports for it. A proposal may stop short of the
@@ -21,6 +22,7 @@ import torch
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.static import Workspace
 from specvlm.engine.tree import DraftTree
+from specvlm.engine.verify import Verdict
 from specvlm.models.base import PreparedInputs, VideoLMAdapter
 
 
@@ -30,6 +32,7 @@ class Proposal:
     q: torch.Tensor | None  # (N, V) float32: the distribution node i's children were drawn from (sampling)
     depth: int  # levels proposed; nodes deeper than this are padding and are not verified
     passes: int  # forward passes of the draft model
+    overlapped: bool = False  # drafted while the target verified the cycle before
 
 
 class Drafter(ABC):
@@ -57,12 +60,18 @@ class Drafter(ABC):
         processed yet (the root last); ``root_position`` is the root's rotary position in the
         drafter's own prompt."""
 
-    def accept(self, path: torch.Tensor, num_accepted: int, proposal: Proposal) -> int:
-        """Keep the accepted path (``path``: (depth + 1,) node indices, -1 padded, on the device) in
-        the cache, queued without waiting; returns how many accepted tokens the drafter has
-        processed (it never runs its last proposed level)."""
+    def during_verify(self, tree: DraftTree, proposal: Proposal, root_position: int, sampling: SamplingConfig,
+                      generator: torch.Generator | None) -> None:  # fmt: skip
+        """Called once the target's verification of ``proposal`` is queued, before its verdict is
+        read: a drafter may queue work of its own meanwhile (see drafters/overlap.py). Nothing, here."""
+
+    def accept(self, verdict: Verdict, proposal: Proposal) -> int:
+        """Keep the accepted path (``verdict.path``: (depth + 1,) node indices, -1 padded, on the
+        target's device) in the cache, queued without waiting; returns how many accepted tokens the
+        drafter has processed (it never runs its last proposed level)."""
         cache, root = self.workspace.cache, self.root_slot
-        processed = min(num_accepted, proposal.depth - 1)
+        path = verdict.path.to(self.device)
+        processed = min(verdict.num_accepted, proposal.depth - 1)
         cache.rollback(root + 1)  # node i sits at root_slot + i
         cache.move(path[1 : len(path) - 1].clamp(min=0) + root, root + 1)
         cache.commit(processed)

@@ -55,6 +55,7 @@ class SpecStats(DecodeStats):
     drafting_s: float = 0.0
     verify_s: float = 0.0
     draft_passes: int = 0
+    overlapped_cycles: int = 0  # cycles whose tree was drafted while the target verified the one before
     tree_depth: int = 0
     video_tokens: int = 0  # video tokens the target sees
     draft_video_tokens: int = 0  # video tokens the draft sees
@@ -62,8 +63,9 @@ class SpecStats(DecodeStats):
     cycle_tokens: int = 0  # tokens emitted by verification passes (all but the prefill's token)
     reached_depth: list[int] = field(default_factory=list)  # [d]: cycles whose accepted path reached depth d
 
-    def record_cycle(self, draft_passes: int, accepted: int, emitted: int) -> None:
+    def record_cycle(self, draft_passes: int, accepted: int, emitted: int, overlapped: bool = False) -> None:
         self.draft_passes += draft_passes
+        self.overlapped_cycles += overlapped
         self.target_passes += 1
         self.cycle_tokens += emitted
         for d in range(accepted + 1):
@@ -88,6 +90,7 @@ class SpecStats(DecodeStats):
             "new_tokens": self.new_tokens,
             "target_passes": self.target_passes,
             "draft_passes": self.draft_passes,
+            "overlapped_cycles": self.overlapped_cycles,
             "tau": self.tau,
             "acceptance_by_depth": self.acceptance_by_depth,
             "video_tokens": self.video_tokens,
@@ -162,21 +165,25 @@ def speculative_decode(
     tokens, pending = [pair.root], [pair.root]
     if on_tokens is not None:
         on_tokens(tokens[:])
-    clock = Clock(target.device)
+    clock, drafter = Clock(target.device), pair.drafter
+    clock.mark("draft")
     while not stop.done(tokens):
-        clock.mark("draft")
-        proposal = pair.drafter.propose(tree, pending, pair.position + pair.draft_offset, sampling, generator)
+        root_position = pair.position + pair.draft_offset
+        proposal = drafter.propose(tree, pending, root_position, sampling, generator)
         node_tokens = proposal.tokens.to(target.device)
         if on_proposal is not None:
             on_proposal(node_tokens, len(tokens))
         clock.mark("verify")
-        verdict = verify(pair.target, tree, agree(node_tokens), proposal, pair.position, sampling, generator)
-        processed = roll_back(pair, verdict, proposal, tree.depth)
+        decision = decide(pair.target, tree, agree(node_tokens), proposal, pair.position, sampling, generator)
+        drafter.during_verify(tree, proposal, root_position, sampling, generator)
+        verdict = read_verdict(agree(decision), tree.depth)
+        clock.mark("draft")
+        processed = roll_back(pair, verdict, proposal)
         kept = stop.cut(tokens, verdict.accepted_tokens + [verdict.next_token])
         tokens.extend(kept)
         if on_tokens is not None and kept:
             on_tokens(kept)
-        stats.record_cycle(proposal.passes, verdict.num_accepted, len(kept))
+        stats.record_cycle(proposal.passes, verdict.num_accepted, len(kept), proposal.overlapped)
         pending = verdict.accepted_tokens[processed:] + [verdict.next_token]  # the deepest accepted node, if unprocessed
         pair.position += verdict.num_accepted + 1
     clock.mark("end")
@@ -237,25 +244,23 @@ def prefill_pair(target: VideoLMAdapter, drafter: Drafter, target_inputs: Prepar
                      scores=scores, warm=warm + drafter.workspace.warmup_s)  # fmt: skip
 
 
-def verify(t_ws: Workspace, tree: DraftTree, node_tokens: torch.Tensor, proposal: Proposal, position: int,
-           sampling: SamplingConfig, generator) -> Verdict:  # fmt: skip
-    """Every node in one target pass; the accept decision on the device, one transfer back (rank 0's
-    decision, broadcast as one tensor, on every rank of a tensor-parallel target)."""
+def decide(t_ws: Workspace, tree: DraftTree, node_tokens: torch.Tensor, proposal: Proposal, position: int,
+           sampling: SamplingConfig, generator) -> torch.Tensor:  # fmt: skip
+    """Every node in one target pass and the accept decision, queued on the device (nothing waits);
+    ``read_verdict`` brings it back in one transfer. Under tensor parallelism the loop takes rank 0's
+    decision on every rank (one broadcast)."""
     on = tree.on(node_tokens.device)
     logits = t_ws.step(node_tokens[None], (position + on.node_depth)[None], t_ws.cache.length, on.ancestor_mask)[0]
     if sampling.greedy:
-        decision = greedy_decision(tree, node_tokens, logits.argmax(-1), proposal.depth)
-    else:
-        p = probabilities(logits, sampling)
-        decision = sampled_decision(tree, node_tokens, proposal.q.to(node_tokens.device), p, generator, proposal.depth)
-    return read_verdict(agree(decision), tree.depth)
+        return greedy_decision(tree, node_tokens, logits.argmax(-1), proposal.depth)
+    p = probabilities(logits, sampling)
+    return sampled_decision(tree, node_tokens, proposal.q.to(node_tokens.device), p, generator, proposal.depth)
 
 
-def roll_back(pair: PairState, verdict: Verdict, proposal: Proposal, depth: int) -> int:
+def roll_back(pair: PairState, verdict: Verdict, proposal: Proposal) -> int:
     """Both caches keep only the accepted path (device-side copies, queued without waiting); returns
     how many accepted tokens the drafter has processed."""
-    cache, n = pair.target.cache, verdict.num_accepted
-    path = verdict.path
-    cache.move(path.clamp(min=0) + cache.length, cache.length)  # node i sits at length + i
-    cache.commit(n + 1)
-    return pair.drafter.accept(path.to(pair.drafter.device), n, proposal)
+    cache = pair.target.cache
+    cache.move(verdict.path.clamp(min=0) + cache.length, cache.length)  # node i sits at length + i
+    cache.commit(verdict.num_accepted + 1)
+    return pair.drafter.accept(verdict, proposal)

@@ -186,10 +186,7 @@ class DraftTree:
         device = torch.device(device)
         found = self._on_device.get(device)
         if found is None:
-            main, node = [0], 0
-            while self.children(node):
-                node = self.children(node)[0]
-                main.append(node)
+            main = list(self.main_path)
             found = self._on_device[device] = SimpleNamespace(
                 parent=self.parent.to(device),
                 rank=self.rank.to(device),
@@ -202,6 +199,15 @@ class DraftTree:
                 children=self.children_matrix.to(device),
             )
         return found
+
+    @cached_property
+    def main_path(self) -> tuple[int, ...]:
+        """Nodes 0, 00, 000, ...: the root and every level's rank-0 child below it."""
+        main, node = [0], 0
+        while self.children(node):
+            node = self.children(node)[0]
+            main.append(node)
+        return tuple(main)
 
     @cached_property
     def children_matrix(self) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 from specvlm.engine.drafters.adaptive import AdaptiveDrafter
 from specvlm.engine.drafters.model import ModelDrafter
+from specvlm.engine.drafters.overlap import OverlapDrafter
 
-DRAFTERS = {"model": ModelDrafter, "adaptive": AdaptiveDrafter}
+DRAFTERS = {"model": ModelDrafter, "adaptive": AdaptiveDrafter, "overlap": OverlapDrafter}
 
 
 def make_drafter(spec, adapter):
@@ -28,4 +29,4 @@ def make_drafter(spec, adapter):
         raise ValueError(f"bad drafter {spec!r}: {error}") from None
 
 
-__all__ = ["DRAFTERS", "AdaptiveDrafter", "ModelDrafter", "make_drafter"]
+__all__ = ["DRAFTERS", "AdaptiveDrafter", "ModelDrafter", "OverlapDrafter", "make_drafter"]

@@ -26,9 +26,13 @@ class ModelDrafter(Drafter):
         on = tree.on(device)
         tokens = torch.zeros(n_nodes, dtype=torch.long, device=device)
         step_tokens = torch.zeros(1, rows, dtype=torch.long, device=device)
-        for i, t in enumerate(pending):
-            step_tokens[0, i].fill_(t)
-        tokens[0].fill_(pending[-1])
+        if isinstance(pending, torch.Tensor):  # (k,) on the device (a guess not read back)
+            step_tokens[0, : len(pending)] = pending
+            tokens[0] = pending[-1]
+        else:
+            for i, t in enumerate(pending):
+                step_tokens[0, i].fill_(t)
+            tokens[0].fill_(pending[-1])
         q = None if sampling.greedy else torch.zeros(n_nodes, draft.vocab_size, device=device)
         first = root_position - len(pending) + 1
         logits = ws.step(step_tokens, (on.draft_rows + first)[None], cache.length, on.draft_patterns[len(pending) - 1])

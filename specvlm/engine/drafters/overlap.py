@@ -1,0 +1,131 @@
+"""Drafting while the target verifies (PEARL's post-verification, on a tree): once the target's
+verification of cycle k is queued, the draft guesses its outcome, every node of the main path
+accepted and the bonus token its own top-1 after the main path's leaf, and drafts cycle k + 1 from
+there, on a stream of its own (a GPU runs the two side by side where their kernels leave room).
+When the verdict comes, a right guess makes that tree the next proposal (its drafting cost hidden
+behind the verification); a wrong one is thrown away: the slots the guess wrote over are put back
+and the draft takes the truth as the model drafter does. The guess changes which tree is proposed,
+never how it is verified: greedy output stays the target's own, and a tree drafted after a right
+guess was drawn from the draft's distributions given the very prefix the verdict confirmed, so
+sampled output stays exactly distributed.
+
+The guess costs one pass more than drafting from the truth (the leaf, then the guessed token);
+it is only worth its contention when the main path is often fully accepted. Per-stream timelines:
+``side_spans`` holds the CUDA events around each guess (``busy_s`` sums them).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from specvlm.engine.drafter import Proposal
+from specvlm.engine.drafters.model import ModelDrafter
+from specvlm.engine.sampling import SamplingConfig
+from specvlm.engine.tree import DraftTree
+from specvlm.engine.verify import Verdict
+
+
+class OverlapDrafter(ModelDrafter):
+    def __init__(self, adapter, on_guess=None):
+        super().__init__(adapter)
+        self.on_guess = on_guess  # benchmarks: on_guess(token (1,) on the device, depth) may rewrite the guess
+        self.cuda = False
+        self.side = self.guess_host = self.guess_done = None  # made at the first start, on the draft's device
+        self.side_spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.hits = self.guesses = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ready: Proposal | None = None  # the next cycle's tree, drafted after a right guess
+        self.undo = None  # what a wrong guess must put back: (root slot, length, saved slots, next)
+
+    def start(self, inputs, room: int, *, static: bool, compile: bool) -> None:
+        if self.guess_host is None:
+            self.cuda = self.device.type == "cuda"
+            self.side = torch.cuda.Stream(self.device) if self.cuda else None
+            self.guess_host = torch.zeros(1, dtype=torch.long, pin_memory=self.cuda)
+            self.guess_done = torch.cuda.Event() if self.cuda else None
+        self._join()
+        self._reset()
+        self.side_spans.clear()
+        self.hits = self.guesses = 0
+        super().start(inputs, room, static=static, compile=compile)
+
+    def _join(self) -> None:
+        """The draft's own stream of work waits for the guess."""
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_stream(self.side)
+
+    def propose(self, tree: DraftTree, pending, root_position: int, sampling: SamplingConfig,
+                generator: torch.Generator | None) -> Proposal:  # fmt: skip
+        ready, self.ready = self.ready, None
+        if ready is not None:
+            return ready
+        return super().propose(tree, pending, root_position, sampling, generator)
+
+    def during_verify(self, tree: DraftTree, proposal: Proposal, root_position: int, sampling: SamplingConfig,
+                      generator: torch.Generator | None) -> None:  # fmt: skip
+        cache, depth = self.workspace.cache, tree.depth
+        # the guess writes the main path, its leaf, the guessed token and one tree's levels
+        if proposal.depth < depth or len(tree.main_path) != depth + 1 or cache.length + depth + tree.num_nodes + tree.draft_width > cache.capacity:
+            return
+        root, length = self.root_slot, cache.length
+        saved = cache.save(root + 1, length - root - 1)  # the tree's slots, which the guess writes over
+        on = tree.on(self.device)
+        self.guesses += 1
+        with torch.cuda.stream(self.side) if self.cuda else nullcontext():
+            if self.cuda:
+                self.side.wait_stream(torch.cuda.current_stream(self.device))
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+            guess_path = Verdict(accepted=list(tree.main_path), next_token=-1, recovered=False, path=on.main_path)
+            super().accept(guess_path, proposal)  # the main path but its leaf, as if all were accepted
+            rows = tree.draft_width
+            step_tokens = torch.zeros(1, rows, dtype=torch.long, device=self.device)
+            step_tokens[0, 0] = proposal.tokens[on.main_path[-1]]
+            positions = (on.draft_rows + root_position + depth)[None]
+            logits = self.workspace.step(step_tokens, positions, cache.length, on.draft_patterns[0])
+            cache.commit(1)
+            guess = logits[0, :1].argmax(-1)  # (1,): the draft's top-1 after the leaf
+            if self.on_guess is not None:
+                self.on_guess(guess, depth)
+            self.guess_host.copy_(guess, non_blocking=True)
+            if self.cuda:
+                self.guess_done.record()
+            following = super().propose(tree, guess, root_position + depth + 1, sampling, generator)
+            if self.cuda:
+                end.record()
+                self.side_spans.append((start, end))
+        following.overlapped = True
+        self.undo = (root, length, saved, following)
+        self.guessed_path = tree.main_path
+
+    def accept(self, verdict: Verdict, proposal: Proposal) -> int:
+        if self.undo is None:
+            return super().accept(verdict, proposal)
+        root, length, saved, following = self.undo
+        self.undo = None
+        if self.cuda:
+            self.guess_done.synchronize()
+        guessed = int(self.guess_host[0])
+        self._join()
+        if verdict.accepted == list(self.guessed_path) and verdict.next_token == guessed:
+            self.hits += 1
+            if self.cuda:  # made on the side stream, read on this one
+                for t in (following.tokens, following.q):
+                    if t is not None:
+                        t.record_stream(torch.cuda.current_stream(self.device))
+            self.ready = following
+            return verdict.num_accepted  # every accepted token, and the bonus, processed
+        cache = self.workspace.cache
+        cache.restore(saved, root + 1)
+        cache.length = length
+        self.root_slot = root
+        return super().accept(verdict, proposal)
+
+    def busy_s(self) -> float:
+        """Seconds the side stream spent on guesses (after the device has finished)."""
+        return sum(a.elapsed_time(b) for a, b in self.side_spans) / 1000
+
