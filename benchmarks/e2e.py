@@ -40,7 +40,7 @@ import torch
 
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
-from specvlm.engine.drafters import OverlapDrafter
+from specvlm.engine.drafters import ModelDrafter, OverlapDrafter
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
@@ -80,7 +80,14 @@ class Oracle:
         self.alphas = list(alphas)
         self.main = tree.on(device).main_path  # nodes 0, 00, 000, ...
         self.vocab = vocab
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        """The same acceptance draws again (for a warm rerun); guesses draw from their own stream, so
+        overlapped and sequential runs see the same accepted lengths."""
+        self.rng = np.random.default_rng(self.seed)
+        self.guess_rng = np.random.default_rng(self.seed + 1)
 
     def __call__(self, tokens: torch.Tensor, emitted: int) -> None:
         self.emitted = emitted
@@ -97,10 +104,28 @@ class Oracle:
         """The overlapped drafter's guess of the token after a fully accepted main path: right with
         the last depth's acceptance (as a draft's top-1 after the leaf would be), else wrong."""
         right = self.truth[self.emitted + depth]
-        token.copy_((right if self.rng.random() < self.alphas[-1] else (right + 1) % self.vocab).view(1))
+        token.copy_((right if self.guess_rng.random() < self.alphas[-1] else (right + 1) % self.vocab).view(1))
 
 
 DEVICE = "cuda"
+
+
+def host_timed(drafter) -> dict:
+    """Host seconds spent in the drafter's propose / during_verify / accept (time the host is busy
+    queueing work, or waiting for the device inside them), summed per method into the dict returned."""
+    spent = {}
+    for method in ("propose", "during_verify", "accept"):
+        inner = getattr(drafter, method)
+
+        def timed(*a, _inner=inner, _name=method, **k):
+            t0 = time.perf_counter()
+            try:
+                return _inner(*a, **k)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - t0
+
+        setattr(drafter, method, timed)
+    return spent
 
 
 def sync() -> None:
@@ -168,7 +193,8 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
     # pruned first: a run cut off by its time limit keeps the method's own figure
     methods = [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r), greedy) for r in args.ratios] + [("plain SD", None, greedy)]
     if args.overlap:  # drafting while verifying, side by side with sequential drafting
-        methods += [(f"{name}, overlap", prune, sampling) for name, prune, sampling in methods]
+        tag = ", overlap" + ("" if args.side_priority == "high" else f" ({args.side_priority} priority)")
+        methods += [(name + tag, prune, sampling) for name, prune, sampling in methods]
     if args.sampling:  # the cycle's cost under sampling: the first ratio and plain, first acceptance setting
         methods += [(f"{name}, T=0.7", prune, sampled) for name, prune, _ in (methods[0], methods[len(args.ratios)])]
     target = shapes.random_adapter(target_name, device=DEVICE)
@@ -220,7 +246,8 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                 if (i and not sampling.greedy) or key_of(pair, full.length, name, label, args.workspace) in done:
                     continue
                 oracle = Oracle(truth.token_ids, alphas, tree, target.vocab_size, target.device, seed=context)
-                drafter = OverlapDrafter(draft, on_guess=oracle.guess) if name.endswith("overlap") else "model"
+                drafter = OverlapDrafter(draft, on_guess=oracle.guess, priority=args.side_priority) if ", overlap" in name else ModelDrafter(draft)
+                host = host_timed(drafter)
                 run = lambda: speculative_decode(
                     target,
                     draft,
@@ -234,7 +261,8 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                 )
                 result = first = run()
                 if first.stats.warmup_s > 0:  # it compiled or captured a step: measure again, warm
-                    oracle.rng = np.random.default_rng(context)
+                    oracle.reset()
+                    host.clear()
                     result = run()
                 s = result.stats
                 cycles = s.target_passes
@@ -258,6 +286,8 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                           "cycle_ms": 1000 * s.decode_s / cycles, "warmup_s": first.stats.warmup_s,
                           "draft_capacity": kept_capacity(draft, "draft"),
                           "overlapped_cycles": s.overlapped_cycles / cycles,
+                          "host_ms_per_cycle_in": {k: 1000 * v / cycles for k, v in host.items()},
+                          "timeline": drafter.timeline()[:: max(1, cycles // 12)] if hasattr(drafter, "timeline") and DEVICE == "cuda" else None,
                           "guesses": getattr(drafter, "guesses", None), "right_guesses": getattr(drafter, "hits", None),
                           "side_ms_per_guess": 1000 * drafter.busy_s() / drafter.guesses
                           if getattr(drafter, "guesses", 0) and DEVICE == "cuda" else None,
@@ -340,6 +370,8 @@ def main() -> None:
                         help="shared: one workspace for every context, sized by the longest (a server's case); "
                         "fresh: each context in workspaces of its own size")
     parser.add_argument("--overlap", action="store_true", help="also every method drafting while the target verifies")
+    parser.add_argument("--side-priority", choices=["high", "normal"], default="high",
+                        help="the overlapped drafter's stream priority")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--no-generate", dest="generate", action="store_false", help="skip HF generate")
     parser.add_argument("--generate-tokens", type=int, default=32)

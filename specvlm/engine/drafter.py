@@ -61,9 +61,11 @@ class Drafter(ABC):
         drafter's own prompt."""
 
     def during_verify(self, tree: DraftTree, proposal: Proposal, root_position: int, sampling: SamplingConfig,
-                      generator: torch.Generator | None) -> None:  # fmt: skip
+                      generator: torch.Generator | None, proposed: "torch.cuda.Event | None") -> None:  # fmt: skip
         """Called once the target's verification of ``proposal`` is queued, before its verdict is
-        read: a drafter may queue work of its own meanwhile (see drafters/overlap.py). Nothing, here."""
+        read: a drafter may queue work of its own meanwhile (see drafters/overlap.py), after the
+        event ``proposed`` (recorded on the GPU once the proposal's tokens were final, before the
+        verification; None off the GPU). Nothing, here."""
 
     def accept(self, verdict: Verdict, proposal: Proposal) -> int:
         """Keep the accepted path (``verdict.path``: (depth + 1,) node indices, -1 padded, on the

@@ -174,8 +174,9 @@ def speculative_decode(
         if on_proposal is not None:
             on_proposal(node_tokens, len(tokens))
         clock.mark("verify")
+        proposed = _event(target.device)  # the proposal is final: what the drafter may work after
         decision = decide(pair.target, tree, agree(node_tokens), proposal, pair.position, sampling, generator)
-        drafter.during_verify(tree, proposal, root_position, sampling, generator)
+        drafter.during_verify(tree, proposal, root_position, sampling, generator, proposed)
         verdict = read_verdict(agree(decision), tree.depth)
         clock.mark("draft")
         processed = roll_back(pair, verdict, proposal)
@@ -242,6 +243,15 @@ def prefill_pair(target: VideoLMAdapter, drafter: Drafter, target_inputs: Prepar
     return PairState(target=t_ws, drafter=drafter, root=root, position=target_inputs.next_position,
                      draft_offset=draft_inputs.next_position - target_inputs.next_position, selection=selection,
                      scores=scores, warm=warm + drafter.workspace.warmup_s)  # fmt: skip
+
+
+def _event(device: torch.device):
+    """A CUDA event recorded now on the device's current stream (None off the GPU)."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(torch.cuda.current_stream(device))
+    return event
 
 
 def decide(t_ws: Workspace, tree: DraftTree, node_tokens: torch.Tensor, proposal: Proposal, position: int,

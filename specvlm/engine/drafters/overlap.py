@@ -11,7 +11,8 @@ sampled output stays exactly distributed.
 
 The guess costs one pass more than drafting from the truth (the leaf, then the guessed token);
 it is only worth its contention when the main path is often fully accepted. Per-stream timelines:
-``side_spans`` holds the CUDA events around each guess (``busy_s`` sums them).
+``timeline()`` (CUDA events: verification queued, guess started and ended on the side stream,
+verdict known on the main one), ``busy_s()`` the side stream's total.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from specvlm.engine.verify import Verdict
 
 
 class OverlapDrafter(ModelDrafter):
-    def __init__(self, adapter, on_guess=None):
+    def __init__(self, adapter, on_guess=None, priority: str = "high"):
+        if priority not in ("high", "normal"):
+            raise ValueError(f"the side stream's priority is high or normal, got {priority!r}")
         super().__init__(adapter)
+        self.priority = priority  # high: the guess's small kernels take SMs first as the verification's free up
         self.on_guess = on_guess  # benchmarks: on_guess(token (1,) on the device, depth) may rewrite the guess
         self.cuda = False
         self.side = self.guess_host = self.guess_done = None  # made at the first start, on the draft's device
@@ -44,7 +48,8 @@ class OverlapDrafter(ModelDrafter):
     def start(self, inputs, room: int, *, static: bool, compile: bool) -> None:
         if self.guess_host is None:
             self.cuda = self.device.type == "cuda"
-            self.side = torch.cuda.Stream(self.device) if self.cuda else None
+            # a priority past the allowed range maps to the range's end (the highest, here)
+            self.side = torch.cuda.Stream(self.device, priority=-100 if self.priority == "high" else 0) if self.cuda else None
             self.guess_host = torch.zeros(1, dtype=torch.long, pin_memory=self.cuda)
             self.guess_done = torch.cuda.Event() if self.cuda else None
         self._join()
@@ -66,20 +71,23 @@ class OverlapDrafter(ModelDrafter):
         return super().propose(tree, pending, root_position, sampling, generator)
 
     def during_verify(self, tree: DraftTree, proposal: Proposal, root_position: int, sampling: SamplingConfig,
-                      generator: torch.Generator | None) -> None:  # fmt: skip
+                      generator: torch.Generator | None, proposed=None) -> None:  # fmt: skip
         cache, depth = self.workspace.cache, tree.depth
         # the guess writes the main path, its leaf, the guessed token and one tree's levels
         if proposal.depth < depth or len(tree.main_path) != depth + 1 or cache.length + depth + tree.num_nodes + tree.draft_width > cache.capacity:
             return
         root, length = self.root_slot, cache.length
-        saved = cache.save(root + 1, length - root - 1)  # the tree's slots, which the guess writes over
         on = tree.on(self.device)
         self.guesses += 1
         with torch.cuda.stream(self.side) if self.cuda else nullcontext():
-            if self.cuda:
-                self.side.wait_stream(torch.cuda.current_stream(self.device))
+            if self.cuda:  # after the proposal, not after the verification
+                if proposed is None:
+                    self.side.wait_stream(torch.cuda.current_stream(self.device))
+                else:
+                    self.side.wait_event(proposed)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
+            saved = cache.save(root + 1, length - root - 1)  # the tree's slots, which the guess writes over
             guess_path = Verdict(accepted=list(tree.main_path), next_token=-1, recovered=False, path=on.main_path)
             super().accept(guess_path, proposal)  # the main path but its leaf, as if all were accepted
             rows = tree.draft_width
@@ -97,7 +105,7 @@ class OverlapDrafter(ModelDrafter):
             following = super().propose(tree, guess, root_position + depth + 1, sampling, generator)
             if self.cuda:
                 end.record()
-                self.side_spans.append((start, end))
+                self.side_spans.append((proposed, start, end))
         following.overlapped = True
         self.undo = (root, length, saved, following)
         self.guessed_path = tree.main_path
@@ -109,6 +117,9 @@ class OverlapDrafter(ModelDrafter):
         self.undo = None
         if self.cuda:
             self.guess_done.synchronize()
+            seen = torch.cuda.Event(enable_timing=True)  # the verdict is known: the main stream is idle here
+            seen.record(torch.cuda.current_stream(self.device))
+            self.side_spans[-1] += (seen,)
         guessed = int(self.guess_host[0])
         self._join()
         if verdict.accepted == list(self.guessed_path) and verdict.next_token == guessed:
@@ -120,6 +131,9 @@ class OverlapDrafter(ModelDrafter):
             self.ready = following
             return verdict.num_accepted  # every accepted token, and the bonus, processed
         cache = self.workspace.cache
+        if self.cuda:
+            for t in saved:
+                t.record_stream(torch.cuda.current_stream(self.device))
         cache.restore(saved, root + 1)
         cache.length = length
         self.root_slot = root
@@ -127,5 +141,18 @@ class OverlapDrafter(ModelDrafter):
 
     def busy_s(self) -> float:
         """Seconds the side stream spent on guesses (after the device has finished)."""
-        return sum(a.elapsed_time(b) for a, b in self.side_spans) / 1000
+        return sum(span[1].elapsed_time(span[2]) for span in self.side_spans) / 1000
+
+    def timeline(self) -> list[dict]:
+        """Per guess, in ms from the moment its verification was queued (after the device has
+        finished): when the side stream started and ended the guess, and when the verdict was known
+        on the main stream (verification done, read back)."""
+        out = []
+        for span in self.side_spans:
+            proposed, start, end, *seen = span
+            row = {"side_start": proposed.elapsed_time(start), "side_end": proposed.elapsed_time(end)}
+            if seen:
+                row["verdict"] = proposed.elapsed_time(seen[0])
+            out.append(row)
+        return out
 
