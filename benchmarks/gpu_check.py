@@ -131,7 +131,7 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
 def exact_first_two(adapter, prepared, sampling: SamplingConfig) -> dict:
     """The target-only joint distribution of the first two sampled tokens (top-k keeps it small)."""
     cache = adapter.new_cache(prepared.length + 2)
-    p1 = probabilities(adapter.prefill(prepared, cache)[:, -1].float(), sampling)[0]
+    p1 = probabilities(adapter.prefill(prepared, cache).float(), sampling)[0]  # prefill: the last position's (1, V)
     joint = {}
     for x1 in p1.nonzero().flatten().tolist():
         cache.rollback(prepared.length)

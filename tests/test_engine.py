@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from specvlm import SpeculativeVLM
 from specvlm.engine.config import SpecConfig
@@ -219,3 +222,39 @@ def test_api_prunes_by_default_and_draws_the_selection(tiny_pairs, video, tmp_pa
         plain.save_picture(tmp_path / "none.png")
     uniform = vlm.generate(video, "Describe the video.", num_frames=8, max_new_tokens=8, prune=PruneConfig("uniform", 0.5))
     assert uniform.scores is None and uniform.stats.draft_video_tokens == keep_budget(n, 0.5)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value on the host (``item()``, ``int(t)``, indexing with a 0-d
+    tensor: on a GPU each waits for the device), by the innermost engine function that made them."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            frames = [f for f in traceback.extract_stack() if "/specvlm/" in f.filename]
+            self.sites[(Path(frames[-1].filename).name, frames[-1].name) if frames else ("?", "?")] += 1
+        return func(*args, **(kwargs or {}))
+
+
+# where the engine may read values on the host: the tree's own host tensors, the attention's CPU
+# reference (GPUs run the kernel), the first token, and the overlapped drafter's pinned guess
+HOST_READS_ALLOWED = {("tree.py", "*"), ("tree_attention.py", "tree_attention"), ("speculative.py", "prefill_pair"),
+                      ("overlap.py", "accept")}  # fmt: skip
+
+
+@pytest.mark.parametrize("drafter", ["model", "overlap"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_cycle_never_waits_for_the_device_but_to_read_its_verdict(pair, drafter, temperature):
+    """Drafting, verifying and deciding queue their work without reading device values on the host
+    (the verdict comes back in one transfer, ``tolist``): a hidden read would make the host wait for
+    the verification, and an overlapped drafter would start only after it."""
+    target, draft, full, draft_inputs = pair
+    config = SpecConfig(tree=DraftTree.default(), drafter=drafter, sampling=SamplingConfig(temperature=temperature))
+    speculative_decode(target, draft, full, draft_inputs, max_new_tokens=12, static=True, config=config)
+    with _HostReads() as reads:
+        speculative_decode(target, draft, full, draft_inputs, max_new_tokens=12, static=True, config=config)
+    bad = {site: n for site, n in reads.sites.items() if site not in HOST_READS_ALLOWED and (site[0], "*") not in HOST_READS_ALLOWED}
+    assert not bad

@@ -74,10 +74,11 @@ def greedy_decision(
     paths = on.retrieve_paths  # (leaves, depth + 1), -1 padded
     along = correct[paths[:, 1:]]  # -1 indexes the False padding slot
     lengths = along.long().cumprod(dim=1).sum(dim=1)  # accepted draft tokens per path
-    best = lengths.argmax()
-    n = lengths[best]
-    path = torch.where(torch.arange(tree.depth + 1, device=tokens.device) <= n, paths[best], -1)
-    last = path.gather(0, n.view(1))
+    # (1,) tensors, never 0-d ones: indexing with a 0-d tensor reads it on the host (a sync)
+    best = lengths.argmax().view(1)
+    n = lengths.index_select(0, best)
+    path = torch.where(torch.arange(tree.depth + 1, device=tokens.device) <= n, paths.index_select(0, best)[0], -1)
+    last = path.gather(0, n)
     return _pack(n, target_argmax[last], torch.zeros((), dtype=torch.bool, device=tokens.device), path, tokens)
 
 
@@ -144,15 +145,15 @@ def sampled_decision(
     first, end = accept_candidates(candidates, valid, q, p, u)
     closing = torch.multinomial(end, 1, generator=generator)[:, 0]  # the token after each node's verdict
     child = torch.where(first >= 0, kids.gather(1, first.clamp(min=0)[:, None])[:, 0], -1)
-    node = torch.zeros((), dtype=torch.long, device=device)
-    alive = torch.ones((), dtype=torch.bool, device=device)
+    node = torch.zeros(1, dtype=torch.long, device=device)  # (1,), not 0-d: 0-d indices sync with the host
+    alive = torch.ones(1, dtype=torch.bool, device=device)
     path = [node]
     for _ in range(tree.depth):
         nxt = child[node]
         alive = alive & (nxt >= 0)
         path.append(torch.where(alive, nxt, -1))
         node = torch.where(alive, nxt, node)
-    path = torch.stack(path)
+    path = torch.cat(path)
     n = (path[1:] >= 0).sum()
     return _pack(n, closing[node], valid[node].any(), path, tokens)
 

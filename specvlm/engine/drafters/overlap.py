@@ -92,7 +92,7 @@ class OverlapDrafter(ModelDrafter):
             super().accept(guess_path, proposal)  # the main path but its leaf, as if all were accepted
             rows = tree.draft_width
             step_tokens = torch.zeros(1, rows, dtype=torch.long, device=self.device)
-            step_tokens[0, 0] = proposal.tokens[on.main_path[-1]]
+            step_tokens[0, :1] = proposal.tokens[on.main_path[-1:]]  # a (1,) index: a 0-d one would sync
             positions = (on.draft_rows + root_position + depth)[None]
             logits = self.workspace.step(step_tokens, positions, cache.length, on.draft_patterns[0])
             cache.commit(1)
