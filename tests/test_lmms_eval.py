@@ -181,12 +181,12 @@ def test_the_logs_carry_the_speed(runs):
 def test_model_args_take_the_cli_names_through_lmms_eval_parser():
     given = simple_parse_args_string(
         "target=T,draft=D,prune=specvlm,prune_ratio=0.9,tree=default,num_frames=32,dtype=bfloat16,"
-        "device=cuda:0,speculative=true"
+        "device=cuda:0,speculative=true,drafter=overlap"
     )
     args = ModelArgs.parse(given)
     assert (args.target, args.draft, args.dtype, args.device) == ("T", "D", "bfloat16", "cuda:0")
     assert (args.tree, args.speculative, args.frames()["num_frames"]) == ("default", True, 32)
-    assert args.prune_config() == PruneConfig("specvlm", ratio=0.9)
+    assert args.prune_config() == PruneConfig("specvlm", ratio=0.9) and args.drafter == "overlap"
 
     plain = ModelArgs.parse(simple_parse_args_string("prune=none,speculative=false,fps=2,compile=false"))
     assert plain.prune_config() is None and plain.speculative is False and plain.compile is False
@@ -202,6 +202,7 @@ def test_model_args_take_the_cli_names_through_lmms_eval_parser():
     ("num_frames=2.5", "num_frames: expected an integer"),
     ("speculative=maybe", "speculative: expected true or false"),
     ("tree=chain:0", "tree:"),
+    ("drafter=eager", "drafter: unknown drafter"),
     ("num_frames=8,fps=1", "not both"),
 ])  # fmt: skip
 def test_bad_model_args_are_refused_in_one_line(text, words):

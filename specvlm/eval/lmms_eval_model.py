@@ -65,6 +65,7 @@ class ModelArgs:
     stage1_mass: float = 0.4  # --stage1-mass
     prune_seed: int = 0  # --prune-seed
     reindex: bool = False  # --reindex
+    drafter: str = "model"  # --drafter: model | adaptive[:P] | overlap
     compile: bool | None = None  # --no-compile is compile=false (default: compiled on one GPU)
     num_frames: int | None = None  # --frames (default 32 when no fps is given)
     fps: float | None = None  # --fps
@@ -154,6 +155,16 @@ def _tree(name, value):
     return str(value)
 
 
+def _drafter(name, value) -> str:
+    from specvlm.engine.drafters import make_drafter
+
+    try:
+        make_drafter(str(value), None)
+    except ValueError as error:
+        raise ValueError(f"--model_args {name}: {error}") from None
+    return str(value)
+
+
 _fraction = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 _CONVERT = {
     "target": _text,
@@ -169,6 +180,7 @@ _CONVERT = {
     "stage1_mass": _fraction,
     "prune_seed": _number(int, lambda v: True, "an integer"),
     "reindex": _flag,
+    "drafter": _drafter,
     "compile": _optional_flag,
     "num_frames": _number(int, lambda v: v >= 1, "an integer >= 1", optional=True),
     "fps": _number(float, lambda v: v > 0, "a number > 0", optional=True),
@@ -362,7 +374,7 @@ class SpecVLM(lmms):
             target, draft = (str(p) for p in default_pair())
         self.pair = SpeculativeVLM.from_pretrained(
             target, draft, dtype=a.dtype, device=a.device, device_map=a.device_map, draft_device=a.draft_device,
-            attn_implementation=a.attn, tree=a.tree, prune=a.prune_config(), reindex=a.reindex, compile=a.compile,
+            attn_implementation=a.attn, tree=a.tree, prune=a.prune_config(), reindex=a.reindex, compile=a.compile, drafter=a.drafter,
         )  # fmt: skip
         self.mode = "speculative" if a.speculative else "target only"
         eval_logger.info(f"specvlm {self.mode}: target {target}, draft {draft}, {asdict(a)}")
