@@ -165,6 +165,10 @@ class SpeculativeVLM:
             return None
         return torch.Generator(device=self.target.device).manual_seed(seed)
 
+    def inputs(self, clip: VideoClip | None, prompt: Prompt):
+        """The processor's output (input ids, pixels, grid) for a loaded clip and a prompt."""
+        return self.target.build_inputs(clip, prompt)
+
     def generate(
         self,
         video: str | VideoClip | None,
@@ -182,17 +186,20 @@ class SpeculativeVLM:
         speculative: bool = True,
         on_tokens: Callable[[list[int]], None] | None = None,
         prune: PruneConfig | None | str = "default",
+        inputs=None,
     ) -> GenerateOutput:
         """Answer ``prompt`` about ``video`` (a path, a folder of frames, an array or a VideoClip; None
         for a text-only chat, which the draft then sees whole).
 
         ``speculative=False`` decodes with the target alone (the baseline). ``on_tokens`` receives
         token ids as they are accepted. ``prune`` overrides the pair's pruning for this call.
+        ``inputs``: the processor's output for this clip and prompt (``self.inputs(clip, prompt)``)
+        when the caller already built it, so the processor does not run twice.
         """
         prune = self.prune if prune == "default" else prune
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         clip = video if video is None or isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
-        features = self.target.build_inputs(clip, prompt)
+        features = self.inputs(clip, prompt) if inputs is None else inputs
         self.check_context(features["input_ids"], max_new_tokens, speculative=speculative)  # before any work
         target_inputs = self.target.prepare(features)
         gen = self._generator(seed, generator)

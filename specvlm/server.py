@@ -134,6 +134,7 @@ class ChatJob:
     speculative: bool
     cancel: threading.Event = field(default_factory=threading.Event)
     deadline: float = 0.0
+    inputs: Any = None  # the processor's output, built once when the context is checked
 
 
 def _number(body: dict, name: str, kind, *, low=None, high=None, low_open=False, default=None):
@@ -503,7 +504,7 @@ class Engine:
             out = self.pair.generate(
                 clip, job.messages, max_new_tokens=job.max_new_tokens, temperature=job.temperature,
                 top_p=job.top_p, seed=job.seed, stop_strings=job.stop, speculative=job.speculative,
-                on_tokens=on_tokens, prune=job.prune,
+                on_tokens=on_tokens, prune=job.prune, inputs=job.inputs,
             )  # fmt: skip
         except Cancelled as why:
             self.metrics.cancelled.labels(reason=str(why)).inc()
@@ -524,9 +525,9 @@ class Engine:
     def check_context(self, job: ChatJob, clip) -> None:
         from specvlm.models import PromptTooLongError
 
-        input_ids = self.pair.target.build_inputs(clip, job.messages)["input_ids"]
+        job.inputs = self.pair.inputs(clip, job.messages)  # kept for the generation: the processor runs once
         try:
-            self.pair.check_context(input_ids, job.max_new_tokens, speculative=job.speculative)
+            self.pair.check_context(job.inputs["input_ids"], job.max_new_tokens, speculative=job.speculative)
         except PromptTooLongError as error:
             message = str(error).replace("num_frames=...", "num_frames").replace("fps=...", "fps")
             message = message.replace("max_new_tokens=...", "max_tokens")

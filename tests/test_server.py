@@ -127,6 +127,16 @@ def test_plain_completion_is_the_apis_greedy_answer(server, clip_path, reference
     assert extra["speculative"] and extra["tau"] > 1 and extra["draft_video_tokens"] < extra["video_tokens"]
 
 
+def test_the_processor_runs_once_per_request(server, pair, clip_path, reference, monkeypatch):
+    """The prompt is built once, to check its length before the request queues, and that same
+    build is decoded (the processor's pixel work is a real share of a short request)."""
+    calls = []
+    build = pair.target.build_inputs
+    monkeypatch.setattr(pair.target, "build_inputs", lambda *a, **k: calls.append(1) or build(*a, **k))
+    out = server.client().chat.completions.create(model="bundled", messages=messages(str(clip_path)), max_tokens=256)
+    assert out.choices[0].message.content == reference and len(calls) == 1
+
+
 def test_streamed_completion_joins_to_the_same_answer(server, clip_path, reference):
     stream = server.client().chat.completions.create(
         model="bundled", messages=messages(data_url(clip_path)), stream=True, stream_options={"include_usage": True}
