@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 
 import torch
-
 from torch.nn.attention.flex_attention import flex_attention
 
-from specvlm.engine.static import StaticMask, _prepare_compiler, bucket_capacity, static_attention
 from specvlm.engine import tree_attention as ta
-from specvlm.engine.tree_attention import tree_attention
+from specvlm.engine.static import StaticMask, _prepare_compiler, bucket_capacity
 from specvlm.engine.tree import DraftTree
+from specvlm.engine.tree_attention import tree_attention
 from specvlm.testing import shapes
 
 MODELS = {  # layers, query heads, KV heads, head dim
@@ -111,8 +110,8 @@ def run_model(name, contexts, qs, bandwidth, out: Path, methods_fresh) -> None:
             mask.pattern.copy_(pattern)
             outs = torch.empty_like(queries)
             rows = hq // hkv * q
-            methods = {"engine": lambda l: static_attention(None, queries[l], storage[l, 0], storage[l, 1],
-                                                             mask.block_mask, scale)[0].transpose(1, 2)}  # fmt: skip
+            methods = {"engine": lambda l: mask.block_mask.attend(queries[l], storage[l, 0], storage[l, 1],
+                                                                   scale)[0].transpose(1, 2)}  # fmt: skip
             if kind == "shared":
                 methods["tree kernel"] = lambda l: tree_attention(queries[l], storage[l, 0], storage[l, 1],
                                                                   mask.prefix, mask.pattern, scale)  # fmt: skip

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from specvlm.attention import original
 from specvlm.models import load_adapter
 from specvlm.testing.tiny import FAMILIES
 from specvlm.video import write_video
@@ -34,6 +35,8 @@ def test_scores_equal_the_eager_reference(family, tiny_pairs, video):
     features = adapter.build_inputs(video, "Describe the video.", num_frames=8)
     prepared = adapter.prepare(features)
     cache = adapter.new_cache(prepared.length)
+    config = adapter.language_model.config
+    before = config._attn_implementation  # the attention entry installed at load, around the model's sdpa
     logits, scores = adapter.prefill_with_scores(prepared, cache)
     reference = eager_scores(target_dir, features, prepared)
     assert scores.shape == (len(prepared.video),) and scores.dtype == torch.float32
@@ -42,7 +45,7 @@ def test_scores_equal_the_eager_reference(family, tiny_pairs, video):
     # the split prefill's logits match a one-shot prefill's, and the model is left on its kernel
     one_shot = adapter.prefill(prepared, adapter.new_cache(prepared.length))
     torch.testing.assert_close(logits, one_shot, rtol=1e-4, atol=1e-4)
-    assert adapter.language_model.config._attn_implementation == "sdpa"
+    assert config._attn_implementation == before and original(adapter.language_model) == "sdpa"
     assert cache.length == prepared.length
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specvlm.engine.static import StaticMask, bucket_capacity, static_attention
+from specvlm.engine.static import StaticMask, bucket_capacity
 
 
 @pytest.mark.parametrize("q", [5, 40])  # 4 x 5 rows: FlexAttention; 4 x 40: the grouped matmul
@@ -21,7 +21,7 @@ def test_static_attention_equals_sdpa_with_repeated_heads(q):
     q = torch.randn(1, 8, n, 16, generator=g)
     k = torch.randn(1, 2, 256, 16, generator=g)
     v = torch.randn(1, 2, 256, 16, generator=g)
-    ours, weights = static_attention(None, q, k, v, mask.block_mask, scaling=0.25)
+    ours, weights = mask.block_mask.attend(q, k, v, 0.25)  # what the attention entry runs for this mask
     dense = mask.dense(torch.float32)
     ref = torch.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(4, dim=1), v.repeat_interleave(4, dim=1), attn_mask=dense, scale=0.25

@@ -11,8 +11,9 @@ visibility pattern among them) is built once per model and replayed:
   the filled length, split over it for parallelism; nothing in a step depends on a host value;
 - the mask: slots before ``prefix`` are visible; the ``width`` slots from ``prefix`` on follow a
   boolean ``pattern`` (q x width) held in the step's own buffer, so one graph serves every pattern of
-  its shape (every level of a draft tree, padded to one q). The two travel to the attention function
-  on a FlexAttention BlockMask (which transformers hands through to it untouched).
+  its shape (every level of a draft tree, padded to one q). The two travel on a FlexAttention
+  BlockMask, which transformers hands through untouched to the attention entry installed when the
+  model was loaded (specvlm/attention.py); the mask's own ``attend`` runs the tree attention.
 
 Off the GPU the same static step runs eagerly (the tree attention's PyTorch form on the filled
 slice), which is how the CPU tests check it against the ordinary path. Prefill stays on the
@@ -26,6 +27,7 @@ same model shapes starts warm.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import weakref
@@ -34,18 +36,17 @@ from pathlib import Path
 
 import torch
 from torch.nn.attention.flex_attention import BlockMask
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
 
 from specvlm.cache import KVCache
 from specvlm.engine.tree_attention import tree_attention
 
-STATIC_ATTENTION = "specvlm_static_flex"
 KV_BLOCK = KVCache.BLOCK
 
-def static_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+
+def static_attention(static: "StaticMask", query, key, value, scaling=None):
     """Attention of q new tokens over a whole static cache, under the prefix and pattern of the
-    StaticMask whose BlockMask is ``attention_mask``.
+    StaticMask ``static`` (its BlockMask's ``attend``: the attention entry installed at load,
+    specvlm/attention.py, hands it the step's queries, keys and values).
 
     query (B, Hq, q, D); key, value (B, Hkv, C, D). The split-prefix tree attention
     (engine/tree_attention.py) folds the query heads sharing a key/value head into rows, so each KV
@@ -56,15 +57,10 @@ def static_attention(module, query, key, value, attention_mask, scaling=None, dr
     32B 5.10 vs 6.57 ms for all layers), within 6% at 16k. Returns (B, q, Hq, D) like transformers'
     attention functions, and no weights.
     """
-    b, hq, q, d = query.shape
+    d = query.shape[-1]
     scale = scaling if scaling is not None else d**-0.5
-    static = attention_mask.static  # the StaticMask that built this BlockMask
     out = tree_attention(query, key, value, static.prefix, static.pattern, scale)
     return out.transpose(1, 2).contiguous(), None
-
-
-AttentionInterface.register(STATIC_ATTENTION, static_attention)
-AttentionMaskInterface.register(STATIC_ATTENTION, AttentionMaskInterface._global_mapping["sdpa"])
 
 
 class StaticMask:
@@ -95,7 +91,8 @@ class StaticMask:
             self.num_blocks, indices, BLOCK_SIZE=(KV_BLOCK, KV_BLOCK), mask_mod=mask_mod,
             seq_lengths=(group * q, capacity), compute_q_blocks=False,
         )  # fmt: skip
-        self.block_mask.static = self  # the prefix and pattern, for attention that takes them directly
+        # the attention entry (specvlm/attention.py) runs a mask's own ``attend`` when it has one
+        self.block_mask.attend = functools.partial(static_attention, self)
 
     def update(self) -> None:
         blocks = torch.div(self.prefix + (self.width + KV_BLOCK - 1), KV_BLOCK, rounding_mode="floor")
@@ -122,16 +119,12 @@ def block_mask(prefix: int, pattern: torch.Tensor, kv_length: int, dtype: torch.
 
 
 @contextmanager
-def _static_run(adapter, cache: KVCache):
-    """The language model on the static attention over the cache's whole capacity."""
-    config = adapter.language_model.config
-    original = config._attn_implementation
-    config._attn_implementation = STATIC_ATTENTION
+def _static_run(cache: KVCache):
+    """Attention sees the cache's whole capacity (under the step's mask) within the block."""
     cache.full_view = True
     try:
         yield
     finally:
-        config._attn_implementation = original
         cache.full_view = False
 
 
@@ -206,7 +199,7 @@ class StaticStep:
 
     def _run(self) -> torch.Tensor:
         self.mask.update()
-        with _static_run(self.adapter, self.cache):
+        with _static_run(self.cache):
             return self.adapter.step(
                 self.tokens, self.positions, self.cache, self.mask.block_mask, language_model=self.language_model
             )

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from specvlm.attention import install as install_attention
 from specvlm.cache import KVCache
 from specvlm.layout import VideoTokenLayout
 from specvlm.video import VideoClip, load_video
@@ -103,6 +104,7 @@ class VideoLMAdapter(ABC):
         self.workspaces: dict = {}  # (role, static, compile) -> Workspace (KV cache, captured steps)
         self.compiled_language_model = None  # torch.compile of the language model, made on first use
         self.step_mode: tuple[bool, bool] | None = None  # (static, compiled) steps, chosen once at load
+        install_attention(self.language_model)  # once, here: nothing flips the config around a call
 
     # ------------------------------------------------------------------ language model pieces
     @property

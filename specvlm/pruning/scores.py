@@ -1,10 +1,10 @@
 """Stage I scores: how much attention the question pays to each video token, on the fast kernels.
 
 The target's prefill runs in two parts. The part up to the last video token runs as usual (SDPA /
-flash). The short part after it (the question and the assistant header) runs through a wrapper
-attention function that first computes, per layer, the softmax attention of those text queries
-(post-RoPE, as the layer sees them) over every cached key, adds up the columns of the video tokens,
-and then calls the model's own attention implementation for the output. Nothing of size
+flash). The short part after it (the question and the assistant header) runs with the attention entry
+(specvlm/attention.py) showing each layer's queries and keys to a sink first: per layer, it computes
+the softmax attention of those text queries (post-RoPE, as the layer sees them) over every cached
+key and adds up the columns of the video tokens; the model's own attention then gives the output. Nothing of size
 video x video is ever formed; the extra work is (text tokens x all tokens) per layer.
 
 score[j] = mean over layers, heads and text query positions of softmax(q k^T / sqrt(d))[.., j]
@@ -16,20 +16,15 @@ Equal, to float tolerance, to reading the same numbers off an eager run's attent
 from __future__ import annotations
 
 import contextlib
-import sys
-from contextvars import ContextVar
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface
 
-CAPTURE = "specvlm_attention_scores"
+from specvlm.attention import scoring
 
 
 class _Sink:
-    def __init__(self, video_slots: torch.Tensor, delegate_name: str):
+    def __init__(self, video_slots: torch.Tensor):
         self.video_slots = video_slots  # (n,) cache slots of the video tokens
-        self.delegate_name = delegate_name
         self.sums: torch.Tensor | None = None  # (n,) float32
         self.layers = 0
         self.rows = 0  # heads x query positions of one layer
@@ -57,42 +52,12 @@ class _Sink:
         return self.sums / (self.layers * self.rows)
 
 
-_ACTIVE: ContextVar[_Sink | None] = ContextVar("specvlm_score_sink", default=None)
-
-
-def _delegate(module, name: str):
-    if name in AttentionInterface._global_mapping:
-        return AttentionInterface._global_mapping[name]
-    # "eager" is not in the registry: each modeling file has its own
-    return sys.modules[type(module).__module__].eager_attention_forward
-
-
-def _capturing_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    sink = _ACTIVE.get()
-    sink.add(query, key, scaling)
-    return _delegate(module, sink.delegate_name)(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-
-
-AttentionInterface.register(CAPTURE, _capturing_attention)
-
-
 @contextlib.contextmanager
 def capturing_scores(language_model, video_slots: torch.Tensor):
-    """Within the block, the language model's attention also accumulates Stage I scores.
+    """Within the block, the language model's attention also accumulates Stage I scores (through
+    the attention entry installed at load, specvlm/attention.py).
 
     Yields the sink; ``sink.scores()`` gives (n_video,) float32 scores afterwards.
     """
-    config = language_model.config
-    original = config._attn_implementation
-    if original == CAPTURE:
-        raise RuntimeError("score capture is already active on this model")
-    AttentionMaskInterface.register(CAPTURE, AttentionMaskInterface._global_mapping.get(original, None)
-                                    or AttentionMaskInterface._global_mapping["eager"])
-    sink = _Sink(video_slots, original)
-    token = _ACTIVE.set(sink)
-    config._attn_implementation = CAPTURE
-    try:
+    with scoring(_Sink(video_slots)) as sink:
         yield sink
-    finally:
-        config._attn_implementation = original
-        _ACTIVE.reset(token)
