@@ -322,9 +322,15 @@ def load_clip(args):
     return clip
 
 
+def frame_options(num_frames: int | None, fps: float | None, max_frames: int | None) -> dict:
+    """load_video's frame arguments from the user's: DEFAULT_FRAMES when neither a count nor a rate
+    is given (shared by the command line and the lmms-eval model)."""
+    num_frames = DEFAULT_FRAMES if num_frames is None and fps is None else num_frames
+    return {"num_frames": num_frames, "fps": fps, "max_frames": max_frames}
+
+
 def _frames(args) -> dict:
-    num_frames = DEFAULT_FRAMES if args.frames is None and args.fps is None else args.frames
-    return {"num_frames": num_frames, "fps": args.fps, "max_frames": args.max_frames}
+    return frame_options(args.frames, args.fps, args.max_frames)
 
 
 def _prune_config(args):

@@ -40,7 +40,7 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from tqdm import tqdm
 
 from specvlm.api import SpeculativeVLM
-from specvlm.cli import DEFAULT_FRAMES, DTYPES
+from specvlm.cli import DTYPES, frame_options
 from specvlm.engine.tree import DraftTree
 from specvlm.pruning import STRATEGIES, PruneConfig
 from specvlm.video import IMAGE_EXTENSIONS, load_video
@@ -98,8 +98,7 @@ class ModelArgs:
         return PruneConfig(self.prune, ratio=self.prune_ratio, stage1_mass=self.stage1_mass, seed=self.prune_seed)
 
     def frames(self) -> dict:
-        num_frames = DEFAULT_FRAMES if self.num_frames is None and self.fps is None else self.num_frames
-        return {"num_frames": num_frames, "fps": self.fps, "max_frames": self.max_frames}
+        return frame_options(self.num_frames, self.fps, self.max_frames)
 
 
 def _none(value) -> bool:
