@@ -56,7 +56,7 @@ def static_steps(args) -> None:
         kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
         total = sum(e.self_device_time_total for e in kernels) / 3
         print(f"uncaptured kernels: {total / 1000:.3f} ms per step, {sum(e.count for e in kernels) // 3} launches")
-        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:18]:
+        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:28]:
             per = e.self_device_time_total / 3
             print(f"  {per / 1000:8.3f} ms {100 * per / total:5.1f}% x{e.count // 3:4d}  {e.key[:110]}")
 

@@ -181,7 +181,7 @@ class StaticStep:
     """
 
     def __init__(self, adapter, cache: KVCache, q: int, width: int, *, use_graphs: bool | None = None,
-                 compile: bool = False):  # fmt: skip
+                 compile: bool = False, capture_stream: "torch.cuda.Stream | None" = None):  # fmt: skip
         if not cache.static:
             raise ValueError("static steps need a KVCache built with static=True")
         device = adapter.device
@@ -193,6 +193,7 @@ class StaticStep:
         self.positions = torch.zeros(1, q, dtype=torch.long, device=device)
         self.use_graphs = device.type == "cuda" if use_graphs is None else use_graphs
         self.language_model = compiled_language_model(adapter) if compile else None
+        self.capture_stream = capture_stream
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
         self.warmup_s = 0.0  # compiling and capturing, paid once
@@ -208,14 +209,18 @@ class StaticStep:
         cache = self.cache
         length = cache.length
         t0 = time.perf_counter()
-        stream = torch.cuda.Stream()
+        # A graph keeps the cuBLAS workspace of the stream it was captured on (PyTorch keeps one per
+        # stream), and replays over it wherever it runs: graphs that may run side by side (the
+        # target's verification and an overlapped draft's guess) must be captured on different
+        # streams, or their split-K matmuls share scratch memory. Each workspace has its own.
+        stream = self.capture_stream or torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up (and compilation) off the capture, as CUDA graphs require
             for _ in range(2):
                 self._run()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=stream):
             self.logits = self._run()
         cache.rollback(length)  # the warm-ups wrote slots past the length, nothing was committed
         torch.cuda.synchronize()
@@ -281,6 +286,8 @@ class Workspace:
         self.use_graphs = use_graphs
         self.cache = adapter.new_cache(capacity, static=static)
         self._steps: dict[tuple[int, int], StaticStep] = {}
+        # its steps' graphs are captured on a stream of its own (see StaticStep._capture)
+        self.capture_stream = torch.cuda.Stream(adapter.device) if static and adapter.device.type == "cuda" else None
 
     @classmethod
     def reuse(cls, adapter, capacity: int, *, role: str, static: bool, compile: bool = False) -> "Workspace":
@@ -312,7 +319,8 @@ class Workspace:
             step = self._steps.get(key)
             if step is None:
                 step = self._steps[key] = StaticStep(
-                    self.adapter, self.cache, *key, use_graphs=self.use_graphs, compile=self.compile
+                    self.adapter, self.cache, *key, use_graphs=self.use_graphs, compile=self.compile,
+                    capture_stream=self.capture_stream,
                 )
             return step(tokens, positions, prefix, pattern)
         cache = self.cache

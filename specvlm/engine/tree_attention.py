@@ -116,32 +116,26 @@ if triton is not None:
 
     @triton.jit
     def _merge_kernel(
-        O, LSE, OUT, sob, soh, sop, som, slb, slh, slp, sub, suh, sum_, HKV, M, P,
-        D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+        O, LSE, OUT, sob, soh, sop, som, slb, slh, slp, sub, suh, sum_, HKV, P,
+        D: tl.constexpr, BLOCK_P: tl.constexpr,
     ):  # fmt: skip
-        """One launch for the merge: each program weighs every part of ``BLOCK_R`` rows of one KV
-        head by its log-sum-exp and writes the rows in the output's dtype."""
-        tile, bh = tl.program_id(0), tl.program_id(1)
+        """One launch for the merge: each program weighs every part of one row of one KV head by
+        its log-sum-exp, all parts loaded at once (a loop over them waits on each load in turn,
+        which made the merge cost more than the parts), and writes the row in the output's dtype."""
+        row, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // HKV, bh % HKV
-        rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
         parts = tl.arange(0, BLOCK_P)
         dims = tl.arange(0, D)
-        keep = rows < M
-        lse_base = LSE + b * slb + h * slh
-        lses = tl.load(lse_base + parts[:, None] * slp + rows[None, :], mask=(parts[:, None] < P) & keep[None, :],
-                       other=float("-inf"))  # fmt: skip
+        inside = parts < P
+        lses = tl.load(LSE + b * slb + h * slh + parts * slp + row, mask=inside, other=float("-inf"))
         top = tl.max(lses, 0)
         top = tl.where(top == float("-inf"), 0.0, top)
-        total = tl.sum(tl.exp2(lses - top[None, :]), 0)
-        acc = tl.zeros([BLOCK_R, D], tl.float32)
-        for part in range(P):
-            w = tl.exp2(tl.load(lse_base + part * slp + rows, mask=keep, other=float("-inf")) - top)
-            o = tl.load(O + b * sob + h * soh + part * sop + rows[:, None] * som + dims[None, :], mask=keep[:, None],
-                        other=0.0)  # fmt: skip
-            acc += w[:, None] * o
-        out = acc / tl.where(total == 0.0, 1.0, total)[:, None]
-        tl.store(OUT + b * sub + h * suh + rows[:, None] * sum_ + dims[None, :], out.to(OUT.dtype.element_ty),
-                 mask=keep[:, None])  # fmt: skip
+        w = tl.exp2(lses - top)
+        total = tl.sum(w, 0)
+        o = tl.load(O + b * sob + h * soh + parts[:, None] * sop + row * som + dims[None, :], mask=inside[:, None],
+                    other=0.0)  # fmt: skip
+        out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)
+        tl.store(OUT + b * sub + h * suh + row * sum_ + dims, out.to(OUT.dtype.element_ty))
 
 
 @lru_cache(maxsize=None)
@@ -150,8 +144,9 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def _splits(hkv: int, batch: int, device, per_sm: int) -> int:
-    """Parts of the prefix: about ``per_sm`` programs per SM for each tile of rows."""
-    return max(1, min(64, per_sm * _multiprocessors(device) // (batch * hkv)))
+    """Parts of the prefix: about ``per_sm`` programs per SM for each tile of rows; at most 63, so
+    that with the pattern block's part the merge loads a power of two."""
+    return max(1, min(63, per_sm * _multiprocessors(device) // (batch * hkv)))
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -238,19 +233,13 @@ def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype) -> torch.T
     more than the parts themselves at short prefixes): outs (B, Hkv, P, M, D) fp32 -> (B, Hkv, M, D)."""
     b, hkv, parts, rows, d = outs.shape
     out = torch.empty(b, hkv, rows, d, dtype=dtype, device=outs.device)
-    block_r = _merge_rows(rows * b * hkv, outs.device)
-    _merge_kernel[(triton.cdiv(rows, block_r), b * hkv)](
+    block_p = triton.next_power_of_2(parts)
+    _merge_kernel[(rows, b * hkv)](
         outs, lses, out, outs.stride(0), outs.stride(1), outs.stride(2), outs.stride(3), lses.stride(0),
-        lses.stride(1), lses.stride(2), out.stride(0), out.stride(1), out.stride(2), hkv, rows, parts,
-        D=d, BLOCK_R=block_r, BLOCK_P=triton.next_power_of_2(parts), num_warps=4,
+        lses.stride(1), lses.stride(2), out.stride(0), out.stride(1), out.stride(2), hkv, parts,
+        D=d, BLOCK_P=block_p, num_warps=4 if block_p * d <= 4096 else 8,
     )  # fmt: skip
     return out
-
-
-def _merge_rows(rows: int, device) -> int:
-    """Rows per merge program: enough programs for two per SM, at most 16 rows each."""
-    per = max(1, rows // (2 * _multiprocessors(device)))
-    return min(16, 1 << (per.bit_length() - 1))
 
 
 @_tree_attention_op.register_fake
