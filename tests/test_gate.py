@@ -300,3 +300,20 @@ def test_drafting_while_verifying_is_lossless(fam, tree_name):
         assert out.token_ids == reference
         assert out.stats.overlapped_cycles == out.stats.target_passes - 1 > 0  # the first tree has no cycle before it
         assert own.hits >= out.stats.overlapped_cycles  # the last right guess may go unused
+
+
+@pytest.mark.parametrize("ahead", [1, 2])
+def test_a_guess_cut_short_by_its_verdict_is_lossless(fam, ahead):
+    """A guess queued only partly before its verdict (``ahead`` passes: on a GPU, as many as the
+    verification leaves time for) finishes after it when right, and is dropped when wrong."""
+    from specvlm.engine.drafters import OverlapDrafter
+
+    tree = TREES["default"]
+    _, full, d_full, reference = fam.inputs[0]
+    for draft, inputs in ((fam.draft, d_full), (fam.target, full)):
+        drafter = OverlapDrafter(draft, ahead=ahead)
+        out = speculative_decode(fam.target, draft, full, inputs, max_new_tokens=MAX_NEW,
+                                 config=SpecConfig(tree=tree, drafter=drafter))  # fmt: skip
+        assert out.token_ids == reference
+        assert drafter.queued and set(drafter.queued) == {ahead}
+    assert out.stats.overlapped_cycles == out.stats.target_passes - 1 > 0  # self-draft: every guess right

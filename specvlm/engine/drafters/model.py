@@ -3,11 +3,22 @@ tokens (greedy) or independent draws from its distribution (sampling)."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import torch
 
 from specvlm.engine.drafter import Drafter, Proposal
 from specvlm.engine.sampling import SamplingConfig, probabilities
 from specvlm.engine.tree import DraftTree
+
+
+def finish(passes: Generator[None, None, Proposal]) -> Proposal:
+    """Run a drafting generator's remaining passes; its Proposal."""
+    while True:
+        try:
+            next(passes)
+        except StopIteration as done:
+            return done.value
 
 
 class ModelDrafter(Drafter):
@@ -20,6 +31,12 @@ class ModelDrafter(Drafter):
 
     def propose(self, tree: DraftTree, pending: list[int], root_position: int, sampling: SamplingConfig,
                 generator: torch.Generator | None) -> Proposal:  # fmt: skip
+        return finish(self.drafting(tree, pending, root_position, sampling, generator))
+
+    def drafting(self, tree: DraftTree, pending, root_position: int, sampling: SamplingConfig,
+                 generator: torch.Generator | None) -> Generator[None, None, Proposal]:  # fmt: skip
+        """``propose`` one pass at a time: yields once each forward pass is queued (on the stream
+        current when it is resumed) and returns the Proposal."""
         ws, draft = self.workspace, self.adapter
         cache = ws.cache
         n_nodes, device, rows = tree.num_nodes, draft.device, tree.draft_width
@@ -40,6 +57,7 @@ class ModelDrafter(Drafter):
         self.root_slot = root_slot = cache.length - 1
         parent_logits = logits[0, len(pending) - 1 : len(pending)]  # (1, V): the root's logits
         passes = 1
+        yield
         for depth in range(1, tree.depth + 1):
             parents = tree.level_slices[depth - 1]
             level = tree.level_slices[depth]
@@ -60,6 +78,7 @@ class ModelDrafter(Drafter):
             cache.commit(width)
             parent_logits = logits[0, :width]
             passes += 1
+            yield
         raise AssertionError("unreachable")
 
     def keep_going(self, depth: int, parent_logits: torch.Tensor, sampling: SamplingConfig) -> bool:

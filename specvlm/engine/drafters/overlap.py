@@ -10,7 +10,10 @@ guess was drawn from the draft's distributions given the very prefix the verdict
 sampled output stays exactly distributed.
 
 The guess costs one pass more than drafting from the truth (the leaf, then the guessed token);
-it is only worth its contention when the main path is often fully accepted. Per-stream timelines:
+it is only worth its contention when the main path is often fully accepted. Its passes are queued
+one at a time while the verification runs (at most one behind the pass the GPU is on), and no more
+once the verification is done: a wrong guess then leaves at most a pass or two to wait for, and a
+right one finishes its remaining passes after the verdict. Per-stream timelines:
 ``timeline()`` (CUDA events: verification queued, guess started and ended on the side stream,
 verdict known on the main one), ``busy_s()`` the side stream's total.
 """
@@ -22,23 +25,27 @@ from contextlib import nullcontext
 import torch
 
 from specvlm.engine.drafter import Proposal
-from specvlm.engine.drafters.model import ModelDrafter
+from specvlm.engine.drafters.model import ModelDrafter, finish
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.tree import DraftTree
 from specvlm.engine.verify import Verdict
 
 
 class OverlapDrafter(ModelDrafter):
-    def __init__(self, adapter, on_guess=None, priority: str = "high"):
+    def __init__(self, adapter, on_guess=None, priority: str = "high", ahead: int | None = None):
         if priority not in ("high", "normal"):
             raise ValueError(f"the side stream's priority is high or normal, got {priority!r}")
+        if ahead is not None and ahead < 1:
+            raise ValueError(f"a guess queues at least one pass before the verdict, got ahead={ahead}")
         super().__init__(adapter)
+        self.ahead = ahead  # passes of a guess queued before the verdict at most (None: as time allows)
         self.priority = priority  # high: the guess's small kernels take SMs first as the verification's free up
         self.on_guess = on_guess  # benchmarks: on_guess(token (1,) on the device, depth) may rewrite the guess
         self.cuda = False
         self.side = self.guess_host = self.guess_done = None  # made at the first start, on the draft's device
         self.side_spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         self.hits = self.guesses = 0
+        self.queued: list[int] = []  # passes of each guess queued before its verdict
         self._reset()
 
     def _reset(self) -> None:
@@ -55,6 +62,7 @@ class OverlapDrafter(ModelDrafter):
         self._join()
         self._reset()
         self.side_spans.clear()
+        self.queued.clear()
         self.hits = self.guesses = 0
         super().start(inputs, room, static=static, compile=compile)
 
@@ -76,8 +84,11 @@ class OverlapDrafter(ModelDrafter):
         # the guess writes the main path, its leaf, the guessed token and one tree's levels
         if proposal.depth < depth or len(tree.main_path) != depth + 1 or cache.length + depth + tree.num_nodes + tree.draft_width > cache.capacity:
             return
+        verified = None
+        if self.cuda:  # the verification is queued: this event is reached when it is done
+            verified = torch.cuda.Event()
+            verified.record(torch.cuda.current_stream(self.device))
         root, length = self.root_slot, cache.length
-        on = tree.on(self.device)
         self.guesses += 1
         with torch.cuda.stream(self.side) if self.cuda else nullcontext():
             if self.cuda:  # after the proposal, not after the verification
@@ -88,32 +99,65 @@ class OverlapDrafter(ModelDrafter):
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
             saved = cache.save(root + 1, length - root - 1)  # the tree's slots, which the guess writes over
-            guess_path = Verdict(accepted=list(tree.main_path), next_token=-1, recovered=False, path=on.main_path)
-            super().accept(guess_path, proposal)  # the main path but its leaf, as if all were accepted
-            rows = tree.draft_width
-            step_tokens = torch.zeros(1, rows, dtype=torch.long, device=self.device)
-            step_tokens[0, :1] = proposal.tokens[on.main_path[-1:]]  # a (1,) index: a 0-d one would sync
-            positions = (on.draft_rows + root_position + depth)[None]
-            logits = self.workspace.step(step_tokens, positions, cache.length, on.draft_patterns[0])
-            cache.commit(1)
-            guess = logits[0, :1].argmax(-1)  # (1,): the draft's top-1 after the leaf
-            if self.on_guess is not None:
-                self.on_guess(guess, depth)
-            self.guess_host.copy_(guess, non_blocking=True)
-            if self.cuda:
-                self.guess_done.record()
-            following = super().propose(tree, guess, root_position + depth + 1, sampling, generator)
+            passes = self._guess(tree, proposal, root_position, sampling, generator)
+            following, queued = self._queue(passes, verified)
             if self.cuda:
                 end.record()
                 self.side_spans.append((proposed, start, end))
-        following.overlapped = True
-        self.undo = (root, length, saved, following)
+        self.queued.append(queued)
+        self.undo = (root, length, saved, passes, following)
         self.guessed_path = tree.main_path
+
+    def _queue(self, passes, verified) -> tuple[Proposal | None, int]:
+        """Queue the guess's passes on the side stream while the verification runs (at least the
+        first, which makes the guess; at most ``ahead``), no more than one pass behind the one the
+        GPU is running, so that a verdict against the guess leaves little queued work to wait for.
+        Returns the guess's proposal if every pass was queued, and how many were."""
+        queued, running = 0, []
+        while self.ahead is None or queued < self.ahead:
+            if verified is not None and queued:
+                while len(running) > 1 and not running[0].query() and not verified.query():
+                    pass  # the host has nothing else to do before the verdict
+                running = [e for e in running if not e.query()]
+                if verified.query():
+                    break
+            try:
+                next(passes)
+            except StopIteration as done:
+                return done.value, queued
+            queued += 1
+            if verified is not None:
+                running.append(torch.cuda.Event())
+                running[-1].record()
+        return None, queued
+
+    def _guess(self, tree: DraftTree, proposal: Proposal, root_position: int, sampling: SamplingConfig,
+               generator: torch.Generator | None):  # fmt: skip
+        """The guess, one pass at a time (see ``drafting``): the main path as if all accepted, the
+        draft's top-1 after its leaf, then the tree that follows."""
+        cache, depth, on = self.workspace.cache, tree.depth, tree.on(self.device)
+        guess_path = Verdict(accepted=list(tree.main_path), next_token=-1, recovered=False, path=on.main_path)
+        super().accept(guess_path, proposal)  # the main path but its leaf, as if all were accepted
+        step_tokens = torch.zeros(1, tree.draft_width, dtype=torch.long, device=self.device)
+        step_tokens[0, :1] = proposal.tokens[on.main_path[-1:]]  # a (1,) index: a 0-d one would sync
+        positions = (on.draft_rows + root_position + depth)[None]
+        logits = self.workspace.step(step_tokens, positions, cache.length, on.draft_patterns[0])
+        cache.commit(1)
+        guess = logits[0, :1].argmax(-1)  # (1,): the draft's top-1 after the leaf
+        if self.on_guess is not None:
+            self.on_guess(guess, depth)
+        self.guess_host.copy_(guess, non_blocking=True)
+        if self.cuda:
+            self.guess_done.record()
+        yield
+        following = yield from self.drafting(tree, guess, root_position + depth + 1, sampling, generator)
+        following.overlapped = True
+        return following
 
     def accept(self, verdict: Verdict, proposal: Proposal) -> int:
         if self.undo is None:
             return super().accept(verdict, proposal)
-        root, length, saved, following = self.undo
+        root, length, saved, passes, following = self.undo
         self.undo = None
         if self.cuda:
             self.guess_done.synchronize()
@@ -124,12 +168,15 @@ class OverlapDrafter(ModelDrafter):
         self._join()
         if verdict.accepted == list(self.guessed_path) and verdict.next_token == guessed:
             self.hits += 1
-            if self.cuda:  # made on the side stream, read on this one
+            if following is None:  # the verdict came first: the rest of the guess's passes, on this stream
+                following = finish(passes)
+            if self.cuda:  # made (partly) on the side stream, read on this one
                 for t in (following.tokens, following.q):
                     if t is not None:
                         t.record_stream(torch.cuda.current_stream(self.device))
             self.ready = following
             return verdict.num_accepted  # every accepted token, and the bonus, processed
+        passes.close()
         cache = self.workspace.cache
         if self.cuda:
             for t in saved:
@@ -150,7 +197,8 @@ class OverlapDrafter(ModelDrafter):
         out = []
         for span in self.side_spans:
             proposed, start, end, *seen = span
-            row = {"side_start": proposed.elapsed_time(start), "side_end": proposed.elapsed_time(end)}
+            row = {"side_start": proposed.elapsed_time(start), "side_end": proposed.elapsed_time(end),
+                   "passes_ahead": self.queued[len(out)]}  # fmt: skip
             if seen:
                 row["verdict"] = proposed.elapsed_time(seen[0])
             out.append(row)
