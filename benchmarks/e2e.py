@@ -194,6 +194,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
     methods = [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r), greedy) for r in args.ratios] + [("plain SD", None, greedy)]
     if args.overlap:  # drafting while verifying, side by side with sequential drafting
         tag = ", overlap" + ("" if args.side_priority == "high" else f" ({args.side_priority} priority)")
+        tag += "" if args.min_hit_rate is None else f" (min hit rate {args.min_hit_rate:g})"
         methods += [(name + tag, prune, sampling) for name, prune, sampling in methods]
     if args.sampling:  # the cycle's cost under sampling: the first ratio and plain, first acceptance setting
         methods += [(f"{name}, T=0.7", prune, sampled) for name, prune, _ in (methods[0], methods[len(args.ratios)])]
@@ -246,7 +247,9 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                 if (i and not sampling.greedy) or key_of(pair, full.length, name, label, args.workspace) in done:
                     continue
                 oracle = Oracle(truth.token_ids, alphas, tree, target.vocab_size, target.device, seed=context)
-                drafter = OverlapDrafter(draft, on_guess=oracle.guess, priority=args.side_priority) if ", overlap" in name else ModelDrafter(draft)
+                drafter = OverlapDrafter(draft, on_guess=oracle.guess, priority=args.side_priority,
+                                         **({} if args.min_hit_rate is None else {"min_hit_rate": args.min_hit_rate})) \
+                    if ", overlap" in name else ModelDrafter(draft)  # fmt: skip
                 host = host_timed(drafter)
                 run = lambda: speculative_decode(
                     target,
@@ -289,6 +292,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                           "host_ms_per_cycle_in": {k: 1000 * v / cycles for k, v in host.items()},
                           "timeline": drafter.timeline()[:: max(1, cycles // 12)] if hasattr(drafter, "timeline") and DEVICE == "cuda" else None,
                           "guesses": getattr(drafter, "guesses", None), "right_guesses": getattr(drafter, "hits", None),
+                          "min_hit_rate": getattr(drafter, "min_hit_rate", None),
                           "side_ms_per_guess": 1000 * drafter.busy_s() / drafter.guesses
                           if getattr(drafter, "guesses", 0) and DEVICE == "cuda" else None,
                           "equal": equal if sampling.greedy else None}  # fmt: skip
@@ -370,6 +374,8 @@ def main() -> None:
                         help="shared: one workspace for every context, sized by the longest (a server's case); "
                         "fresh: each context in workspaces of its own size")
     parser.add_argument("--overlap", action="store_true", help="also every method drafting while the target verifies")
+    parser.add_argument("--min-hit-rate", type=float, default=None,
+                        help="the overlapped drafter's min_hit_rate (0: guess every cycle; default: the drafter's)")
     parser.add_argument("--side-priority", choices=["high", "normal"], default="high",
                         help="the overlapped drafter's stream priority")
     parser.add_argument("--no-compile", action="store_true")

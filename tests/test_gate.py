@@ -289,7 +289,7 @@ def test_drafting_while_verifying_is_lossless(fam, tree_name):
 
     tree = TREES[tree_name]
     for _, full, d_full, reference in fam.inputs:
-        other = OverlapDrafter(fam.draft)
+        other = OverlapDrafter(fam.draft, min_hit_rate=0.0)  # guess every cycle, right or not
         out = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW,
                                  config=SpecConfig(tree=tree, drafter=other))  # fmt: skip
         assert out.token_ids == reference
@@ -302,6 +302,28 @@ def test_drafting_while_verifying_is_lossless(fam, tree_name):
         assert own.hits >= out.stats.overlapped_cycles  # the last right guess may go unused
 
 
+def test_guessing_stops_while_guesses_are_wrong(fam):
+    """Below ``min_hit_rate`` right guesses only one cycle in ``probe`` guesses (a guess slows the
+    verification beside it); a draft whose guesses are all right guesses every cycle."""
+    from specvlm.engine.drafters import OverlapDrafter
+
+    _, full, d_full, reference = fam.inputs[0]
+    config = SpecConfig(tree=TREES["chain1"])
+    base = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW, config=config)
+    wrong = OverlapDrafter(fam.draft, min_hit_rate=1.0, probe=4)  # any wrong guess turns guessing down
+    out = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW,
+                             config=SpecConfig(tree=TREES["chain1"], drafter=wrong))  # fmt: skip
+    assert out.token_ids == base.token_ids == reference
+    cycles = out.stats.target_passes
+    assert wrong.hits < wrong.guesses < cycles - 1 and wrong.guesses <= wrong.hits + 1 + cycles // 4
+    right = OverlapDrafter(fam.target, min_hit_rate=0.99)
+    out = speculative_decode(fam.target, fam.target, full, full, max_new_tokens=MAX_NEW,
+                             config=SpecConfig(tree=TREES["chain1"], drafter=right))  # fmt: skip
+    assert out.token_ids == reference and right.hits == right.guesses >= out.stats.target_passes - 1
+    with pytest.raises(ValueError, match="min_hit_rate"):
+        OverlapDrafter(fam.draft, min_hit_rate=1.5)
+
+
 @pytest.mark.parametrize("ahead", [1, 2])
 def test_a_guess_cut_short_by_its_verdict_is_lossless(fam, ahead):
     """A guess queued only partly before its verdict (``ahead`` passes: on a GPU, as many as the
@@ -311,7 +333,7 @@ def test_a_guess_cut_short_by_its_verdict_is_lossless(fam, ahead):
     tree = TREES["default"]
     _, full, d_full, reference = fam.inputs[0]
     for draft, inputs in ((fam.draft, d_full), (fam.target, full)):
-        drafter = OverlapDrafter(draft, ahead=ahead)
+        drafter = OverlapDrafter(draft, ahead=ahead, min_hit_rate=0.0)
         out = speculative_decode(fam.target, draft, full, inputs, max_new_tokens=MAX_NEW,
                                  config=SpecConfig(tree=tree, drafter=drafter))  # fmt: skip
         assert out.token_ids == reference

@@ -11,9 +11,12 @@ sampled output stays exactly distributed.
 
 The guess costs one pass more than drafting from the truth (the leaf, then the guessed token);
 it is only worth its contention when the main path is often fully accepted. Its passes are queued
-one at a time while the verification runs (at most one behind the pass the GPU is on), and no more
-once the verification is done: a wrong guess then leaves at most a pass or two to wait for, and a
-right one finishes its remaining passes after the verdict. Per-stream timelines:
+one at a time while the verification runs (each once the one before is done), and no more once the
+verification is done: a wrong guess then leaves at most the pass in flight to wait for, and a right
+one finishes its remaining passes after the verdict. While guesses are right less often than
+``min_hit_rate`` (a decaying rate), only one cycle in ``probe`` guesses: measured on one H200, a
+guess slows the verification beside it by about a tenth, so it pays only when right in about a
+third of the cycles or more. Per-stream timelines:
 ``timeline()`` (CUDA events: verification queued, guess started and ended on the side stream,
 verdict known on the main one), ``busy_s()`` the side stream's total.
 """
@@ -32,13 +35,21 @@ from specvlm.engine.verify import Verdict
 
 
 class OverlapDrafter(ModelDrafter):
-    def __init__(self, adapter, on_guess=None, priority: str = "high", ahead: int | None = None):
+    def __init__(self, adapter, on_guess=None, priority: str = "high", ahead: int | None = None,
+                 min_hit_rate: float = 0.35, probe: int = 8):  # fmt: skip
         if priority not in ("high", "normal"):
             raise ValueError(f"the side stream's priority is high or normal, got {priority!r}")
         if ahead is not None and ahead < 1:
             raise ValueError(f"a guess queues at least one pass before the verdict, got ahead={ahead}")
+        if not 0.0 <= min_hit_rate <= 1.0 or probe < 1:
+            raise ValueError(f"min_hit_rate is a rate in [0, 1] and probe a number of cycles >= 1, got {min_hit_rate}, {probe}")
         super().__init__(adapter)
         self.ahead = ahead  # passes of a guess queued before the verdict at most (None: as time allows)
+        # guess only while guesses are right often enough to pay for their contention (measured on
+        # one H200, 7B/0.5B: break-even near a third, results/overlap.md); when they are not, one
+        # cycle in ``probe`` still guesses, so the rate follows the video
+        self.min_hit_rate, self.probe = min_hit_rate, probe
+        self.hit_rate, self.since_guess = 1.0, 0  # decaying rate of right guesses (kept across requests)
         self.priority = priority  # high: the guess's small kernels take SMs first as the verification's free up
         self.on_guess = on_guess  # benchmarks: on_guess(token (1,) on the device, depth) may rewrite the guess
         self.cuda = False
@@ -84,6 +95,10 @@ class OverlapDrafter(ModelDrafter):
         # the guess writes the main path, its leaf, the guessed token and one tree's levels
         if proposal.depth < depth or len(tree.main_path) != depth + 1 or cache.length + depth + tree.num_nodes + tree.draft_width > cache.capacity:
             return
+        self.since_guess += 1
+        if self.hit_rate < self.min_hit_rate and self.since_guess < self.probe:
+            return
+        self.since_guess = 0
         verified = None
         if self.cuda:  # the verification is queued: this event is reached when it is done
             verified = torch.cuda.Event()
@@ -110,15 +125,14 @@ class OverlapDrafter(ModelDrafter):
 
     def _queue(self, passes, verified) -> tuple[Proposal | None, int]:
         """Queue the guess's passes on the side stream while the verification runs (at least the
-        first, which makes the guess; at most ``ahead``), no more than one pass behind the one the
-        GPU is running, so that a verdict against the guess leaves little queued work to wait for.
+        first, which makes the guess; at most ``ahead``), each once the one before is done, so that a
+        verdict against the guess leaves at most the pass the GPU is on to wait for.
         Returns the guess's proposal if every pass was queued, and how many were."""
-        queued, running = 0, []
+        queued, running = 0, None
         while self.ahead is None or queued < self.ahead:
             if verified is not None and queued:
-                while len(running) > 1 and not running[0].query() and not verified.query():
+                while not running.query() and not verified.query():
                     pass  # the host has nothing else to do before the verdict
-                running = [e for e in running if not e.query()]
                 if verified.query():
                     break
             try:
@@ -127,8 +141,8 @@ class OverlapDrafter(ModelDrafter):
                 return done.value, queued
             queued += 1
             if verified is not None:
-                running.append(torch.cuda.Event())
-                running[-1].record()
+                running = torch.cuda.Event()
+                running.record()
         return None, queued
 
     def _guess(self, tree: DraftTree, proposal: Proposal, root_position: int, sampling: SamplingConfig,
@@ -166,7 +180,9 @@ class OverlapDrafter(ModelDrafter):
             self.side_spans[-1] += (seen,)
         guessed = int(self.guess_host[0])
         self._join()
-        if verdict.accepted == list(self.guessed_path) and verdict.next_token == guessed:
+        right = verdict.accepted == list(self.guessed_path) and verdict.next_token == guessed
+        self.hit_rate = 0.9 * self.hit_rate + 0.1 * right
+        if right:
             self.hits += 1
             if following is None:  # the verdict came first: the rest of the guess's passes, on this stream
                 following = finish(passes)
