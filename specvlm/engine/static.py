@@ -4,7 +4,8 @@ A one-token step of a 7B model is ~15 us of work per kernel and hundreds of kern
 Python it costs several times the time to read the weights. Here each step shape (q new tokens and a
 visibility pattern among them) is built once per model and replayed:
 - the language model's forward is compiled (``torch.compile``, static shapes) so norms, rotary
-  embeddings and activations fuse; the compiled step is captured as a CUDA graph and replayed;
+  embeddings and activations fuse, and each layer's q/k/v and gate/up projections run as one matmul
+  each (models/projections.py); the compiled step is captured as a CUDA graph and replayed;
 - the KV cache is written at slots ``length + arange(q)`` given by a device tensor, and attention is
   the split-prefix tree attention (engine/tree_attention.py) over the cache, whose filled length is a
   device tensor: it reads each key/value head once for all query heads and all q tokens, only up to
@@ -39,6 +40,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from specvlm.cache import KVCache
 from specvlm.engine.tree_attention import tree_attention
+from specvlm.models.projections import SHARED_MATMULS, fuse_projections
 
 KV_BLOCK = KVCache.BLOCK
 
@@ -167,7 +169,10 @@ def compiled_language_model(adapter):
     """The adapter's compiled language model (kept on the adapter: dropping the model drops it)."""
     if adapter.compiled_language_model is None:
         _prepare_compiler()
-        adapter.compiled_language_model = torch.compile(adapter.language_model, dynamic=False)
+        fuse_projections(adapter.language_model)  # q/k/v and gate/up as one matmul each, once compiled
+        adapter.compiled_language_model = torch.compile(
+            adapter.language_model, dynamic=False, options={"post_grad_custom_pre_pass": SHARED_MATMULS}
+        )
     return adapter.compiled_language_model
 
 

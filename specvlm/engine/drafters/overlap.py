@@ -14,9 +14,10 @@ it is only worth its contention when the main path is often fully accepted. Its 
 one at a time while the verification runs (each once the one before is done), and no more once the
 verification is done: a wrong guess then leaves at most the pass in flight to wait for, and a right
 one finishes its remaining passes after the verdict. While guesses are right less often than
-``min_hit_rate`` (a decaying rate), only one cycle in ``probe`` guesses: measured on one H200, a
-guess slows the verification beside it by about a tenth, so it pays only when right in about a
-third of the cycles or more. Per-stream timelines:
+``min_hit_rate`` (a decaying rate), only one cycle in ``probe`` guesses: measured on one H200
+(7B/0.5B, results/overlap.md), a guess slows the verification beside it by about 1 ms and a wrong
+one leaves about 2 ms of its pass to wait for, while a right one saves about 4.4 ms: it pays only
+when right in about half the cycles or more. Per-stream timelines:
 ``timeline()`` (CUDA events: verification queued, guess started and ended on the side stream,
 verdict known on the main one), ``busy_s()`` the side stream's total.
 """
@@ -36,7 +37,7 @@ from specvlm.engine.verify import Verdict
 
 class OverlapDrafter(ModelDrafter):
     def __init__(self, adapter, on_guess=None, priority: str = "high", ahead: int | None = None,
-                 min_hit_rate: float = 0.35, probe: int = 8):  # fmt: skip
+                 min_hit_rate: float = 0.5, probe: int = 8):  # fmt: skip
         if priority not in ("high", "normal"):
             raise ValueError(f"the side stream's priority is high or normal, got {priority!r}")
         if ahead is not None and ahead < 1:
@@ -46,7 +47,7 @@ class OverlapDrafter(ModelDrafter):
         super().__init__(adapter)
         self.ahead = ahead  # passes of a guess queued before the verdict at most (None: as time allows)
         # guess only while guesses are right often enough to pay for their contention (measured on
-        # one H200, 7B/0.5B: break-even near a third, results/overlap.md); when they are not, one
+        # one H200, 7B/0.5B: break-even near a half, results/overlap.md); when they are not, one
         # cycle in ``probe`` still guesses, so the rate follows the video
         self.min_hit_rate, self.probe = min_hit_rate, probe
         self.hit_rate, self.since_guess = 1.0, 0  # decaying rate of right guesses (kept across requests)
