@@ -58,8 +58,30 @@ def test_compiled_the_shared_input_projections_are_one_matmul_each():
             super().__call__(graph)
             counts.append(sum(n.target in MATMULS for n in graph.nodes))
 
+        def uuid(self):
+            return None  # never from inductor's cache: the pass must run to be counted
+
     compiled = torch.compile(model, dynamic=False, options={"post_grad_custom_pre_pass": Counting()})
     with torch.no_grad():
         out = compiled(ids).last_hidden_state
     assert counts == [4]
     torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_a_compiled_step_mode_fuses_its_model(tiny_pairs):
+    """The compiled language model (made lazily for the compiled step mode) runs on fused
+    projections; the eager model is the same modules, with the same outputs."""
+    from specvlm.engine.static import compiled_language_model
+    from specvlm.models import load_adapter
+
+    target_dir, _ = tiny_pairs("qwen2_5_vl")
+    adapter = load_adapter(str(target_dir), dtype="float32")
+    ids = torch.arange(10)[None]
+    with torch.no_grad():
+        before = adapter.language_model(input_ids=ids).last_hidden_state
+    compiled = compiled_language_model(adapter)  # compiling waits for the first call
+    assert compiled_language_model(adapter) is compiled
+    layer = adapter.language_model.layers[0]
+    assert all(isinstance(m, SharedInputLinear) for m in (layer.self_attn.v_proj, layer.mlp.gate_proj))
+    with torch.no_grad():
+        assert torch.equal(adapter.language_model(input_ids=ids).last_hidden_state, before)
