@@ -24,6 +24,7 @@ verdict known on the main one), ``busy_s()`` the side stream's total.
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 
 import torch
@@ -133,7 +134,7 @@ class OverlapDrafter(ModelDrafter):
         while self.ahead is None or queued < self.ahead:
             if verified is not None and queued:
                 while not running.query() and not verified.query():
-                    pass  # the host has nothing else to do before the verdict
+                    time.sleep(0)  # nothing else to do before the verdict; other threads may run
                 if verified.query():
                     break
             try:
