@@ -302,10 +302,13 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
 
 
 def engine_digest(root: Path = Path(__file__).resolve().parent.parent) -> str:
-    """A short hash of the engine's source (specvlm/engine, cache, layout): which code a record measured."""
+    """A short hash of the engine's source (specvlm/engine, the models' adapters, the attention entry,
+    cache, layout): which code a record measured."""
     import hashlib
 
-    files = sorted((root / "specvlm" / "engine").rglob("*.py")) + [root / "specvlm" / "cache.py", root / "specvlm" / "layout.py"]
+    package = root / "specvlm"
+    files = sorted(package.joinpath("engine").rglob("*.py")) + sorted(package.joinpath("models").glob("*.py"))
+    files += [package / name for name in ("attention.py", "cache.py", "layout.py")]
     digest = hashlib.sha1()
     for f in files:
         digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
