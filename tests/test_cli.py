@@ -293,13 +293,61 @@ OUTPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", OUTPUTS)
-def test_output_paths_are_checked_before_loading(case, unloadable, places, video):
-    argv, flag, words = OUTPUTS[case]
+def _output_argv(case, unloadable, places, video) -> list[str]:
+    argv, _, _ = OUTPUTS[case]
     command, rest = argv[0], [a.format(**places) for a in argv[1:]]
     models = ["--target", unloadable[0]] + (["--draft", unloadable[1]] if command != "visualize" else [])
     inputs = ["--videos", str(places["videos"]), "--prompt", PROMPT] if command == "bench" else ["--video", video]
-    assert_refused(cli(command, *models, *inputs, *rest), flag, words)
+    return [command, *models, *inputs, *rest]
+
+
+# Each command line in a fresh ``main`` of one process (each as its own process would cost a second
+# of start-up apiece): its exit code and everything written to file descriptor 2 while it ran.
+REFUSALS = """
+import json, os, sys, tempfile, traceback
+from specvlm.cli import main
+results = {}
+for name, argv in json.load(open(sys.argv[1])).items():
+    with tempfile.TemporaryFile() as err:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            code = main(argv)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        results[name] = (code, err.read().decode(errors="replace"))
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def refusals(unloadable, places, video, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    """The outcome of every refusal case below, run in one process."""
+    cases = {f"out:{case}": _output_argv(case, unloadable, places, video) for case in OUTPUTS}
+    models = ["--target", unloadable[0], "--draft", unloadable[1]]
+    cases |= {f"device:{case}": ["generate", *models, "--video", video, *DEVICES[case][0]] for case in DEVICES}
+    path = tmp_path_factory.mktemp("refusals") / "cases.json"
+    path.write_text(json.dumps(cases))
+    environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                       PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", REFUSALS, str(path)], capture_output=True, text=True,
+                          env=environment, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    return {name: subprocess.CompletedProcess(cases[name], code, "", err) for name, (code, err) in results.items()}
+
+
+@pytest.mark.parametrize("case", OUTPUTS)
+def test_output_paths_are_checked_before_loading(case, refusals):
+    _, flag, words = OUTPUTS[case]
+    assert_refused(refusals[f"out:{case}"], flag, words)
 
 
 def _devices() -> dict[str, tuple[list[str], str]]:
@@ -321,10 +369,8 @@ DEVICES = _devices()
 
 
 @pytest.mark.parametrize("case", DEVICES)
-def test_devices_are_checked_against_what_torch_sees(case, unloadable, video):
-    flags, words = DEVICES[case]
-    models = ["--target", unloadable[0], "--draft", unloadable[1]]
-    assert_refused(cli("generate", *models, "--video", video, *flags), words)
+def test_devices_are_checked_against_what_torch_sees(case, refusals):
+    assert_refused(refusals[f"device:{case}"], DEVICES[case][1])
 
 
 def test_a_gpu_index_past_the_count_names_the_gpus(monkeypatch):
