@@ -61,11 +61,13 @@ class Drafter(ABC):
         drafter's own prompt."""
 
     def during_verify(self, tree: DraftTree, proposal: Proposal, root_position: int, sampling: SamplingConfig,
-                      generator: torch.Generator | None, proposed: "torch.cuda.Event | None") -> None:  # fmt: skip
+                      generator: torch.Generator | None, proposed: "torch.cuda.Event | None",
+                      verified: "torch.cuda.Event | None" = None) -> None:  # fmt: skip
         """Called once the target's verification of ``proposal`` is queued, before its verdict is
         read: a drafter may queue work of its own meanwhile (see drafters/overlap.py), after the
-        event ``proposed`` (recorded on the GPU once the proposal's tokens were final, before the
-        verification; None off the GPU). Nothing, here."""
+        event ``proposed`` (recorded on the target's GPU once the proposal's tokens were final,
+        before the verification; None off the GPU). ``verified``, recorded on the target's GPU
+        after the verification, is reached when it is done (None off the GPU). Nothing, here."""
 
     def accept(self, verdict: Verdict, proposal: Proposal) -> int:
         """Keep the accepted path (``verdict.path``: (depth + 1,) node indices, -1 padded, on the

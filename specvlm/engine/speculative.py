@@ -176,7 +176,8 @@ def speculative_decode(
         clock.mark("verify")
         proposed = _event(target.device)  # the proposal is final: what the drafter may work after
         decision = decide(pair.target, tree, agree(node_tokens), proposal, pair.position, sampling, generator)
-        drafter.during_verify(tree, proposal, root_position, sampling, generator, proposed)
+        verified = _event(target.device, timing=False)  # reached once the verification is done
+        drafter.during_verify(tree, proposal, root_position, sampling, generator, proposed, verified)
         verdict = read_verdict(agree(decision), tree.depth)
         clock.mark("draft")
         processed = roll_back(pair, verdict, proposal)
@@ -245,11 +246,11 @@ def prefill_pair(target: VideoLMAdapter, drafter: Drafter, target_inputs: Prepar
                      scores=scores, warm=warm + drafter.workspace.warmup_s)  # fmt: skip
 
 
-def _event(device: torch.device):
+def _event(device: torch.device, *, timing: bool = True):
     """A CUDA event recorded now on the device's current stream (None off the GPU)."""
     if device.type != "cuda":
         return None
-    event = torch.cuda.Event(enable_timing=True)
+    event = torch.cuda.Event(enable_timing=timing)
     event.record(torch.cuda.current_stream(device))
     return event
 

@@ -92,7 +92,7 @@ class OverlapDrafter(ModelDrafter):
         return super().propose(tree, pending, root_position, sampling, generator)
 
     def during_verify(self, tree: DraftTree, proposal: Proposal, root_position: int, sampling: SamplingConfig,
-                      generator: torch.Generator | None, proposed=None) -> None:  # fmt: skip
+                      generator: torch.Generator | None, proposed=None, verified=None) -> None:  # fmt: skip
         cache, depth = self.workspace.cache, tree.depth
         # the guess writes the main path, its leaf, the guessed token and one tree's levels
         if proposal.depth < depth or len(tree.main_path) != depth + 1 or cache.length + depth + tree.num_nodes + tree.draft_width > cache.capacity:
@@ -101,10 +101,11 @@ class OverlapDrafter(ModelDrafter):
         if self.hit_rate < self.min_hit_rate and self.since_guess < self.probe:
             return
         self.since_guess = 0
-        verified = None
-        if self.cuda:  # the verification is queued: this event is reached when it is done
+        if self.cuda and verified is None:  # the verification is queued (on this device): reached when done
             verified = torch.cuda.Event()
             verified.record(torch.cuda.current_stream(self.device))
+        if not self.cuda:
+            verified = None
         root, length = self.root_slot, cache.length
         self.guesses += 1
         with torch.cuda.stream(self.side) if self.cuda else nullcontext():
@@ -210,11 +211,14 @@ class OverlapDrafter(ModelDrafter):
 
     def timeline(self) -> list[dict]:
         """Per guess, in ms from the moment its verification was queued (after the device has
-        finished): when the side stream started and ended the guess, and when the verdict was known
-        on the main stream (verification done, read back)."""
+        finished; for a draft on a GPU of its own, from the guess's start): when the side stream
+        started and ended the guess, how many of its passes were queued before the verdict, and
+        when the verdict was known on the draft's main stream (verification done, read back)."""
         out = []
         for span in self.side_spans:
             proposed, start, end, *seen = span
+            if proposed is None or proposed.device != start.device:  # a draft on its own GPU: from the guess's start
+                proposed = start
             row = {"side_start": proposed.elapsed_time(start), "side_end": proposed.elapsed_time(end),
                    "passes_ahead": self.queued[len(out)]}  # fmt: skip
             if seen:
