@@ -7,8 +7,9 @@ projections and each MLP's gate/up projections are given one weight (and bias) i
 modules' own ``weight`` and ``bias`` becoming views of it (no memory is added; every parameter keeps
 its name, shape and values). Eagerly each projection multiplies by its own view, as before, so
 prefill is unchanged. Under ``torch.compile`` each multiplies by the whole buffer and keeps its
-rows: the same matmul on the same input, which the compiler's common-subexpression elimination
-(AOTAutograd's ``cse``, on by default) runs once.
+rows: the same matmul on the same input, which ``SHARED_MATMULS`` (below, an inductor post-grad
+pass the compiled steps are built with) runs once. Inference graphs get no common-subexpression
+elimination of their own: AOTAutograd's ``cse`` runs only when it partitions a training graph.
 
 Only plain ``torch.nn.Linear`` projections of one dtype and device, with no hooks, are fused;
 anything else (quantized or sharded linears, adapters, offloading hooks) is left as it is.
@@ -48,7 +49,7 @@ def _fusable(linears: list) -> bool:
 def fuse_projections(language_model: nn.Module) -> int:
     """Give each layer's q/k/v and gate/up projections one shared weight; returns how many groups
     were fused (0 when the layers have none that qualify, or were fused already)."""
-    fused = 0
+    fused, on_gpu = 0, False
     for layer in getattr(language_model, "layers", ()):
         for parent_name, names in GROUPS:
             parent = getattr(layer, parent_name, None)
@@ -60,9 +61,7 @@ def fuse_projections(language_model: nn.Module) -> int:
                 bias = torch.cat([m.bias for m in linears]) if linears[0].bias is not None else None
             start = 0
             for name, old in zip(names, linears):
-                new = SharedInputLinear.__new__(SharedInputLinear)
-                nn.Module.__init__(new)
-                new.in_features, new.out_features = old.in_features, old.out_features
+                new = SharedInputLinear(old.in_features, old.out_features, bias=bias is not None, device="meta")
                 stop = start + old.out_features
                 new.start, new.stop = start, stop
                 new.weight = nn.Parameter(weight[start:stop], requires_grad=old.weight.requires_grad)
@@ -73,7 +72,8 @@ def fuse_projections(language_model: nn.Module) -> int:
                 setattr(parent, name, new)
                 start = stop
             fused += 1
-    if fused and torch.cuda.is_available():
+            on_gpu = on_gpu or weight.is_cuda
+    if on_gpu:
         torch.cuda.empty_cache()  # the separate weights' blocks, freed, do not fit the fused ones
     return fused
 

@@ -101,11 +101,11 @@ class OverlapDrafter(ModelDrafter):
         if self.hit_rate < self.min_hit_rate and self.since_guess < self.probe:
             return
         self.since_guess = 0
-        if self.cuda and verified is None:  # the verification is queued (on this device): reached when done
-            verified = torch.cuda.Event()
-            verified.record(torch.cuda.current_stream(self.device))
         if not self.cuda:
             verified = None
+        elif verified is None:  # not given: the verification was queued on this device's stream
+            verified = torch.cuda.Event()
+            verified.record(torch.cuda.current_stream(self.device))
         root, length = self.root_slot, cache.length
         self.guesses += 1
         with torch.cuda.stream(self.side) if self.cuda else nullcontext():
