@@ -390,6 +390,8 @@ def main() -> None:
                         "JSON list beside it, same name, .json) and stop")
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test (shapes test-target:test-draft)")
     args = parser.parse_args()
+    if args.min_hit_rate is not None and not 0.0 <= args.min_hit_rate <= 1.0:
+        parser.error(f"--min-hit-rate is a rate in [0, 1], got {args.min_hit_rate}")
     global DEVICE
     DEVICE = args.device
     if args.summary:
