@@ -44,6 +44,7 @@ from specvlm.engine.drafters import ModelDrafter, OverlapDrafter
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
+from specvlm.engine.tree_search import RankAcceptance
 from specvlm.pruning import PruneConfig
 from specvlm.testing import shapes
 
@@ -64,21 +65,29 @@ def alpha_for_tau(tau: float, depth: int) -> float:
     return (lo + hi) / 2
 
 
-def expected_tau(alphas) -> float:
-    tau, reach = 1.0, 1.0
-    for a in alphas:
-        reach *= a
-        tau += reach
-    return tau
+def tree_label(spec: str) -> str:
+    """A tree's name in method names and records: the spec, or a tree file's stem."""
+    return Path(spec).stem if Path(spec).is_file() else spec
+
+
+def load_acceptance(path: Path) -> RankAcceptance:
+    """Acceptance by depth and rank from a JSON file: {"rank_acceptance": [[p_rank0, ...], ...]}
+    (benchmarks/tree_choice.py writes it from a pair's measured runs)."""
+    return RankAcceptance(tuple(map(tuple, json.loads(Path(path).read_text())["rank_acceptance"])))
 
 
 class Oracle:
-    """Rewrites each proposal's main path with the target's known continuation (see the module doc)."""
+    """Rewrites each proposal with the target's known continuation (see the module doc): at each
+    depth the target's token is the draft's rank-r candidate with the acceptance's chance p[d][r]
+    (drawn whatever the tree holds), written into that node when the tree has it; every other
+    candidate there is made wrong. A tree without the drawn candidate stops the accepted path."""
 
-    def __init__(self, truth: list[int], alphas, tree: DraftTree, vocab: int, device, seed: int = 0):
+    def __init__(self, truth: list[int], acceptance: RankAcceptance, tree: DraftTree, vocab: int, device, seed: int = 0):
         self.truth = torch.tensor(truth, device=device)
-        self.alphas = list(alphas)
-        self.main = tree.on(device).main_path  # nodes 0, 00, 000, ...
+        self.acceptance = acceptance
+        self.kids = tree.host_children
+        self.depth = tree.depth
+        self.node_depth = tree.on(device).node_depth
         self.vocab = vocab
         self.seed = seed
         self.reset()
@@ -89,25 +98,47 @@ class Oracle:
         self.rng = np.random.default_rng(self.seed)
         self.guess_rng = np.random.default_rng(self.seed + 1)
 
+    def draw(self) -> list[int]:
+        """The ranks of the target's tokens down the accepted path (a draw past the tree's depth is
+        not made: the same draws for every tree of one depth)."""
+        ranks = []
+        for d in range(1, self.depth + 1):
+            u, total, rank = self.rng.random(), 0.0, None
+            for r, p in enumerate(self.acceptance.p[d - 1] if d <= len(self.acceptance.p) else ()):
+                total += p
+                if u < total:
+                    rank = r
+                    break
+            if rank is None:
+                break
+            ranks.append(rank)
+        return ranks
+
     def __call__(self, tokens: torch.Tensor, emitted: int) -> None:
         self.emitted = emitted
-        m = 0
-        while m < len(self.alphas) and self.rng.random() < self.alphas[m]:
-            m += 1
-        # the root is truth[emitted - 1]; the node at depth d should be truth[emitted - 1 + d]
-        if m:
-            tokens[self.main[1 : m + 1]] = self.truth[emitted : emitted + m]
-        if m < len(self.alphas):
-            tokens[self.main[m + 1]] = (self.truth[emitted + m] + 1) % self.vocab
+        node, path, rivals = 0, [], []  # the root is truth[emitted - 1]
+        for rank in self.draw() + [None]:
+            kids = self.kids[node]
+            rivals += kids  # no candidate of a node on the path may be right but the drawn one
+            if rank is None or rank >= len(kids):
+                break
+            node = kids[rank]
+            path.append(node)
+        # a few launches per cycle, nothing waits: the device holds the truth, the host only indices
+        if rivals:
+            index = torch.tensor(rivals, device=tokens.device)
+            right, at = self.truth[emitted - 1 + self.node_depth[index]], tokens[index]
+            tokens[index] = torch.where(at == right, (right + 1) % self.vocab, at)
+        if path:
+            index = torch.tensor(path, device=tokens.device)
+            tokens[index] = self.truth[emitted - 1 + self.node_depth[index]]
 
     def guess(self, token: torch.Tensor, depth: int) -> None:
         """The overlapped drafter's guess of the token after a fully accepted main path: right with
-        the last depth's acceptance (as a draft's top-1 after the leaf would be), else wrong."""
+        the last depth's top-1 acceptance (as a draft's top-1 after the leaf would be), else wrong."""
         right = self.truth[self.emitted + depth]
-        token.copy_((right if self.guess_rng.random() < self.alphas[-1] else (right + 1) % self.vocab).view(1))
-
-
-DEVICE = "cuda"
+        token.copy_((right if self.guess_rng.random() < self.acceptance.at(len(self.acceptance.p), 0)
+                     else (right + 1) % self.vocab).view(1))  # fmt: skip
 
 
 def host_timed(drafter) -> dict:
@@ -185,11 +216,15 @@ def done_keys(path: Path) -> set:
 
 def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: set) -> None:
     pair = f"{target_name}:{draft_name}"
-    tree = DraftTree.default()
+    trees = [(tree_label(spec), DraftTree.parse(spec)) for spec in args.trees]
+    depth = max(tree.depth for _, tree in trees)
     greedy, sampled = SamplingConfig(), SamplingConfig(temperature=0.7)
-    settings = [(f"tau {args.tau}", [alpha_for_tau(args.tau, tree.depth)] * tree.depth)]
+    # tau: the constant alpha that gives it on the default tree, at every depth of every tree
+    settings = [(f"tau {args.tau}", RankAcceptance.main_path([alpha_for_tau(args.tau, DraftTree.default().depth)] * depth))]
     if args.bundled:
-        settings.append(("bundled pair", list(BUNDLED_ACCEPTANCE)))
+        settings.append(("bundled pair", RankAcceptance.main_path(BUNDLED_ACCEPTANCE)))
+    if args.acceptance:
+        settings.append((f"by rank, {args.acceptance.stem}", load_acceptance(args.acceptance)))
     # pruned first: a run cut off by its time limit keeps the method's own figure
     methods = [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r), greedy) for r in args.ratios] + [("plain SD", None, greedy)]
     if args.overlap:  # drafting while verifying, side by side with sequential drafting
@@ -216,7 +251,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
         d_full = shapes.synthetic_inputs(draft, context)
         n = args.new_tokens
         t0 = time.perf_counter()
-        truth = decode_target(target, full, max_new_tokens=n + tree.depth + 2, compile=compile)
+        truth = decode_target(target, full, max_new_tokens=n + depth + 2, compile=compile)
         warm_target = truth.stats.warmup_s
         print(f"[{pair} @ {context}] truth run {time.perf_counter() - t0:.1f}s (warm-up {warm_target:.1f}s)", flush=True)
         baseline = decode_target(target, full, max_new_tokens=n, compile=compile)
@@ -242,61 +277,65 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                   "prefill_s": baseline.stats.prefill_s, "latency_s": baseline.stats.prefill_s + baseline.stats.decode_s,
                   "warmup_s": warm_target, "step_vs_floor": base_ms / t_floor, "equal": True}  # fmt: skip
         emit(args, record, done)
-        for i, (label, alphas) in enumerate(settings):
-            for name, prune, sampling in methods:
-                if (i and not sampling.greedy) or key_of(pair, full.length, name, label, args.workspace) in done:
-                    continue
-                oracle = Oracle(truth.token_ids, alphas, tree, target.vocab_size, target.device, seed=context)
-                drafter = OverlapDrafter(draft, on_guess=oracle.guess, priority=args.side_priority,
-                                         **({} if args.min_hit_rate is None else {"min_hit_rate": args.min_hit_rate})) \
-                    if ", overlap" in name else ModelDrafter(draft)  # fmt: skip
-                host = host_timed(drafter)
-                run = lambda: speculative_decode(
-                    target,
-                    draft,
-                    full,
-                    d_full,
-                    max_new_tokens=n,
-                    generator=torch.Generator(device=DEVICE).manual_seed(0),
-                    on_proposal=oracle,
-                    compile=compile,
-                    config=SpecConfig(tree=tree, prune=prune, sampling=sampling, drafter=drafter),
-                )
-                result = first = run()
-                if first.stats.warmup_s > 0:  # it compiled or captured a step: measure again, warm
-                    oracle.reset()
-                    host.clear()
-                    result = run()
-                s = result.stats
-                cycles = s.target_passes
-                d_context = full.length - s.video_tokens + s.draft_video_tokens
-                d_floor = 1000 * (d_weights + shapes.kv_bytes(draft, d_context)) / bandwidth
-                passes = s.draft_passes / cycles
-                ms = ms_per_token(s)
-                equal = result.token_ids == reference and first.token_ids == reference
-                record = {**common, "method": name, "acceptance": label, "sampling": sampling.temperature, "alphas": alphas,
-                          "expected_tau": expected_tau(alphas), "tau": s.tau,
-                          "acceptance_by_depth": s.acceptance_by_depth, "ms_per_token": ms,
-                          "speedup": base_ms / ms, "speedup_vs_generate": gen_ms / ms if gen_ms else None,
-                          "drafting_ms_per_cycle": 1000 * s.drafting_s / cycles,
-                          "verify_ms_per_cycle": 1000 * s.verify_s / cycles,
-                          "host_ms_per_cycle": 1000 * (s.decode_s - s.drafting_s - s.verify_s) / cycles,
-                          "draft_passes_per_cycle": passes, "draft_video_tokens": s.draft_video_tokens,
-                          "video_tokens": s.video_tokens, "draft_context": d_context, "draft_floor_ms": d_floor,
-                          "ceiling": s.tau / (1 + passes * d_floor / t_floor),
-                          "prefill_s": s.prefill_s, "draft_prefill_s": s.draft_prefill_s,
-                          "latency_s": s.prefill_s + s.draft_prefill_s + s.decode_s,
-                          "cycle_ms": 1000 * s.decode_s / cycles, "warmup_s": first.stats.warmup_s,
-                          "draft_capacity": kept_capacity(draft, "draft"),
-                          "overlapped_cycles": s.overlapped_cycles / cycles,
-                          "host_ms_per_cycle_in": {k: 1000 * v / cycles for k, v in host.items()},
-                          "timeline": drafter.timeline()[:: max(1, cycles // 12)] if hasattr(drafter, "timeline") and DEVICE == "cuda" else None,
-                          "guesses": getattr(drafter, "guesses", None), "right_guesses": getattr(drafter, "hits", None),
-                          "min_hit_rate": getattr(drafter, "min_hit_rate", None),
-                          "side_ms_per_guess": 1000 * drafter.busy_s() / drafter.guesses
-                          if getattr(drafter, "guesses", 0) and DEVICE == "cuda" else None,
-                          "equal": equal if sampling.greedy else None}  # fmt: skip
-                emit(args, record, done)
+        runs = [(i, label, acceptance, tree_name, tree, name + ("" if tree_name == "default" else f", tree {tree_name}"),
+                 prune, sampling) for i, (label, acceptance) in enumerate(settings) for tree_name, tree in trees
+                for name, prune, sampling in methods]  # fmt: skip
+        for i, label, acceptance, tree_name, tree, name, prune, sampling in runs:
+            if (i and not sampling.greedy) or key_of(pair, full.length, name, label, args.workspace) in done:
+                continue
+            oracle = Oracle(truth.token_ids, acceptance, tree, target.vocab_size, target.device, seed=context)
+            drafter = OverlapDrafter(draft, on_guess=oracle.guess, priority=args.side_priority,
+                                     **({} if args.min_hit_rate is None else {"min_hit_rate": args.min_hit_rate})) \
+                if ", overlap" in name else ModelDrafter(draft)  # fmt: skip
+            host = host_timed(drafter)
+            run = lambda: speculative_decode(
+                target,
+                draft,
+                full,
+                d_full,
+                max_new_tokens=n,
+                generator=torch.Generator(device=DEVICE).manual_seed(0),
+                on_proposal=oracle,
+                compile=compile,
+                config=SpecConfig(tree=tree, prune=prune, sampling=sampling, drafter=drafter),
+            )
+            result = first = run()
+            if first.stats.warmup_s > 0:  # it compiled or captured a step: measure again, warm
+                oracle.reset()
+                host.clear()
+                result = run()
+            s = result.stats
+            cycles = s.target_passes
+            d_context = full.length - s.video_tokens + s.draft_video_tokens
+            d_floor = 1000 * (d_weights + shapes.kv_bytes(draft, d_context)) / bandwidth
+            passes = s.draft_passes / cycles
+            ms = ms_per_token(s)
+            equal = result.token_ids == reference and first.token_ids == reference
+            record = {**common, "method": name, "acceptance": label, "sampling": sampling.temperature,
+                      "tree": tree_name, "tree_nodes": tree.num_nodes, "tree_depth": tree.depth,
+                      "acceptance_by_rank": acceptance.p, "expected_tau": acceptance.expected_tokens(tree),
+                      "tau": s.tau, "acceptance_by_depth": s.acceptance_by_depth,
+                      "rank_acceptance": s.rank_acceptance, "ms_per_token": ms,
+                      "speedup": base_ms / ms, "speedup_vs_generate": gen_ms / ms if gen_ms else None,
+                      "drafting_ms_per_cycle": 1000 * s.drafting_s / cycles,
+                      "verify_ms_per_cycle": 1000 * s.verify_s / cycles,
+                      "host_ms_per_cycle": 1000 * (s.decode_s - s.drafting_s - s.verify_s) / cycles,
+                      "draft_passes_per_cycle": passes, "draft_video_tokens": s.draft_video_tokens,
+                      "video_tokens": s.video_tokens, "draft_context": d_context, "draft_floor_ms": d_floor,
+                      "ceiling": s.tau / (1 + passes * d_floor / t_floor),
+                      "prefill_s": s.prefill_s, "draft_prefill_s": s.draft_prefill_s,
+                      "latency_s": s.prefill_s + s.draft_prefill_s + s.decode_s,
+                      "cycle_ms": 1000 * s.decode_s / cycles, "warmup_s": first.stats.warmup_s,
+                      "draft_capacity": kept_capacity(draft, "draft"),
+                      "overlapped_cycles": s.overlapped_cycles / cycles,
+                      "host_ms_per_cycle_in": {k: 1000 * v / cycles for k, v in host.items()},
+                      "timeline": drafter.timeline()[:: max(1, cycles // 12)] if hasattr(drafter, "timeline") and DEVICE == "cuda" else None,
+                      "guesses": getattr(drafter, "guesses", None), "right_guesses": getattr(drafter, "hits", None),
+                      "min_hit_rate": getattr(drafter, "min_hit_rate", None),
+                      "side_ms_per_guess": 1000 * drafter.busy_s() / drafter.guesses
+                      if getattr(drafter, "guesses", 0) and DEVICE == "cuda" else None,
+                      "equal": equal if sampling.greedy else None}  # fmt: skip
+            emit(args, record, done)
         del full, d_full
         empty_cache()
 
@@ -370,6 +409,10 @@ def main() -> None:
     parser.add_argument("--contexts", nargs="+", type=int, default=[65536, 16384, 4096])
     parser.add_argument("--tau", type=float, default=3.8)
     parser.add_argument("--bundled", action="store_true", help="also at the bundled pair's per-depth acceptance")
+    parser.add_argument("--acceptance", type=Path, help="also at this acceptance by depth and rank (a JSON file "
+                        "with rank_acceptance, as benchmarks/tree_choice.py writes)")
+    parser.add_argument("--trees", nargs="+", default=["default"], help="draft trees, each run with every method "
+                        "(default, chain:K, or a tree file)")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.9, 0.95])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--sampling", action="store_true", help="also plain SD and the first ratio at temperature 0.7")
@@ -392,6 +435,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.min_hit_rate is not None and not 0.0 <= args.min_hit_rate <= 1.0:
         parser.error(f"--min-hit-rate is a rate in [0, 1], got {args.min_hit_rate}")
+    for spec in args.trees:
+        try:
+            DraftTree.parse(spec)
+        except (ValueError, OSError) as e:
+            parser.error(f"--trees: {e}")
+    if args.acceptance:
+        try:
+            load_acceptance(args.acceptance)
+        except (ValueError, OSError, KeyError, TypeError) as e:
+            parser.error(f"--acceptance {args.acceptance}: {e}")
     global DEVICE
     DEVICE = args.device
     if args.summary:

@@ -30,3 +30,29 @@ def test_e2e_oracle_controls_acceptance_and_output_stays_the_targets(tmp_path):
     summary = tmp_path / "e2e.md"
     subprocess.run(cmd[:2] + ["--out", str(out), "--summary", str(summary)], check=True, env=env, capture_output=True)
     assert "SD pruned 0.9" in summary.read_text() and json.loads(summary.with_suffix(".json").read_text())[0]["equal"]
+
+
+def test_e2e_runs_every_tree_at_an_acceptance_by_rank(tmp_path):
+    """Side branches count: with rank-1 candidates accepted half the time, a tree holding them
+    accepts more than a chain, and the oracle's draws give each tree its expected tau."""
+    out = tmp_path / "e2e.jsonl"
+    acceptance = tmp_path / "acc.json"
+    acceptance.write_text(json.dumps({"rank_acceptance": [[0.45, 0.45]] * 3}))
+    tree = tmp_path / "two.txt"
+    tree.write_text("0\n1\n0 0\n0 1\n1 0\n1 1\n0 0 0\n0 0 1\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--device", "cpu", "--pairs", "test-target:test-draft",
+           "--contexts", "700", "--new-tokens", "160", "--ratios", "0.9", "--no-generate", "--trees", "chain:3", str(tree),
+           "--acceptance", str(acceptance), "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    ranked = [r for r in records if r["acceptance"] == "by rank, acc"]
+    assert [r["method"] for r in ranked] == ["SD pruned 0.9, tree chain:3", "plain SD, tree chain:3",
+                                             "SD pruned 0.9, tree two", "plain SD, tree two"]  # fmt: skip
+    assert all(r["equal"] for r in records)
+    for r in ranked:
+        assert abs(r["tau"] - r["expected_tau"]) < 0.45, r  # 0.45 / 0.9 a level: about 1.6 (chain) and 2.5 (two)
+    assert ranked[2]["tau"] > ranked[0]["tau"] + 0.4
+    assert ranked[2]["rank_acceptance"][0][1] > 0.25 and ranked[0]["rank_acceptance"][0] == [ranked[0]["rank_acceptance"][0][0]]
+    bad = subprocess.run(cmd[:-2] + ["--trees", str(tmp_path / "missing.txt")], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--trees" in bad.stderr and "Traceback" not in bad.stderr

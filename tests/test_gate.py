@@ -83,6 +83,10 @@ def test_independent_draft_is_lossless(fam, tree_name):
         assert stats.new_tokens == len(reference)
         assert stats.cycle_tokens == len(reference) - 1
         assert 1.0 <= stats.tau <= tree.depth + 1
+        # the rank counts add up to the depths reached: one rank hit per accepted depth
+        for d, (hits, tries) in enumerate(zip(stats.rank_hits, stats.rank_tries)):
+            assert sum(hits) == stats.reached_depth[d + 1] and max(tries) <= stats.reached_depth[d]
+            assert len(tries) == tree.max_children and all(h <= t for h, t in zip(hits, tries))
 
 
 @pytest.mark.parametrize("tree_name", list(TREES))

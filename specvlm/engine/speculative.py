@@ -62,14 +62,42 @@ class SpecStats(DecodeStats):
     stage1_tokens: int = 0  # of those, chosen by Stage I attention
     cycle_tokens: int = 0  # tokens emitted by verification passes (all but the prefill's token)
     reached_depth: list[int] = field(default_factory=list)  # [d]: cycles whose accepted path reached depth d
+    # [d][r]: cycles whose accepted path reached a depth-d node with a rank-r child that was proposed
+    # (rank_tries) and whose path went on through that child (rank_hits)
+    rank_tries: list[list[int]] = field(default_factory=list)
+    rank_hits: list[list[int]] = field(default_factory=list)
 
-    def record_cycle(self, draft_passes: int, accepted: int, emitted: int, overlapped: bool = False) -> None:
+    def record_cycle(self, draft_passes: int, accepted: int, emitted: int, overlapped: bool = False,
+                     path: list[int] | None = None, tree: DraftTree | None = None,
+                     proposed_depth: int | None = None) -> None:  # fmt: skip
+        """One verification: its draft passes, accepted draft tokens and emitted tokens; with the
+        accepted ``path`` (node indices from the root) of ``tree``, drafted to ``proposed_depth``,
+        the per-rank counts too."""
         self.draft_passes += draft_passes
         self.overlapped_cycles += overlapped
         self.target_passes += 1
         self.cycle_tokens += emitted
         for d in range(accepted + 1):
             self.reached_depth[d] += 1
+        if path is None or tree is None:
+            return
+        kids, ranks = tree.host_children, tree.host_ranks
+        depth = tree.depth if proposed_depth is None else proposed_depth
+        while len(self.rank_tries) < depth:
+            self.rank_tries.append([0] * tree.max_children)
+            self.rank_hits.append([0] * tree.max_children)
+        for d, node in enumerate(path[: depth]):
+            tries, hits = self.rank_tries[d], self.rank_hits[d]
+            for r in range(len(kids[node])):
+                tries[r] += 1
+            if d + 1 < len(path):
+                hits[ranks[path[d + 1]]] += 1
+
+    @property
+    def rank_acceptance(self) -> list[list[float]]:
+        """[d][r]: P(the target's token at depth d + 1 is the draft's rank-r candidate | the path
+        reached depth d), over the cycles whose tree had that candidate (tree_search.py)."""
+        return [[h / t for h, t in zip(hits, tries) if t] for hits, tries in zip(self.rank_hits, self.rank_tries)]
 
     @property
     def tau(self) -> float:
@@ -93,6 +121,7 @@ class SpecStats(DecodeStats):
             "overlapped_cycles": self.overlapped_cycles,
             "tau": self.tau,
             "acceptance_by_depth": self.acceptance_by_depth,
+            "rank_acceptance": self.rank_acceptance,
             "video_tokens": self.video_tokens,
             "draft_video_tokens": self.draft_video_tokens,
             "stage1_tokens": self.stage1_tokens,
@@ -185,7 +214,8 @@ def speculative_decode(
         tokens.extend(kept)
         if on_tokens is not None and kept:
             on_tokens(kept)
-        stats.record_cycle(proposal.passes, verdict.num_accepted, len(kept), proposal.overlapped)
+        stats.record_cycle(proposal.passes, verdict.num_accepted, len(kept), proposal.overlapped, verdict.accepted,
+                           tree, proposal.depth)
         pending = verdict.accepted_tokens[processed:] + [verdict.next_token]  # the deepest accepted node, if unprocessed
         pair.position += verdict.num_accepted + 1
     clock.mark("end")

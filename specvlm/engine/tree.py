@@ -219,3 +219,12 @@ class DraftTree:
     def children(self, node: int) -> list[int]:
         """Child node indices of ``node`` in rank order."""
         return [i for i in range(1, self.num_nodes) if int(self.parent[i]) == node]
+
+    @cached_property
+    def host_children(self) -> tuple[tuple[int, ...], ...]:
+        """Every node's children in rank order, as host tuples (for per-cycle bookkeeping)."""
+        return tuple(tuple(self.children(i)) for i in range(self.num_nodes))
+
+    @cached_property
+    def host_ranks(self) -> tuple[int, ...]:
+        return tuple(self.rank.tolist())

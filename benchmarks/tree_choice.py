@@ -1,0 +1,196 @@
+"""The draft tree that pays for a pair, from its measured acceptance by depth and rank and measured
+step costs (specvlm/engine/tree_search.py), checked on the bundled pair.
+
+    python benchmarks/tree_choice.py [--clips 24] [--ratio 0.9] [--costs results/e2e.jsonl]
+                                     [--out results/tree_choice.json] [--summary results/tree_choice.md]
+                                     [--trees-dir results/trees]
+
+1. Acceptance: the bundled trained pair (CPU, float32) decodes held-out clips greedily, its draft
+   pruned to ``--ratio``, with a probe tree (a main path ``--probe-depth`` deep, every node on it
+   with ``--probe-width`` candidates), and the engine counts, at each depth, how often the target's
+   token was the draft's rank-r candidate (``SpecStats.rank_acceptance``).
+2. Costs: for each (pair, context, workspace) of the end-to-end records in ``--costs``
+   (benchmarks/e2e.py at real sizes): a draft pass = the pruned SD run's drafting ms per cycle /
+   its passes; verification of N nodes from every tree measured there (verify ms per cycle, its
+   node count), and N = 1 from target-only's ms per token.
+3. For each cost set: the best tree (fewest expected ms per token), the default tree and chains
+   scored the same way; ms per token and speedups are composed estimates from measured parts,
+   labelled so. The chosen trees are written to ``--trees-dir`` (``--tree FILE``, ``e2e.py --trees``).
+4. Check: the bundled pair decodes the clips again with each chosen tree and the default tree; the
+   measured tau stands beside the predicted tokens per cycle, every output equal to target-only's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from specvlm import synthetic
+from specvlm.assets import default_pair
+from specvlm.engine.config import SpecConfig
+from specvlm.engine.decoding import decode_target
+from specvlm.engine.speculative import speculative_decode
+from specvlm.engine.tree import DraftTree
+from specvlm.engine.tree_search import RankAcceptance, StepCosts, best_tree, score, write_tree
+from specvlm.models import load_adapter
+from specvlm.pruning import PruneConfig
+from specvlm.video import load_video
+
+FIRST_SEED = 900_100  # held out, as benchmarks/bundled_pair.py
+
+
+def probe_tree(depth: int, width: int) -> DraftTree:
+    """A main path ``depth`` deep, each of its nodes with ``width`` candidates."""
+    return DraftTree(tuple((0,) * d + (r,) for d in range(depth) for r in range(width)))
+
+
+def decode_clips(target, draft, inputs, references, tree: DraftTree, prune) -> dict:
+    """Speculative decoding of every clip with ``tree``: pooled tau, rank counts, equal outputs."""
+    tokens = passes = equal = 0
+    tries = hits = None
+    for (full, draft_full), reference in zip(inputs, references):
+        result = speculative_decode(target, draft, full, draft_full, max_new_tokens=len(reference),
+                                    config=SpecConfig(tree=tree, prune=prune))  # fmt: skip
+        s = result.stats
+        tokens, passes, equal = tokens + s.cycle_tokens, passes + s.target_passes, equal + (result.token_ids == reference)
+        if tries is None:
+            tries, hits = s.rank_tries, s.rank_hits
+        else:
+            tries = [[a + b for a, b in zip(x, y)] for x, y in zip(tries, s.rank_tries)]
+            hits = [[a + b for a, b in zip(x, y)] for x, y in zip(hits, s.rank_hits)]
+    rates = [[h / t for h, t in zip(hs, ts) if t] for hs, ts in zip(hits, tries)]
+    return {"tau": tokens / passes, "cycles": passes, "equal": equal, "clips": len(inputs), "rank_acceptance": rates,
+            "rank_tries": tries, "rank_hits": hits}  # fmt: skip
+
+
+def cost_sets(records: list[dict], ratio: float) -> list[tuple[dict, StepCosts]]:
+    """Step costs per (pair, context, workspace, engine) of greedy end-to-end records."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("sampling", 0.0) == 0.0 and not r["method"].count("overlap"):
+            groups.setdefault((r["pair"], r["context"], r.get("workspace", "shared"), r.get("engine")), []).append(r)
+    out = []
+    for (pair, context, workspace, engine), rows in groups.items():
+        base = [r for r in rows if r["method"] == "target-only"]
+        pruned = [r for r in rows if r["method"].startswith(f"SD pruned {ratio}")]
+        if not base or not pruned:
+            continue
+        verify = {1: base[-1]["ms_per_token"]}
+        for r in pruned:
+            verify.setdefault(r.get("tree_nodes", DraftTree.default().num_nodes), r["verify_ms_per_cycle"])
+        main = next((r for r in pruned if r.get("tree", "default") == "default"), pruned[0])
+        draft_pass = main["drafting_ms_per_cycle"] / main["draft_passes_per_cycle"]
+        info = {"pair": pair, "context": context, "workspace": workspace, "engine": engine,
+                "target_only_ms_per_token": base[-1]["ms_per_token"]}  # fmt: skip
+        out.append((info, StepCosts(draft_pass, tuple(verify.items()))))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--ratio", type=float, default=0.9)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--probe-depth", type=int, default=8)
+    parser.add_argument("--probe-width", type=int, default=4)
+    parser.add_argument("--min-tries", type=int, default=30,
+                        help="a depth counts when at least this many cycles reached it")
+    parser.add_argument("--costs", type=Path, default=Path("results/e2e.jsonl"))
+    parser.add_argument("--engine", help="the records of this engine digest (default: the last record's)")
+    parser.add_argument("--out", type=Path, default=Path("tree_choice.json"))
+    parser.add_argument("--summary", type=Path, help="also the markdown tables here")
+    parser.add_argument("--trees-dir", type=Path, default=Path("trees"))
+    args = parser.parse_args()
+    if args.clips < 1 or args.probe_depth < 1 or args.probe_width < 1:
+        parser.error("--clips, --probe-depth and --probe-width must be >= 1")
+    if not 0.0 < args.ratio < 1.0:
+        parser.error(f"--ratio is a fraction in (0, 1), got {args.ratio}")
+    if not args.costs.is_file():
+        parser.error(f"--costs {args.costs}: no such file (benchmarks/e2e.py --out writes one)")
+    records = [json.loads(line) for line in args.costs.read_text().splitlines() if line.strip()]
+    engine = args.engine or (records[-1].get("engine") if records else None)
+    records = [r for r in records if r.get("engine") == engine]
+    sets = cost_sets(records, args.ratio)
+    if not sets:
+        parser.error(f"--costs {args.costs}: no greedy target-only and 'SD pruned {args.ratio}' records of one context "
+                     f"(engine {engine})")
+
+    target_dir, draft_dir = default_pair()
+    target, draft = load_adapter(str(target_dir), dtype="float32"), load_adapter(str(draft_dir), dtype="float32")
+    inputs = []
+    for i in range(args.clips):
+        frames, _ = synthetic.make_clip(FIRST_SEED + i)
+        features = target.build_inputs(load_video(frames), synthetic.DESCRIBE_PROMPTS[0])
+        inputs.append((target.prepare(features), draft.prepare(features)))
+    references = [decode_target(target, full, max_new_tokens=args.max_new_tokens).token_ids for full, _ in inputs]
+    prune = PruneConfig(ratio=args.ratio)
+    probe = probe_tree(args.probe_depth, args.probe_width)
+    measured = decode_clips(target, draft, inputs, references, probe, prune)
+    # depths measured too rarely to trust are left out, and every depth below them: the search then
+    # gives them no chance and builds no deeper
+    rows = []
+    for row, tries in zip(measured["rank_acceptance"], measured["rank_tries"]):
+        if min(tries) < args.min_tries:
+            break
+        rows.append(tuple(row))
+    if not rows:
+        parser.error(f"fewer than {args.min_tries} cycles reached the first depth: more --clips")
+    acceptance = RankAcceptance(tuple(rows))
+
+    lines = [f"# Draft trees chosen per pair (python benchmarks/tree_choice.py --clips {args.clips})\n",
+             f"Acceptance by depth and rank: the bundled pair, CPU float32, {args.clips} held-out clips, pruned "
+             f"{args.ratio}, probe tree {args.probe_depth} deep x {args.probe_width} candidates, {measured['cycles']} "
+             f"cycles, outputs equal to target-only {measured['equal']}/{args.clips}; depths reached by at least "
+             f"{args.min_tries} cycles.\n",
+             "| depth | " + " | ".join(f"rank {r}" for r in range(args.probe_width)) + " |",
+             "|---|" + "---|" * args.probe_width]  # fmt: skip
+    for d, row in enumerate(acceptance.p, 1):
+        lines.append(f"| {d} ({measured['rank_tries'][d - 1][0]} cycles) | " + " | ".join(f"{p:.3f}" for p in row) + " |")
+    choices = []
+    for info, costs in sets:
+        best = best_tree(acceptance, costs)
+        name = f"{info['pair'].split(':')[0]}_{info['context']}_{info['workspace']}"
+        args.trees_dir.mkdir(parents=True, exist_ok=True)
+        write_tree(best.tree, args.trees_dir / f"{name}.txt")
+        rows = [("chosen", best), ("default", score(DraftTree.default(), acceptance, costs))]
+        rows += [(f"chain:{k}", score(DraftTree.chain(k), acceptance, costs))
+                 for k in range(1, args.probe_depth + 1) if k + 1 <= costs.max_nodes]  # fmt: skip
+        base = info["target_only_ms_per_token"]
+        lines += [f"\n## {info['pair']}, {info['context']} context, {info['workspace']} workspace (engine {info['engine']})\n",
+                  f"Step costs measured end to end (results file {args.costs}): draft pass {costs.draft_pass_ms:.2f} ms, "
+                  "verification " + ", ".join(f"{n} nodes {ms:.2f} ms" for n, ms in costs.verify_ms)
+                  + f" (1 node: target-only's {base:.2f} ms per token); between them linear. Written: "
+                  f"{args.trees_dir / (name + '.txt')}.\n",
+                  "| tree | nodes | depth | expected tokens / cycle | cycle ms | ms / token | speedup over target-only |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for label, c in rows:
+            lines.append(f"| {label} | {c.tree.num_nodes} | {c.tree.depth} | {c.tokens_per_cycle:.2f} | {c.cycle_ms:.2f} | "
+                         f"{c.ms_per_token:.2f} (estimate) | {base / c.ms_per_token:.2f}x (estimate) |")  # fmt: skip
+        choices.append({**info, "tree_file": str(args.trees_dir / f"{name}.txt"), "costs": {
+            "draft_pass_ms": costs.draft_pass_ms, "verify_ms": [list(p) for p in costs.verify_ms]},
+            **{label: c.as_dict() for label, c in rows}})  # fmt: skip
+
+    checks = []
+    trees = {"default": DraftTree.default()}
+    for c in choices:
+        trees.setdefault(" ".join(map(str, c["chosen"]["paths"])), DraftTree(tuple(map(tuple, c["chosen"]["paths"]))))
+    lines += ["\n## Check on the bundled pair: predicted tokens per cycle against measured tau\n",
+              "| tree | nodes | depth | predicted | measured tau | equal to target-only |", "|---|---|---|---|---|---|"]
+    for label, tree in trees.items():
+        run = decode_clips(target, draft, inputs, references, tree, prune)
+        predicted = acceptance.expected_tokens(tree)
+        name = label if label == "default" else f"chosen ({tree.num_nodes} nodes)"
+        lines.append(f"| {name} | {tree.num_nodes} | {tree.depth} | {predicted:.2f} | {run['tau']:.2f} | "
+                     f"{run['equal']}/{run['clips']} |")  # fmt: skip
+        checks.append({"tree": name, "paths": [list(p) for p in tree.paths], "predicted": predicted, **run})
+    text = "\n".join(lines)
+    print(text)
+    if args.summary:
+        args.summary.write_text(text + "\n")
+    args.out.write_text(json.dumps({"rank_acceptance": [list(r) for r in acceptance.p], "probe": measured,
+                                    "choices": choices, "checks": checks}, indent=1) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

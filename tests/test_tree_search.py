@@ -1,0 +1,93 @@
+"""The tree search: expected tokens from acceptance by rank, costs, the best tree, and the engine's
+per-rank counts that feed it."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from specvlm.engine.speculative import SpecStats
+from specvlm.engine.tree import DraftTree
+from specvlm.engine.tree_search import RankAcceptance, StepCosts, best_tree, score, write_tree
+
+
+def test_expected_tokens_is_one_plus_the_path_chances():
+    acc = RankAcceptance(((0.6, 0.3), (0.5, 0.2)))
+    tree = DraftTree(((0,), (1,), (0, 0), (0, 1), (1, 0)))
+    want = 1 + 0.6 + 0.3 + 0.6 * 0.5 + 0.6 * 0.2 + 0.3 * 0.5
+    assert acc.expected_tokens(tree) == pytest.approx(want)
+    # ranks and depths never measured have no chance
+    assert acc.expected_tokens(DraftTree(((0,), (1,), (2,), (0, 0, 0), (0, 0)))) == pytest.approx(1 + 0.9 + 0.3)
+
+
+@pytest.mark.parametrize("bad", [((),), ((0.7, 0.5),), ((1.2,),), ((-0.1,),)])
+def test_acceptance_refuses_what_is_not_a_distribution_over_ranks(bad):
+    with pytest.raises(ValueError):
+        RankAcceptance(bad if bad != ((),) else ())
+
+
+def test_costs_interpolate_and_refuse_to_extrapolate():
+    costs = StepCosts(1.5, ((26, 9.0), (1, 6.0)))
+    assert costs.verify(1) == 6.0 and costs.verify(26) == 9.0
+    assert costs.verify(11) == pytest.approx(6.0 + 3.0 * 10 / 25)
+    assert costs.cycle_ms(DraftTree.chain(3)) == pytest.approx(3 * 1.5 + costs.verify(4))
+    with pytest.raises(ValueError, match="up to 26"):
+        costs.verify(27)
+    for bad in [(1.0, ()), (-1.0, ((1, 2.0),)), (1.0, ((1, 2.0), (1, 3.0))), (1.0, ((0, 2.0),))]:
+        with pytest.raises(ValueError):
+            StepCosts(*bad)
+
+
+def _all_trees(max_nodes: int, depth: int, width: int):
+    """Every valid tree (prefix- and sibling-closed path set) within the bounds, by brute force."""
+    paths = [p for d in range(1, depth + 1) for p in itertools.product(range(width), repeat=d)]
+    for k in range(1, max_nodes):
+        for chosen in itertools.combinations(paths, k):
+            s = set(chosen)
+            if all((len(p) == 1 or p[:-1] in s) and (p[-1] == 0 or p[:-1] + (p[-1] - 1,) in s) for p in s):
+                yield DraftTree(chosen)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_best_tree_is_the_best_of_every_small_tree(seed):
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(3):
+        p = torch.rand(3, generator=g)
+        p = p / p.sum() * float(torch.rand((), generator=g) * 0.5 + 0.5)
+        rows.append(tuple(sorted(p.tolist(), reverse=True)))
+    acc = RankAcceptance(tuple(rows))
+    slope = float(torch.rand((), generator=g)) * 0.6
+    costs = StepCosts(float(torch.rand((), generator=g)) * 2, ((1, 5.0), (6, 5.0 + 5 * slope)))
+    found = best_tree(acc, costs)
+    brute = min((score(t, acc, costs) for t in _all_trees(6, 3, 3)), key=lambda c: c.ms_per_token)
+    assert found.ms_per_token == pytest.approx(brute.ms_per_token)
+    assert found.tree.num_nodes <= 6
+
+
+def test_free_drafting_and_flat_verification_take_the_whole_budget():
+    acc = RankAcceptance(((0.8, 0.1),) * 4)
+    found = best_tree(acc, StepCosts(0.0, ((1, 5.0), (12, 5.0))))
+    assert found.tree.num_nodes == 12 and found.tree.depth == 4
+    # costly draft passes: one level
+    assert best_tree(acc, StepCosts(50.0, ((1, 5.0), (12, 5.0)))).tree.depth == 1
+
+
+def test_written_tree_reads_back(tmp_path):
+    tree = DraftTree(((0,), (1,), (0, 0), (1, 0), (0, 0, 0)))
+    write_tree(tree, tmp_path / "t.txt")
+    assert DraftTree.parse(str(tmp_path / "t.txt")) == tree
+
+
+def test_stats_count_ranks_of_the_accepted_path():
+    tree = DraftTree(((0,), (1,), (2,), (0, 0), (0, 1), (1, 0)))  # nodes: 1=(0) 2=(1) 3=(2) 4=(0,0) 5=(0,1) 6=(1,0)
+    stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
+    stats.record_cycle(2, 2, 3, path=[0, 1, 5], tree=tree)  # ranks 0 then 1
+    stats.record_cycle(2, 1, 2, path=[0, 2], tree=tree)  # rank 1, then its one child missed
+    stats.record_cycle(2, 0, 1, path=[0], tree=tree)  # nothing
+    stats.record_cycle(1, 1, 2, path=[0, 3], tree=tree, proposed_depth=1)  # rank 2, one level proposed
+    assert stats.rank_tries == [[4, 4, 4], [2, 1, 0]]
+    assert stats.rank_hits == [[1, 1, 1], [0, 1, 0]]
+    assert stats.rank_acceptance == [[0.25, 0.25, 0.25], [0.0, 1.0]]
