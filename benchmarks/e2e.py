@@ -240,6 +240,8 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
         adapter.eos_token_ids = ()
     t_weights, d_weights = shapes.weight_bytes(target), shapes.weight_bytes(draft)
     compile = not args.no_compile
+    # one context alone has workspaces of its own size, whatever --workspace says
+    workspace = args.workspace if len(set(args.contexts)) > 1 else "fresh"
     # shared: largest first, so one workspace (sized by the longest prompt) serves every context, as in
     # a server; fresh: each context in workspaces of its own size (new steps compiled and captured)
     for context in sorted(args.contexts, reverse=True):
@@ -268,7 +270,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
             empty_cache()
         t_floor = 1000 * (t_weights + shapes.kv_bytes(target, context)) / bandwidth
         common = {"pair": pair, "target": target_name, "draft": draft_name, "context": full.length,
-                  "workspace": args.workspace, "target_capacity": kept_capacity(target, "target"),
+                  "workspace": workspace, "target_capacity": kept_capacity(target, "target"),
                   "device": device_name(), "torch": torch.__version__, "compile": compile,
                   "new_tokens": n, "target_floor_ms": t_floor, "engine": engine_digest()}  # fmt: skip
         record = {**common, "method": "target-only", "acceptance": "-", "sampling": 0.0, "ms_per_token": base_ms,
@@ -281,7 +283,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                  prune, sampling) for i, (label, acceptance) in enumerate(settings) for tree_name, tree in trees
                 for name, prune, sampling in methods]  # fmt: skip
         for i, label, acceptance, tree_name, tree, name, prune, sampling in runs:
-            if (i and not sampling.greedy) or key_of(pair, full.length, name, label, args.workspace) in done:
+            if (i and not sampling.greedy) or key_of(pair, full.length, name, label, workspace) in done:
                 continue
             oracle = Oracle(truth.token_ids, acceptance, tree, target.vocab_size, target.device, seed=context)
             drafter = OverlapDrafter(draft, on_guess=oracle.guess, priority=args.side_priority,

@@ -16,8 +16,11 @@ step costs (specvlm/engine/tree_search.py), checked on the bundled pair.
 3. For each cost set: the best tree (fewest expected ms per token), the default tree and chains
    scored the same way; ms per token and speedups are composed estimates from measured parts,
    labelled so. The chosen trees are written to ``--trees-dir`` (``--tree FILE``, ``e2e.py --trees``).
-4. Check: the bundled pair decodes the clips again with each chosen tree and the default tree; the
-   measured tau stands beside the predicted tokens per cycle, every output equal to target-only's.
+4. Check, fixed against adaptive: the bundled pair decodes the clips again with each chosen tree and
+   the default tree, drafting every level and with the adaptive drafter (``--adaptive``: deeper
+   levels left out when the draft's confidence drops); the measured tau stands beside the predicted
+   tokens per cycle, every output equal to target-only's, and each run's tau and draft passes per
+   cycle give composed speedup estimates at each cost set.
 """
 
 from __future__ import annotations
@@ -45,14 +48,16 @@ def probe_tree(depth: int, width: int) -> DraftTree:
     return DraftTree(tuple((0,) * d + (r,) for d in range(depth) for r in range(width)))
 
 
-def decode_clips(target, draft, inputs, references, tree: DraftTree, prune) -> dict:
-    """Speculative decoding of every clip with ``tree``: pooled tau, rank counts, equal outputs."""
-    tokens = passes = equal = 0
+def decode_clips(target, draft, inputs, references, tree: DraftTree, prune, drafter: str = "model") -> dict:
+    """Speculative decoding of every clip with ``tree``: pooled tau, draft passes per cycle, rank
+    counts, equal outputs."""
+    tokens = passes = equal = draft_passes = 0
     tries = hits = None
     for (full, draft_full), reference in zip(inputs, references):
         result = speculative_decode(target, draft, full, draft_full, max_new_tokens=len(reference),
-                                    config=SpecConfig(tree=tree, prune=prune))  # fmt: skip
+                                    config=SpecConfig(tree=tree, prune=prune, drafter=drafter))  # fmt: skip
         s = result.stats
+        draft_passes += s.draft_passes
         tokens, passes, equal = tokens + s.cycle_tokens, passes + s.target_passes, equal + (result.token_ids == reference)
         if tries is None:
             tries, hits = s.rank_tries, s.rank_hits
@@ -60,7 +65,7 @@ def decode_clips(target, draft, inputs, references, tree: DraftTree, prune) -> d
             tries = [[a + b for a, b in zip(x, y)] for x, y in zip(tries, s.rank_tries)]
             hits = [[a + b for a, b in zip(x, y)] for x, y in zip(hits, s.rank_hits)]
     rates = [[h / t for h, t in zip(hs, ts) if t] for hs, ts in zip(hits, tries)]
-    return {"tau": tokens / passes, "cycles": passes, "equal": equal, "clips": len(inputs), "rank_acceptance": rates,
+    return {"tau": tokens / passes, "cycles": passes, "draft_passes_per_cycle": draft_passes / passes, "equal": equal, "clips": len(inputs), "rank_acceptance": rates,
             "rank_tries": tries, "rank_hits": hits}  # fmt: skip
 
 
@@ -97,6 +102,7 @@ def main() -> None:
     parser.add_argument("--min-tries", type=int, default=30,
                         help="a depth counts when at least this many cycles reached it")
     parser.add_argument("--costs", type=Path, default=Path("results/e2e.jsonl"))
+    parser.add_argument("--adaptive", type=float, default=0.3, help="the adaptive drafter's threshold in the check")
     parser.add_argument("--engine", help="the records of this engine digest (default: the last record's)")
     parser.add_argument("--out", type=Path, default=Path("tree_choice.json"))
     parser.add_argument("--summary", type=Path, help="also the markdown tables here")
@@ -104,6 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.clips < 1 or args.probe_depth < 1 or args.probe_width < 1:
         parser.error("--clips, --probe-depth and --probe-width must be >= 1")
+    if not 0.0 <= args.adaptive <= 1.0:
+        parser.error(f"--adaptive is a confidence threshold in [0, 1], got {args.adaptive}")
     if not 0.0 < args.ratio < 1.0:
         parser.error(f"--ratio is a fraction in (0, 1), got {args.ratio}")
     if not args.costs.is_file():
@@ -138,7 +146,7 @@ def main() -> None:
         parser.error(f"fewer than {args.min_tries} cycles reached the first depth: more --clips")
     acceptance = RankAcceptance(tuple(rows))
 
-    lines = [f"# Draft trees chosen per pair (python benchmarks/tree_choice.py --clips {args.clips})\n",
+    lines = [f"# Draft trees chosen per pair (python benchmarks/tree_choice.py --clips {args.clips} --costs {args.costs})\n",
              f"Acceptance by depth and rank: the bundled pair, CPU float32, {args.clips} held-out clips, pruned "
              f"{args.ratio}, probe tree {args.probe_depth} deep x {args.probe_width} candidates, {measured['cycles']} "
              f"cycles, outputs equal to target-only {measured['equal']}/{args.clips}; depths reached by at least "
@@ -175,15 +183,31 @@ def main() -> None:
     trees = {"default": DraftTree.default()}
     for c in choices:
         trees.setdefault(" ".join(map(str, c["chosen"]["paths"])), DraftTree(tuple(map(tuple, c["chosen"]["paths"]))))
-    lines += ["\n## Check on the bundled pair: predicted tokens per cycle against measured tau\n",
-              "| tree | nodes | depth | predicted | measured tau | equal to target-only |", "|---|---|---|---|---|---|"]
+    adaptive = f"adaptive:{args.adaptive:g}"
+    sets_named = [(f"{info['pair'].split(':')[0]} {info['context']} {info['workspace']}", info, costs) for info, costs in sets]
+    lines += ["\n## Check on the bundled pair, fixed against adaptive drafting\n",
+              "Predicted tokens per cycle against the measured tau; the adaptive drafter stops a tree's deeper "
+              f"levels when the draft's confidence in its main path drops below {args.adaptive:g} (fewer draft passes). "
+              "Speedups: composed estimates, (draft passes per cycle x a draft pass + the verification of the tree) / "
+              "tau against target-only's ms per token, with each cost set's measured step costs.\n",
+              "| tree | drafter | nodes | depth | predicted | measured tau | draft passes / cycle | equal | "
+              + " | ".join(name for name, *_ in sets_named) + " |",
+              "|---|---|---|---|---|---|---|---|" + "---|" * len(sets_named)]  # fmt: skip
     for label, tree in trees.items():
-        run = decode_clips(target, draft, inputs, references, tree, prune)
-        predicted = acceptance.expected_tokens(tree)
         name = label if label == "default" else f"chosen ({tree.num_nodes} nodes)"
-        lines.append(f"| {name} | {tree.num_nodes} | {tree.depth} | {predicted:.2f} | {run['tau']:.2f} | "
-                     f"{run['equal']}/{run['clips']} |")  # fmt: skip
-        checks.append({"tree": name, "paths": [list(p) for p in tree.paths], "predicted": predicted, **run})
+        predicted = acceptance.expected_tokens(tree)
+        for drafter in ("model", adaptive):
+            run = decode_clips(target, draft, inputs, references, tree, prune, drafter)
+            estimates = {}
+            for set_name, info, costs in sets_named:
+                if tree.num_nodes <= costs.max_nodes:
+                    ms = (run["draft_passes_per_cycle"] * costs.draft_pass_ms + costs.verify(tree.num_nodes)) / run["tau"]
+                    estimates[set_name] = info["target_only_ms_per_token"] / ms
+            lines.append(f"| {name} | {drafter} | {tree.num_nodes} | {tree.depth} | {f'{predicted:.2f}' if drafter == 'model' else '-'} | "
+                         f"{run['tau']:.2f} | {run['draft_passes_per_cycle']:.2f} | {run['equal']}/{run['clips']} | "
+                         + " | ".join(f"{estimates[n]:.2f}x" if n in estimates else "-" for n, *_ in sets_named) + " |")  # fmt: skip
+            checks.append({"tree": name, "drafter": drafter, "paths": [list(p) for p in tree.paths],
+                           "predicted": predicted if drafter == "model" else None, "speedup_estimates": estimates, **run})  # fmt: skip
     text = "\n".join(lines)
     print(text)
     if args.summary:

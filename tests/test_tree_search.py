@@ -91,3 +91,36 @@ def test_stats_count_ranks_of_the_accepted_path():
     assert stats.rank_tries == [[4, 4, 4], [2, 1, 0]]
     assert stats.rank_hits == [[1, 1, 1], [0, 1, 0]]
     assert stats.rank_acceptance == [[0.25, 0.25, 0.25], [0.0, 1.0]]
+
+
+def test_tree_choice_benchmark_on_the_bundled_pair(tmp_path):
+    """benchmarks/tree_choice.py end to end on a CPU: the bundled pair's acceptance by rank, a tree
+    chosen from given step costs, written as a file the engine reads, every check run lossless."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    costs = tmp_path / "e2e.jsonl"
+    common = {"pair": "t:d", "context": 4096, "workspace": "fresh", "engine": "x", "sampling": 0.0}
+    costs.write_text("\n".join(json.dumps(r) for r in [
+        {**common, "method": "target-only", "ms_per_token": 5.0},
+        {**common, "method": "SD pruned 0.9", "tree": "default", "tree_nodes": 26, "verify_ms_per_cycle": 8.0,
+         "drafting_ms_per_cycle": 5.0, "draft_passes_per_cycle": 5.0}]) + "\n")  # fmt: skip
+    out, trees = tmp_path / "choice.json", tmp_path / "trees"
+    cmd = [sys.executable, str(root / "benchmarks" / "tree_choice.py"), "--clips", "2", "--min-tries", "5",
+           "--probe-depth", "4", "--probe-width", "2", "--max-new-tokens", "32", "--costs", str(costs),
+           "--out", str(out), "--trees-dir", str(trees)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["probe"]["equal"] == 2 and all(c["equal"] == c["clips"] for c in result["checks"])
+    chosen = DraftTree.parse(str(trees / "t_4096_fresh.txt"))
+    assert [list(p) for p in chosen.paths] == result["choices"][0]["chosen"]["paths"]
+    assert {c["drafter"] for c in result["checks"]} == {"model", "adaptive:0.3"}
+    assert result["choices"][0]["chosen"]["ms_per_token"] <= result["choices"][0]["default"]["ms_per_token"]
+    bad = subprocess.run(cmd[:-6] + ["--costs", str(tmp_path / "none.jsonl")], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--costs" in bad.stderr and "Traceback" not in bad.stderr
