@@ -1,39 +1,45 @@
 """The draft tree that pays for a pair, from its measured acceptance by depth and rank and measured
-step costs (specvlm/engine/tree_search.py), checked on the bundled pair.
+step costs (specvlm/engine/tree_search.py), checked on the pair.
 
-    python benchmarks/tree_choice.py [--clips 24] [--ratio 0.9] [--costs results/e2e.jsonl]
+    python benchmarks/tree_choice.py [--target DIR_OR_HUB_ID --draft DIR_OR_HUB_ID] [--videos A.mp4 ...]
+                                     [--prompts "Describe the video." ...] [--device cuda --dtype bfloat16]
+                                     [--clips 24] [--ratio 0.9] [--costs results/e2e.jsonl]
                                      [--out results/tree_choice.json] [--summary results/tree_choice.md]
                                      [--trees-dir results/trees]
 
-1. Acceptance: the bundled trained pair (CPU, float32) decodes held-out clips greedily, its draft
-   pruned to ``--ratio``, with a probe tree (a main path ``--probe-depth`` deep, every node on it
-   with ``--probe-width`` candidates), and the engine counts, at each depth, how often the target's
-   token was the draft's rank-r candidate (``SpecStats.rank_acceptance``).
+1. Acceptance: the pair (default: the bundled trained pair on held-out synthetic clips; or your own
+   checkpoints on your own videos) decodes greedily, its draft pruned to ``--ratio``, with a probe
+   tree (a main path ``--probe-depth`` deep, every node on it with ``--probe-width`` candidates),
+   and the engine counts, at each depth, how often the target's token was the draft's rank-r
+   candidate (``SpecStats.rank_acceptance``). Depths reached by fewer than ``--min-tries`` cycles
+   are left out (the search builds no deeper).
 2. Costs: for each (pair, context, workspace) of the end-to-end records in ``--costs``
-   (benchmarks/e2e.py at real sizes): a draft pass = the pruned SD run's drafting ms per cycle /
-   its passes; verification of N nodes from every tree measured there (verify ms per cycle, its
-   node count), and N = 1 from target-only's ms per token.
+   (benchmarks/e2e.py at real sizes, the last engine in the file unless ``--engine``): a draft pass
+   = the pruned SD run's drafting ms per cycle / its passes; verification of N nodes from every tree
+   measured there (verify ms per cycle, its node count), and N = 1 from target-only's ms per token.
 3. For each cost set: the best tree (fewest expected ms per token), the default tree and chains
    scored the same way; ms per token and speedups are composed estimates from measured parts,
    labelled so. The chosen trees are written to ``--trees-dir`` (``--tree FILE``, ``e2e.py --trees``).
-4. Check, fixed against adaptive: the bundled pair decodes the clips again with each chosen tree and
-   the default tree, drafting every level and with the adaptive drafter (``--adaptive``: deeper
-   levels left out when the draft's confidence drops); the measured tau stands beside the predicted
-   tokens per cycle, every output equal to target-only's, and each run's tau and draft passes per
-   cycle give composed speedup estimates at each cost set.
+4. Check, fixed against adaptive: the pair decodes the inputs again with each chosen tree and the
+   default tree, drafting every level and with the adaptive drafter (``--adaptive``: deeper levels
+   left out when the draft's confidence drops); the measured tau stands beside the predicted tokens
+   per cycle, every output equal to target-only's, and each run's tau and draft passes per cycle
+   give composed speedup estimates at each cost set.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from specvlm import synthetic
 from specvlm.assets import default_pair
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
-from specvlm.engine.speculative import speculative_decode
+from specvlm.engine.speculative import check_pair, speculative_decode
 from specvlm.engine.tree import DraftTree
 from specvlm.engine.tree_search import RankAcceptance, StepCosts, best_tree, score, write_tree
 from specvlm.models import load_adapter
@@ -94,6 +100,15 @@ def cost_sets(records: list[dict], ratio: float) -> list[tuple[dict, StepCosts]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", help="target checkpoint: a local dir or hub id (default: the bundled pair)")
+    parser.add_argument("--draft", help="draft checkpoint of the same family (with --target)")
+    parser.add_argument("--videos", nargs="+", help="video files to measure acceptance on (default: --clips "
+                        "held-out synthetic clips)")
+    parser.add_argument("--prompts", nargs="+", default=[synthetic.DESCRIBE_PROMPTS[0]],
+                        help="prompts, each asked of each video")
+    parser.add_argument("--num-frames", type=int, default=None, help="frames per video (default: the model's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--max-new-tokens", type=int, default=96)
@@ -108,8 +123,8 @@ def main() -> None:
     parser.add_argument("--summary", type=Path, help="also the markdown tables here")
     parser.add_argument("--trees-dir", type=Path, default=Path("trees"))
     args = parser.parse_args()
-    if args.clips < 1 or args.probe_depth < 1 or args.probe_width < 1:
-        parser.error("--clips, --probe-depth and --probe-width must be >= 1")
+    if args.clips < 1 or args.probe_depth < 1 or args.probe_width < 1 or (args.num_frames is not None and args.num_frames < 1):
+        parser.error("--clips, --probe-depth, --probe-width and --num-frames must be >= 1")
     if not 0.0 <= args.adaptive <= 1.0:
         parser.error(f"--adaptive is a confidence threshold in [0, 1], got {args.adaptive}")
     if not 0.0 < args.ratio < 1.0:
@@ -124,16 +139,37 @@ def main() -> None:
         parser.error(f"--costs {args.costs}: no greedy target-only and 'SD pruned {args.ratio}' records of one context "
                      f"(engine {engine})")
 
-    target_dir, draft_dir = default_pair()
-    target, draft = load_adapter(str(target_dir), dtype="float32"), load_adapter(str(draft_dir), dtype="float32")
+    if args.videos:
+        missing = [v for v in args.videos if not Path(v).is_file()]
+        if missing:
+            parser.error(f"--videos: no such file {missing[0]}")
+    if (args.target is None) != (args.draft is None):
+        parser.error("--target and --draft go together (neither: the bundled pair)")
+    if args.target is None:
+        args.target, args.draft = map(str, default_pair())
+    try:
+        target = load_adapter(args.target, dtype=args.dtype, device=args.device)
+        draft = load_adapter(args.draft, dtype=args.dtype, device=args.device)
+        check_pair(target, draft)
+    except (OSError, ValueError) as e:
+        parser.error(f"--target {args.target} / --draft {args.draft}: {e}")
     inputs = []
-    for i in range(args.clips):
-        frames, _ = synthetic.make_clip(FIRST_SEED + i)
-        features = target.build_inputs(load_video(frames), synthetic.DESCRIBE_PROMPTS[0])
-        inputs.append((target.prepare(features), draft.prepare(features)))
+    if args.videos:  # the user's clips, each with each prompt
+        for video in args.videos:
+            for prompt in args.prompts:
+                features = target.build_inputs(video, prompt, num_frames=args.num_frames)
+                inputs.append((target.prepare(features), draft.prepare(features)))
+    else:  # held-out synthetic clips (the bundled pair never trained on them)
+        for i in range(args.clips):
+            frames, _ = synthetic.make_clip(FIRST_SEED + i)
+            features = target.build_inputs(load_video(frames), args.prompts[0])
+            inputs.append((target.prepare(features), draft.prepare(features)))
     references = [decode_target(target, full, max_new_tokens=args.max_new_tokens).token_ids for full, _ in inputs]
     prune = PruneConfig(ratio=args.ratio)
     probe = probe_tree(args.probe_depth, args.probe_width)
+    bundled = tuple(map(str, default_pair())) == (args.target, args.draft)
+    pair_name = "the bundled pair" if bundled else f"{args.target} / {args.draft}"
+    clips = f"{len(args.videos)} videos x {len(args.prompts)} prompts" if args.videos else f"{args.clips} held-out clips"
     measured = decode_clips(target, draft, inputs, references, probe, prune)
     # depths measured too rarely to trust are left out, and every depth below them: the search then
     # gives them no chance and builds no deeper
@@ -146,10 +182,10 @@ def main() -> None:
         parser.error(f"fewer than {args.min_tries} cycles reached the first depth: more --clips")
     acceptance = RankAcceptance(tuple(rows))
 
-    lines = [f"# Draft trees chosen per pair (python benchmarks/tree_choice.py --clips {args.clips} --costs {args.costs})\n",
-             f"Acceptance by depth and rank: the bundled pair, CPU float32, {args.clips} held-out clips, pruned "
+    lines = [f"# Draft trees chosen per pair (python benchmarks/tree_choice.py {shlex.join(sys.argv[1:])})\n",
+             f"Acceptance by depth and rank: {pair_name}, {args.device} {args.dtype}, {clips}, pruned "
              f"{args.ratio}, probe tree {args.probe_depth} deep x {args.probe_width} candidates, {measured['cycles']} "
-             f"cycles, outputs equal to target-only {measured['equal']}/{args.clips}; depths reached by at least "
+             f"cycles, outputs equal to target-only {measured['equal']}/{len(inputs)}; depths reached by at least "
              f"{args.min_tries} cycles.\n",
              "| depth | " + " | ".join(f"rank {r}" for r in range(args.probe_width)) + " |",
              "|---|" + "---|" * args.probe_width]  # fmt: skip
@@ -185,7 +221,7 @@ def main() -> None:
         trees.setdefault(" ".join(map(str, c["chosen"]["paths"])), DraftTree(tuple(map(tuple, c["chosen"]["paths"]))))
     adaptive = f"adaptive:{args.adaptive:g}"
     sets_named = [(f"{info['pair'].split(':')[0]} {info['context']} {info['workspace']}", info, costs) for info, costs in sets]
-    lines += ["\n## Check on the bundled pair, fixed against adaptive drafting\n",
+    lines += [f"\n## Check on {pair_name}, fixed against adaptive drafting\n",
               "Predicted tokens per cycle against the measured tau; the adaptive drafter stops a tree's deeper "
               f"levels when the draft's confidence in its main path drops below {args.adaptive:g} (fewer draft passes). "
               "Speedups: composed estimates, (draft passes per cycle x a draft pass + the verification of the tree) / "

@@ -124,3 +124,38 @@ def test_tree_choice_benchmark_on_the_bundled_pair(tmp_path):
     assert result["choices"][0]["chosen"]["ms_per_token"] <= result["choices"][0]["default"]["ms_per_token"]
     bad = subprocess.run(cmd[:-6] + ["--costs", str(tmp_path / "none.jsonl")], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--costs" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_tree_choice_takes_the_users_pair_and_videos(tmp_path, tiny_pairs):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from specvlm.video import write_video
+
+    root = Path(__file__).resolve().parents[1]
+    target_dir, draft_dir = tiny_pairs("llava_onevision")
+    video = write_video(tmp_path / "clip.mp4", np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8), fps=4)
+    costs = tmp_path / "e2e.jsonl"
+    common = {"pair": "t:d", "context": 4096, "workspace": "fresh", "engine": "x", "sampling": 0.0}
+    costs.write_text("\n".join(json.dumps(r) for r in [
+        {**common, "method": "target-only", "ms_per_token": 5.0},
+        {**common, "method": "SD pruned 0.9", "tree_nodes": 26, "verify_ms_per_cycle": 8.0,
+         "drafting_ms_per_cycle": 5.0, "draft_passes_per_cycle": 5.0}]) + "\n")  # fmt: skip
+    cmd = [sys.executable, str(root / "benchmarks" / "tree_choice.py"), "--target", str(target_dir), "--draft",
+           str(draft_dir), "--videos", str(video), "--prompts", "Describe the video.", "What moves?", "--num-frames", "8",
+           "--min-tries", "1", "--probe-depth", "2", "--probe-width", "2", "--max-new-tokens", "12",
+           "--costs", str(costs), "--out", str(tmp_path / "c.json"), "--trees-dir", str(tmp_path / "trees")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["probe"]["clips"] == 2 and result["probe"]["equal"] == 2
+    assert f"{target_dir} / {draft_dir}" in done.stdout
+    for bad, flag in [(["--target", str(target_dir)], "--draft"), (["--videos", str(tmp_path / "none.mp4")], "--videos")]:
+        run = subprocess.run(cmd[:2] + bad + ["--costs", str(costs)], env=env, capture_output=True, text=True)
+        assert run.returncode == 2 and flag in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -44,7 +44,7 @@ class RankAcceptance:
         object.__setattr__(self, "p", rows)
 
     @classmethod
-    def main_path(cls, alphas) -> "RankAcceptance":
+    def main_path(cls, alphas) -> RankAcceptance:
         """Acceptance on the top-1 candidate only (rank 0 at every depth)."""
         return cls(tuple((float(a),) for a in alphas))
 
@@ -142,7 +142,7 @@ def _grown(acceptance: RankAcceptance, depth: int, max_paths: int):
     paths: list[tuple[int, ...]] = []
     frontier = [(-acceptance.at(1, 0), (0,))]
     while frontier and len(paths) < max_paths:
-        neg, path = heapq.heappop(frontier)
+        _, path = heapq.heappop(frontier)
         paths.append(path)
         yield DraftTree(tuple(paths))
         sibling = path[:-1] + (path[-1] + 1,)
