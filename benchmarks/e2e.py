@@ -11,12 +11,16 @@ then a question). Random weights accept nothing, so acceptance is controlled by 
 - every layer's output projections are zeroed in both models (``shapes.token_local``): all the
   work stays, but each token's logits depend on that token only, so the target's greedy
   continuation is known from one target-only run and bf16 rounding cannot make passes disagree;
-- the draft runs all of its real passes; then the oracle rewrites the proposal's main path (nodes
-  0, 00, 000, ...) with the target's continuation for an accepted length drawn with per-depth
-  acceptance alpha (seeded) and the node after it with a wrong token. The target verifies as
-  always; every run's output is checked against target-only decoding (``equal`` in the records).
-Acceptance settings: a constant alpha giving the expected tau (``--tau``), and the bundled trained
-pair's measured per-depth acceptance (``--bundled``, from ``benchmarks/bundled_pair.py``).
+- the draft runs all of its real passes; then the oracle writes the target's continuation into the
+  proposal: at each depth the target's token is the draft's rank-r candidate with chance p[d][r]
+  (low-discrepancy draws, the same for every context and tree), written into that node when the
+  tree has it, every other candidate there made wrong. The target verifies as always; every run's
+  output is checked against target-only decoding (``equal`` in the records).
+Acceptance settings: a constant alpha on the top-1 candidate giving the expected tau on the default
+tree (``--tau``), the bundled trained pair's measured per-depth acceptance (``--bundled``, from
+``benchmarks/bundled_pair.py``, on the top-1 candidate), and an acceptance by depth and rank from a
+file (``--acceptance``, from ``benchmarks/tree_choice.py``), under which side branches count.
+Trees: ``--trees`` runs every method with each.
 
 Per (pair, context, method): ms per new token, speedup over our target-only and over HF generate
 (measured in the same run, ms per token from a long minus a one-token generate), tau, drafting and
@@ -76,6 +80,17 @@ def load_acceptance(path: Path) -> RankAcceptance:
     return RankAcceptance(tuple(map(tuple, json.loads(Path(path).read_text())["rank_acceptance"])))
 
 
+PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)  # one draw sequence per depth (deeper trees: more primes)
+
+
+def _weyl(offset: float, step: float):
+    """frac(offset + k x step) for k = 0, 1, ...: equidistributed on [0, 1) for an irrational step."""
+    k = 0
+    while True:
+        yield (offset + k * step) % 1.0
+        k += 1
+
+
 class Oracle:
     """Rewrites each proposal with the target's known continuation (see the module doc): at each
     depth the target's token is the draft's rank-r candidate with the acceptance's chance p[d][r]
@@ -85,6 +100,8 @@ class Oracle:
     def __init__(self, truth: list[int], acceptance: RankAcceptance, tree: DraftTree, vocab: int, device, seed: int = 0):
         self.truth = torch.tensor(truth, device=device)
         self.acceptance = acceptance
+        if tree.depth >= len(PRIMES):
+            raise ValueError(f"the oracle draws for trees up to {len(PRIMES) - 1} deep, not {tree.depth}")
         self.kids = tree.host_children
         self.depth = tree.depth
         self.node_depth = tree.on(device).node_depth
@@ -94,16 +111,22 @@ class Oracle:
 
     def reset(self) -> None:
         """The same acceptance draws again (for a warm rerun); guesses draw from their own stream, so
-        overlapped and sequential runs see the same accepted lengths."""
-        self.rng = np.random.default_rng(self.seed)
-        self.guess_rng = np.random.default_rng(self.seed + 1)
+        overlapped and sequential runs see the same accepted lengths.
+
+        Draws are low-discrepancy, not i.i.d.: depth d's k-th draw is frac(offset_d + k x sqrt(p_d))
+        (p_d the d-th prime), counted per depth, so over the ~70 cycles of a run each depth accepts
+        within a draw or two of its chance and the run's tau lands on the expected one (i.i.d.
+        draws scatter it by about +-0.25), the same for every context and tree."""
+        offsets = np.random.default_rng(self.seed).random(len(PRIMES))
+        self.draws = [_weyl(o, math.sqrt(q)) for o, q in zip(offsets, PRIMES)]
+        self.guess_draws = _weyl(offsets[-1], math.sqrt(PRIMES[-1] + 2.0))
 
     def draw(self) -> list[int]:
         """The ranks of the target's tokens down the accepted path (a draw past the tree's depth is
         not made: the same draws for every tree of one depth)."""
         ranks = []
         for d in range(1, self.depth + 1):
-            u, total, rank = self.rng.random(), 0.0, None
+            u, total, rank = next(self.draws[d - 1]), 0.0, None
             for r, p in enumerate(self.acceptance.p[d - 1] if d <= len(self.acceptance.p) else ()):
                 total += p
                 if u < total:
@@ -137,7 +160,7 @@ class Oracle:
         """The overlapped drafter's guess of the token after a fully accepted main path: right with
         the last depth's top-1 acceptance (as a draft's top-1 after the leaf would be), else wrong."""
         right = self.truth[self.emitted + depth]
-        token.copy_((right if self.guess_rng.random() < self.acceptance.at(len(self.acceptance.p), 0)
+        token.copy_((right if next(self.guess_draws) < self.acceptance.at(len(self.acceptance.p), 0)
                      else (right + 1) % self.vocab).view(1))  # fmt: skip
 
 
@@ -285,7 +308,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
         for i, label, acceptance, tree_name, tree, name, prune, sampling in runs:
             if (i and not sampling.greedy) or key_of(pair, full.length, name, label, workspace) in done:
                 continue
-            oracle = Oracle(truth.token_ids, acceptance, tree, target.vocab_size, target.device, seed=context)
+            oracle = Oracle(truth.token_ids, acceptance, tree, target.vocab_size, target.device)
             drafter = OverlapDrafter(draft, on_guess=oracle.guess, priority=args.side_priority,
                                      **({} if args.min_hit_rate is None else {"min_hit_rate": args.min_hit_rate})) \
                 if ", overlap" in name else ModelDrafter(draft)  # fmt: skip
@@ -439,9 +462,11 @@ def main() -> None:
         parser.error(f"--min-hit-rate is a rate in [0, 1], got {args.min_hit_rate}")
     for spec in args.trees:
         try:
-            DraftTree.parse(spec)
+            depth = DraftTree.parse(spec).depth
         except (ValueError, OSError) as e:
             parser.error(f"--trees: {e}")
+        if depth >= len(PRIMES):
+            parser.error(f"--trees: {spec} is {depth} deep; the oracle draws for trees up to {len(PRIMES) - 1} deep")
     if args.acceptance:
         try:
             load_acceptance(args.acceptance)

@@ -24,8 +24,9 @@ def test_e2e_oracle_controls_acceptance_and_output_stays_the_targets(tmp_path):
     for r in records[3:]:  # the oracle's guesses are right with the last depth's acceptance: some cycles overlap
         assert r["guesses"] > 0 and 0 < r["overlapped_cycles"] < 1, r
     for r in records[1:]:
-        # random drafts alone accept ~nothing (tau ~1); the oracle's main path makes tau ~4.5
-        assert 3.0 < r["tau"] <= 6.0, r["tau"]
+        # random drafts alone accept ~nothing (tau ~1); the oracle's main path makes tau ~4.5, its
+        # low-discrepancy draws close to it even over a dozen cycles (the last one cut short)
+        assert abs(r["tau"] - 4.5) < 0.4, r["tau"]
         assert r["draft_video_tokens"] < r["video_tokens"] or r["method"].startswith("plain SD")
     summary = tmp_path / "e2e.md"
     subprocess.run(cmd[:2] + ["--out", str(out), "--summary", str(summary)], check=True, env=env, capture_output=True)
@@ -51,7 +52,7 @@ def test_e2e_runs_every_tree_at_an_acceptance_by_rank(tmp_path):
                                              "SD pruned 0.9, tree two", "plain SD, tree two"]  # fmt: skip
     assert all(r["equal"] for r in records)
     for r in ranked:
-        assert abs(r["tau"] - r["expected_tau"]) < 0.45, r  # 0.45 / 0.9 a level: about 1.6 (chain) and 2.5 (two)
+        assert abs(r["tau"] - r["expected_tau"]) < 0.15, r  # 0.45 / 0.9 a level: about 1.7 (chain) and 2.9 (two)
     assert ranked[2]["tau"] > ranked[0]["tau"] + 0.4
     assert ranked[2]["rank_acceptance"][0][1] > 0.25 and ranked[0]["rank_acceptance"][0] == [ranked[0]["rank_acceptance"][0][0]]
     bad = subprocess.run(cmd[:-2] + ["--trees", str(tmp_path / "missing.txt")], env=env, capture_output=True, text=True)
