@@ -21,7 +21,6 @@ does not depend on the tree's shape, so the output does not either.
 from __future__ import annotations
 
 import heapq
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +155,3 @@ def write_tree(tree: DraftTree, path: Path) -> None:
     """One path per line, as ``DraftTree.parse`` (and ``--tree FILE``) reads it."""
     Path(path).write_text("".join(" ".join(map(str, p)) + "\n" for p in tree.paths))
 
-
-def load_costs(path: Path) -> StepCosts:
-    data = json.loads(Path(path).read_text())
-    return StepCosts(data["draft_pass_ms"], tuple(map(tuple, data["verify_ms"])))
