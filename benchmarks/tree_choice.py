@@ -8,8 +8,8 @@ step costs (specvlm/engine/tree_search.py), checked on the pair.
                                      [--trees-dir results/trees]
 
 1. Acceptance: the pair (default: the bundled trained pair on held-out synthetic clips; or your own
-   checkpoints on your own videos) decodes greedily, its draft pruned to ``--ratio``, with a probe
-   tree (a main path ``--probe-depth`` deep, every node on it with ``--probe-width`` candidates),
+   checkpoints on your own videos) decodes, greedy or sampled at ``--temperature`` (candidates are
+   then the draft's draws), its draft pruned to ``--ratio``, with a probe tree (a main path ``--probe-depth`` deep, every node on it with ``--probe-width`` candidates),
    and the engine counts, at each depth, how often the target's token was the draft's rank-r
    candidate (``SpecStats.rank_acceptance``). Depths reached by fewer than ``--min-tries`` cycles
    are left out (the search builds no deeper).
@@ -35,10 +35,13 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from specvlm import synthetic
 from specvlm.assets import default_pair
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
+from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import check_pair, speculative_decode
 from specvlm.engine.tree import DraftTree
 from specvlm.engine.tree_search import RankAcceptance, StepCosts, best_tree, score, write_tree
@@ -54,14 +57,17 @@ def probe_tree(depth: int, width: int) -> DraftTree:
     return DraftTree(tuple((0,) * d + (r,) for d in range(depth) for r in range(width)))
 
 
-def decode_clips(target, draft, inputs, references, tree: DraftTree, prune, drafter: str = "model") -> dict:
+def decode_clips(target, draft, inputs, references, tree: DraftTree, prune, drafter: str = "model",
+                 sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> dict:  # fmt: skip
     """Speculative decoding of every clip with ``tree``: pooled tau, draft passes per cycle, rank
-    counts, equal outputs."""
+    counts, and (greedy) how many outputs equal target-only's; sampled runs draw from one seeded
+    generator per clip and are as long as the greedy references."""
     tokens = passes = equal = draft_passes = 0
     tries = hits = None
-    for (full, draft_full), reference in zip(inputs, references):
-        result = speculative_decode(target, draft, full, draft_full, max_new_tokens=len(reference),
-                                    config=SpecConfig(tree=tree, prune=prune, drafter=drafter))  # fmt: skip
+    for i, ((full, draft_full), reference) in enumerate(zip(inputs, references)):
+        generator = None if sampling.greedy else torch.Generator(device=target.device).manual_seed(seed + i)
+        result = speculative_decode(target, draft, full, draft_full, max_new_tokens=len(reference), generator=generator,
+                                    config=SpecConfig(tree=tree, prune=prune, drafter=drafter, sampling=sampling))  # fmt: skip
         s = result.stats
         draft_passes += s.draft_passes
         tokens, passes, equal = tokens + s.cycle_tokens, passes + s.target_passes, equal + (result.token_ids == reference)
@@ -71,8 +77,19 @@ def decode_clips(target, draft, inputs, references, tree: DraftTree, prune, draf
             tries = [[a + b for a, b in zip(x, y)] for x, y in zip(tries, s.rank_tries)]
             hits = [[a + b for a, b in zip(x, y)] for x, y in zip(hits, s.rank_hits)]
     rates = [[h / t for h, t in zip(hs, ts) if t] for hs, ts in zip(hits, tries)]
-    return {"tau": tokens / passes, "cycles": passes, "draft_passes_per_cycle": draft_passes / passes, "equal": equal, "clips": len(inputs), "rank_acceptance": rates,
+    return {"tau": tokens / passes, "cycles": passes, "draft_passes_per_cycle": draft_passes / passes,
+            "equal": equal if sampling.greedy else None, "clips": len(inputs), "rank_acceptance": rates,
             "rank_tries": tries, "rank_hits": hits}  # fmt: skip
+
+
+def equal_text(run: dict, sampling: SamplingConfig) -> str:
+    if sampling.greedy:
+        return f"outputs equal to target-only {run['equal']}/{run['clips']}"
+    return f"sampled at temperature {sampling.temperature:g} (exact in distribution, not token for token)"
+
+
+def equal_cell(run: dict) -> str:
+    return "-" if run["equal"] is None else f"{run['equal']}/{run['clips']}"
 
 
 def cost_sets(records: list[dict], ratio: float) -> list[tuple[dict, StepCosts]]:
@@ -109,6 +126,9 @@ def main() -> None:
     parser.add_argument("--num-frames", type=int, default=None, help="frames per video (default: the model's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="acceptance when sampling at this temperature (default 0: greedy); candidates are then draws")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (one generator per clip from it)")
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--ratio", type=float, default=0.9)
     parser.add_argument("--max-new-tokens", type=int, default=96)
@@ -127,6 +147,8 @@ def main() -> None:
         parser.error("--clips, --probe-depth, --probe-width and --num-frames must be >= 1")
     if not 0.0 <= args.adaptive <= 1.0:
         parser.error(f"--adaptive is a confidence threshold in [0, 1], got {args.adaptive}")
+    if not 0.0 <= args.temperature <= 10.0:
+        parser.error(f"--temperature is in [0, 10], got {args.temperature}")
     if not 0.0 < args.ratio < 1.0:
         parser.error(f"--ratio is a fraction in (0, 1), got {args.ratio}")
     if not args.costs.is_file():
@@ -170,7 +192,8 @@ def main() -> None:
     bundled = tuple(map(str, default_pair())) == (args.target, args.draft)
     pair_name = "the bundled pair" if bundled else f"{args.target} / {args.draft}"
     clips = f"{len(args.videos)} videos x {len(args.prompts)} prompts" if args.videos else f"{args.clips} held-out clips"
-    measured = decode_clips(target, draft, inputs, references, probe, prune)
+    sampling = SamplingConfig(temperature=args.temperature)
+    measured = decode_clips(target, draft, inputs, references, probe, prune, sampling=sampling, seed=args.seed)
     # depths measured too rarely to trust are left out, and every depth below them: the search then
     # gives them no chance and builds no deeper
     rows = []
@@ -185,7 +208,7 @@ def main() -> None:
     lines = [f"# Draft trees chosen per pair (python benchmarks/tree_choice.py {shlex.join(sys.argv[1:])})\n",
              f"Acceptance by depth and rank: {pair_name}, {args.device} {args.dtype}, {clips}, pruned "
              f"{args.ratio}, probe tree {args.probe_depth} deep x {args.probe_width} candidates, {measured['cycles']} "
-             f"cycles, outputs equal to target-only {measured['equal']}/{len(inputs)}; depths reached by at least "
+             f"cycles, {equal_text(measured, sampling)}; depths reached by at least "
              f"{args.min_tries} cycles.\n",
              "| depth | " + " | ".join(f"rank {r}" for r in range(args.probe_width)) + " |",
              "|---|" + "---|" * args.probe_width]  # fmt: skip
@@ -233,14 +256,14 @@ def main() -> None:
         name = label if label == "default" else f"chosen ({tree.num_nodes} nodes)"
         predicted = acceptance.expected_tokens(tree)
         for drafter in ("model", adaptive):
-            run = decode_clips(target, draft, inputs, references, tree, prune, drafter)
+            run = decode_clips(target, draft, inputs, references, tree, prune, drafter, sampling, args.seed)
             estimates = {}
             for set_name, info, costs in sets_named:
                 if tree.num_nodes <= costs.max_nodes:
                     ms = (run["draft_passes_per_cycle"] * costs.draft_pass_ms + costs.verify(tree.num_nodes)) / run["tau"]
                     estimates[set_name] = info["target_only_ms_per_token"] / ms
             lines.append(f"| {name} | {drafter} | {tree.num_nodes} | {tree.depth} | {f'{predicted:.2f}' if drafter == 'model' else '-'} | "
-                         f"{run['tau']:.2f} | {run['draft_passes_per_cycle']:.2f} | {run['equal']}/{run['clips']} | "
+                         f"{run['tau']:.2f} | {run['draft_passes_per_cycle']:.2f} | {equal_cell(run)} | "
                          + " | ".join(f"{estimates[n]:.2f}x" if n in estimates else "-" for n, *_ in sets_named) + " |")  # fmt: skip
             checks.append({"tree": name, "drafter": drafter, "paths": [list(p) for p in tree.paths],
                            "predicted": predicted if drafter == "model" else None, "speedup_estimates": estimates, **run})  # fmt: skip
