@@ -2,6 +2,7 @@
 step costs (specvlm/engine/tree_search.py), checked on the pair.
 
     python benchmarks/tree_choice.py [--target DIR_OR_HUB_ID --draft DIR_OR_HUB_ID] [--videos A.mp4 ...]
+                                     [--acceptance-from RUN/samples.jsonl --method pruned:specvlm@0.9]
                                      [--prompts "Describe the video." ...] [--device cuda --dtype bfloat16]
                                      [--clips 24] [--ratio 0.9] [--costs results/e2e.jsonl]
                                      [--out results/tree_choice.json] [--summary results/tree_choice.md]
@@ -12,7 +13,9 @@ step costs (specvlm/engine/tree_search.py), checked on the pair.
    then the draft's draws), its draft pruned to ``--ratio``, with a probe tree (a main path ``--probe-depth`` deep, every node on it with ``--probe-width`` candidates),
    and the engine counts, at each depth, how often the target's token was the draft's rank-r
    candidate (``SpecStats.rank_acceptance``). Depths reached by fewer than ``--min-tries`` cycles
-   are left out (the search builds no deeper).
+   are left out (the search builds no deeper). Or, with ``--acceptance-from samples.jsonl``, the
+   counts a benchmark run on real data wrote (``specvlm bench``: ``rank_tries`` / ``rank_hits`` of
+   ``--method``, pooled; only the candidates of the tree that run used), and no pair is loaded.
 2. Costs: for each (pair, context, workspace) of the end-to-end records in ``--costs``
    (benchmarks/e2e.py at real sizes, the last engine in the file unless ``--engine``): a draft pass
    = the pruned SD run's drafting ms per cycle / its passes; verification of N nodes from every tree
@@ -88,6 +91,24 @@ def equal_text(run: dict, sampling: SamplingConfig) -> str:
     return f"sampled at temperature {sampling.temperature:g} (exact in distribution, not token for token)"
 
 
+def pool_counts(records) -> tuple[list[list[int]], list[list[int]]]:
+    """Rank counts summed over records (each a dict with rank_tries and rank_hits, [d][r])."""
+    tries: list[list[int]] = []
+    hits: list[list[int]] = []
+    for r in records:
+        for d, (ts, hs) in enumerate(zip(r.get("rank_tries") or [], r.get("rank_hits") or [])):
+            if d == len(tries):
+                tries.append([])
+                hits.append([])
+            for k, (t, h) in enumerate(zip(ts, hs)):
+                if k == len(tries[d]):
+                    tries[d].append(0)
+                    hits[d].append(0)
+                tries[d][k] += t
+                hits[d][k] += h
+    return tries, hits
+
+
 def equal_cell(run: dict) -> str:
     return "-" if run["equal"] is None else f"{run['equal']}/{run['clips']}"
 
@@ -115,8 +136,7 @@ def cost_sets(records: list[dict], ratio: float) -> list[tuple[dict, StepCosts]]
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     parser.add_argument("--target", help="target checkpoint: a local dir or hub id (default: the bundled pair)")
     parser.add_argument("--draft", help="draft checkpoint of the same family (with --target)")
     parser.add_argument("--videos", nargs="+", help="video files to measure acceptance on (default: --clips "
@@ -134,6 +154,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--probe-depth", type=int, default=8)
     parser.add_argument("--probe-width", type=int, default=4)
+    parser.add_argument("--acceptance-from", type=Path, metavar="SAMPLES_JSONL",
+                        help="take the acceptance from a benchmark run's records (specvlm bench's samples.jsonl: "
+                        "rank_tries / rank_hits of --method) instead of measuring it; no pair is loaded, no check run")
+    parser.add_argument("--method", default="pruned:specvlm@0.9", help="the records' method, with --acceptance-from")
     parser.add_argument("--min-tries", type=int, default=30,
                         help="a depth counts when at least this many cycles reached it")
     parser.add_argument("--costs", type=Path, default=Path("results/e2e.jsonl"))
@@ -153,6 +177,70 @@ def main() -> None:
         parser.error(f"--ratio is a fraction in (0, 1), got {args.ratio}")
     if not args.costs.is_file():
         parser.error(f"--costs {args.costs}: no such file (benchmarks/e2e.py --out writes one)")
+    if args.acceptance_from is not None and not args.acceptance_from.is_file():
+        parser.error(f"--acceptance-from {args.acceptance_from}: no such file")
+    if args.videos:
+        missing = [v for v in args.videos if not Path(v).is_file()]
+        if missing:
+            parser.error(f"--videos: no such file {missing[0]}")
+    if (args.target is None) != (args.draft is None):
+        parser.error("--target and --draft go together (neither: the bundled pair)")
+    return args
+
+
+def trusted(tries: list[list[int]], hits: list[list[int]], min_tries: int) -> RankAcceptance | None:
+    """Acceptance from rank counts, down to the first depth reached by fewer than ``min_tries``
+    cycles (depths measured too rarely to trust are left out, and every depth below them: the
+    search then gives them no chance and builds no deeper); None if not even the first."""
+    rows = []
+    for ts, hs in zip(tries, hits):
+        if not ts or min(ts) < min_tries:
+            break
+        rows.append(tuple(h / t for h, t in zip(hs, ts)))
+    return RankAcceptance(tuple(rows)) if rows else None
+
+
+class PairRuns:
+    """The pair and its inputs, loaded once: the probe measurement and the checks decode them."""
+
+    def __init__(self, parser, args):
+        if args.target is None:
+            args.target, args.draft = map(str, default_pair())
+        try:
+            self.target = load_adapter(args.target, dtype=args.dtype, device=args.device)
+            self.draft = load_adapter(args.draft, dtype=args.dtype, device=args.device)
+            check_pair(self.target, self.draft)
+        except (OSError, ValueError) as e:
+            parser.error(f"--target {args.target} / --draft {args.draft}: {e}")
+        target, draft = self.target, self.draft
+        self.inputs = []
+        if args.videos:  # the user's clips, each with each prompt
+            for video in args.videos:
+                for prompt in args.prompts:
+                    features = target.build_inputs(video, prompt, num_frames=args.num_frames)
+                    self.inputs.append((target.prepare(features), draft.prepare(features)))
+        else:  # held-out synthetic clips (the bundled pair never trained on them)
+            for i in range(args.clips):
+                frames, _ = synthetic.make_clip(FIRST_SEED + i)
+                features = target.build_inputs(load_video(frames), args.prompts[0])
+                self.inputs.append((target.prepare(features), draft.prepare(features)))
+        self.references = [decode_target(target, full, max_new_tokens=args.max_new_tokens).token_ids
+                           for full, _ in self.inputs]  # fmt: skip
+        self.prune = PruneConfig(ratio=args.ratio)
+        self.sampling = SamplingConfig(temperature=args.temperature)
+        self.seed = args.seed
+        bundled = tuple(map(str, default_pair())) == (args.target, args.draft)
+        self.name = "the bundled pair" if bundled else f"{args.target} / {args.draft}"
+        self.clips = f"{len(args.videos)} videos x {len(args.prompts)} prompts" if args.videos else f"{args.clips} held-out clips"
+
+    def decode(self, tree: DraftTree, drafter: str = "model") -> dict:
+        return decode_clips(self.target, self.draft, self.inputs, self.references, tree, self.prune, drafter,
+                            self.sampling, self.seed)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args = parse_args(parser)
     records = [json.loads(line) for line in args.costs.read_text().splitlines() if line.strip()]
     engine = args.engine or (records[-1].get("engine") if records else None)
     records = [r for r in records if r.get("engine") == engine]
@@ -161,59 +249,42 @@ def main() -> None:
         parser.error(f"--costs {args.costs}: no greedy target-only and 'SD pruned {args.ratio}' records of one context "
                      f"(engine {engine})")
 
-    if args.videos:
-        missing = [v for v in args.videos if not Path(v).is_file()]
-        if missing:
-            parser.error(f"--videos: no such file {missing[0]}")
-    if (args.target is None) != (args.draft is None):
-        parser.error("--target and --draft go together (neither: the bundled pair)")
-    if args.target is None:
-        args.target, args.draft = map(str, default_pair())
-    try:
-        target = load_adapter(args.target, dtype=args.dtype, device=args.device)
-        draft = load_adapter(args.draft, dtype=args.dtype, device=args.device)
-        check_pair(target, draft)
-    except (OSError, ValueError) as e:
-        parser.error(f"--target {args.target} / --draft {args.draft}: {e}")
-    inputs = []
-    if args.videos:  # the user's clips, each with each prompt
-        for video in args.videos:
-            for prompt in args.prompts:
-                features = target.build_inputs(video, prompt, num_frames=args.num_frames)
-                inputs.append((target.prepare(features), draft.prepare(features)))
-    else:  # held-out synthetic clips (the bundled pair never trained on them)
-        for i in range(args.clips):
-            frames, _ = synthetic.make_clip(FIRST_SEED + i)
-            features = target.build_inputs(load_video(frames), args.prompts[0])
-            inputs.append((target.prepare(features), draft.prepare(features)))
-    references = [decode_target(target, full, max_new_tokens=args.max_new_tokens).token_ids for full, _ in inputs]
-    prune = PruneConfig(ratio=args.ratio)
-    probe = probe_tree(args.probe_depth, args.probe_width)
-    bundled = tuple(map(str, default_pair())) == (args.target, args.draft)
-    pair_name = "the bundled pair" if bundled else f"{args.target} / {args.draft}"
-    clips = f"{len(args.videos)} videos x {len(args.prompts)} prompts" if args.videos else f"{args.clips} held-out clips"
-    sampling = SamplingConfig(temperature=args.temperature)
-    measured = decode_clips(target, draft, inputs, references, probe, prune, sampling=sampling, seed=args.seed)
-    # depths measured too rarely to trust are left out, and every depth below them: the search then
-    # gives them no chance and builds no deeper
-    rows = []
-    for row, tries in zip(measured["rank_acceptance"], measured["rank_tries"]):
-        if min(tries) < args.min_tries:
-            break
-        rows.append(tuple(row))
-    if not rows:
-        parser.error(f"fewer than {args.min_tries} cycles reached the first depth: more --clips")
-    acceptance = RankAcceptance(tuple(rows))
-
+    pair = None
+    if args.acceptance_from is not None:  # a benchmark run's counts
+        runs = [json.loads(line) for line in args.acceptance_from.read_text().splitlines() if line.strip()]
+        runs = [r for r in runs if r.get("method") == args.method and r.get("status", "ok") == "ok"]
+        tries, hits = pool_counts(runs)
+        measured = {"records": len(runs), "cycles": tries[0][0] if tries else 0, "rank_tries": tries, "rank_hits": hits}
+        source = (f"{len(runs)} records of {args.method} in {args.acceptance_from} (their tree's candidates only), "
+                  f"{measured['cycles']} cycles")
+    else:  # measured here, on the pair, with a probe tree
+        pair = PairRuns(parser, args)
+        measured = pair.decode(probe_tree(args.probe_depth, args.probe_width))
+        tries, hits = measured["rank_tries"], measured["rank_hits"]
+        source = (f"{pair.name}, {args.device} {args.dtype}, {pair.clips}, pruned {args.ratio}, probe tree "
+                  f"{args.probe_depth} deep x {args.probe_width} candidates, {measured['cycles']} cycles, "
+                  f"{equal_text(measured, pair.sampling)}")
+    acceptance = trusted(tries, hits, args.min_tries)
+    if acceptance is None:
+        parser.error(f"fewer than {args.min_tries} cycles reached the first depth: more clips (or records)")
+    width = max(len(row) for row in acceptance.p)
     lines = [f"# Draft trees chosen per pair (python benchmarks/tree_choice.py {shlex.join(sys.argv[1:])})\n",
-             f"Acceptance by depth and rank: {pair_name}, {args.device} {args.dtype}, {clips}, pruned "
-             f"{args.ratio}, probe tree {args.probe_depth} deep x {args.probe_width} candidates, {measured['cycles']} "
-             f"cycles, {equal_text(measured, sampling)}; depths reached by at least "
-             f"{args.min_tries} cycles.\n",
-             "| depth | " + " | ".join(f"rank {r}" for r in range(args.probe_width)) + " |",
-             "|---|" + "---|" * args.probe_width]  # fmt: skip
+             f"Acceptance by depth and rank: {source}; depths reached by at least {args.min_tries} cycles.\n",
+             "| depth | " + " | ".join(f"rank {r}" for r in range(width)) + " |", "|---|" + "---|" * width]  # fmt: skip
     for d, row in enumerate(acceptance.p, 1):
-        lines.append(f"| {d} ({measured['rank_tries'][d - 1][0]} cycles) | " + " | ".join(f"{p:.3f}" for p in row) + " |")
+        lines.append(f"| {d} ({tries[d - 1][0]} cycles) | " + " | ".join(f"{p:.3f}" for p in row) + " |")
+    choices = choose(args, sets, acceptance, lines)
+    checks = check(args, pair, sets, acceptance, choices, lines) if pair is not None else []
+    text = "\n".join(lines)
+    print(text)
+    if args.summary:
+        args.summary.write_text(text + "\n")
+    args.out.write_text(json.dumps({"rank_acceptance": [list(r) for r in acceptance.p], "probe": measured,
+                                    "choices": choices, "checks": checks}, indent=1) + "\n")  # fmt: skip
+
+
+def choose(args, sets, acceptance: RankAcceptance, lines: list[str]) -> list[dict]:
+    """The best tree for each cost set, written to a file, with the default tree and chains beside it."""
     choices = []
     for info, costs in sets:
         best = best_tree(acceptance, costs)
@@ -222,7 +293,7 @@ def main() -> None:
         write_tree(best.tree, args.trees_dir / f"{name}.txt")
         rows = [("chosen", best), ("default", score(DraftTree.default(), acceptance, costs))]
         rows += [(f"chain:{k}", score(DraftTree.chain(k), acceptance, costs))
-                 for k in range(1, args.probe_depth + 1) if k + 1 <= costs.max_nodes]  # fmt: skip
+                 for k in range(1, len(acceptance.p) + 1) if k + 1 <= costs.max_nodes]  # fmt: skip
         base = info["target_only_ms_per_token"]
         lines += [f"\n## {info['pair']}, {info['context']} context, {info['workspace']} workspace (engine {info['engine']})\n",
                   f"Step costs measured end to end (results file {args.costs}): draft pass {costs.draft_pass_ms:.2f} ms, "
@@ -237,14 +308,19 @@ def main() -> None:
         choices.append({**info, "tree_file": str(args.trees_dir / f"{name}.txt"), "costs": {
             "draft_pass_ms": costs.draft_pass_ms, "verify_ms": [list(p) for p in costs.verify_ms]},
             **{label: c.as_dict() for label, c in rows}})  # fmt: skip
+    return choices
 
+
+def check(args, pair: PairRuns, sets, acceptance: RankAcceptance, choices: list[dict], lines: list[str]) -> list[dict]:
+    """Each chosen tree and the default one decoded on the pair, fixed and adaptive: measured tau
+    against the prediction, and composed speedups at each cost set."""
     checks = []
     trees = {"default": DraftTree.default()}
     for c in choices:
         trees.setdefault(" ".join(map(str, c["chosen"]["paths"])), DraftTree(tuple(map(tuple, c["chosen"]["paths"]))))
     adaptive = f"adaptive:{args.adaptive:g}"
     sets_named = [(f"{info['pair'].split(':')[0]} {info['context']} {info['workspace']}", info, costs) for info, costs in sets]
-    lines += [f"\n## Check on {pair_name}, fixed against adaptive drafting\n",
+    lines += [f"\n## Check on {pair.name}, fixed against adaptive drafting\n",
               "Predicted tokens per cycle against the measured tau; the adaptive drafter stops a tree's deeper "
               f"levels when the draft's confidence in its main path drops below {args.adaptive:g} (fewer draft passes). "
               "Speedups: composed estimates, (draft passes per cycle x a draft pass + the verification of the tree) / "
@@ -256,7 +332,7 @@ def main() -> None:
         name = label if label == "default" else f"chosen ({tree.num_nodes} nodes)"
         predicted = acceptance.expected_tokens(tree)
         for drafter in ("model", adaptive):
-            run = decode_clips(target, draft, inputs, references, tree, prune, drafter, sampling, args.seed)
+            run = pair.decode(tree, drafter)
             estimates = {}
             for set_name, info, costs in sets_named:
                 if tree.num_nodes <= costs.max_nodes:
@@ -267,12 +343,7 @@ def main() -> None:
                          + " | ".join(f"{estimates[n]:.2f}x" if n in estimates else "-" for n, *_ in sets_named) + " |")  # fmt: skip
             checks.append({"tree": name, "drafter": drafter, "paths": [list(p) for p in tree.paths],
                            "predicted": predicted if drafter == "model" else None, "speedup_estimates": estimates, **run})  # fmt: skip
-    text = "\n".join(lines)
-    print(text)
-    if args.summary:
-        args.summary.write_text(text + "\n")
-    args.out.write_text(json.dumps({"rank_acceptance": [list(r) for r in acceptance.p], "probe": measured,
-                                    "choices": choices, "checks": checks}, indent=1) + "\n")  # fmt: skip
+    return checks
 
 
 if __name__ == "__main__":

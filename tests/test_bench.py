@@ -75,6 +75,9 @@ def test_bench_folder_writes_records_report_and_resumes(pair, tmp_path, capsys):
     by = {(r["sample_id"], r["method"]): r for r in records}
     assert by["a.mp4", "target"]["speedup"] == 1.0 and by["a.mp4", "target"]["tau"] is None
     assert by["a.mp4", "sd"]["draft_video_tokens"] == 32 and by["a.mp4", "sd"]["tau"] >= 1
+    sd = by["a.mp4", "sd"]  # acceptance by depth and rank: one try of each first-level rank per cycle
+    assert sd["rank_tries"][0] == [sd["target_passes"]] * len(sd["rank_tries"][0])
+    assert sum(sd["rank_hits"][0]) <= sd["target_passes"]
     pruned = by["b.mp4", "pruned:specvlm@0.9"]
     assert pruned["draft_video_tokens"] == 3 and pruned["strategy"] == "specvlm" and pruned["ratio"] == 0.9
     assert pruned["prefill_s"] > 0 and pruned["draft_prefill_s"] > 0

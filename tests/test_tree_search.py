@@ -160,3 +160,37 @@ def test_tree_choice_takes_the_users_pair_and_videos(tmp_path, tiny_pairs):
     for bad, flag in [(["--target", str(target_dir)], "--draft"), (["--videos", str(tmp_path / "none.mp4")], "--videos")]:
         run = subprocess.run(cmd[:2] + bad + ["--costs", str(costs)], env=env, capture_output=True, text=True)
         assert run.returncode == 2 and flag in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_tree_choice_from_a_benchmark_runs_counts(tmp_path):
+    """--acceptance-from: the rank counts a `specvlm bench` run wrote (samples.jsonl), pooled over
+    the method's records; no pair is loaded and no check is run."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    costs = tmp_path / "e2e.jsonl"
+    common = {"pair": "t:d", "context": 4096, "workspace": "fresh", "engine": "x", "sampling": 0.0}
+    costs.write_text("\n".join(json.dumps(r) for r in [
+        {**common, "method": "target-only", "ms_per_token": 5.0},
+        {**common, "method": "SD pruned 0.9", "tree_nodes": 26, "verify_ms_per_cycle": 6.0,
+         "drafting_ms_per_cycle": 2.5, "draft_passes_per_cycle": 5.0}]) + "\n")  # fmt: skip
+    record = {"method": "pruned:specvlm@0.9", "status": "ok", "rank_tries": [[20, 20], [15, 15]],
+              "rank_hits": [[15, 3], [9, 3]]}  # fmt: skip
+    other = {**record, "method": "sd", "rank_hits": [[0, 0], [0, 0]]}  # another method: not pooled
+    failed = {**record, "status": "failed", "rank_hits": [[0, 0], [0, 0]]}
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("\n".join(json.dumps(r) for r in [record, record, other, failed]) + "\n")
+    cmd = [sys.executable, str(root / "benchmarks" / "tree_choice.py"), "--acceptance-from", str(samples),
+           "--min-tries", "10", "--costs", str(costs), "--out", str(tmp_path / "c.json"), "--trees-dir", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["rank_acceptance"] == [[0.75, 0.15], [0.6, 0.2]] and result["checks"] == []
+    assert result["probe"]["records"] == 2 and "2 records of pruned:specvlm@0.9" in done.stdout
+    chosen = DraftTree.parse(str(tmp_path / "t_4096_fresh.txt"))
+    assert chosen.depth <= 2 and chosen.max_children <= 2

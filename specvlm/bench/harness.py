@@ -19,7 +19,9 @@ What a record holds (``samples.jsonl``, one JSON object per line, written and fl
 as the method finished): ``sample_id``, ``dataset``, ``video``, ``method``, ``kind``,
 ``strategy``/``ratio`` (pruned only), ``status`` ("ok" | "failed"), ``error``, ``tokens``,
 ``prompt_tokens``, ``prefill_s`` (target prefill, Stage I scoring included), ``draft_prefill_s``,
-``decode_s``, ``tokens_per_s``, ``tau``, ``target_passes``, ``acceptance_by_depth``,
+``decode_s``, ``tokens_per_s``, ``tau``, ``target_passes``, ``acceptance_by_depth``, ``rank_tries`` /
+``rank_hits`` (per depth and rank: cycles that reached a candidate, cycles that went on through it;
+``benchmarks/tree_choice.py --acceptance-from`` chooses a tree from them),
 ``video_tokens``, ``draft_video_tokens``, ``stage1_tokens``, ``speedup`` (the baseline's decode_s
 over this method's, same sample), ``equal_to_target`` (token ids identical to the baseline's),
 ``token_ids``, ``text``, ``prepare_s`` (vision encoding of both models for this sample).
@@ -593,6 +595,8 @@ class Bench:
                 tau=d.get("tau"),
                 target_passes=d.get("target_passes"),
                 acceptance_by_depth=d.get("acceptance_by_depth"),
+                rank_tries=d.get("rank_tries"),
+                rank_hits=d.get("rank_hits"),
                 video_tokens=d.get("video_tokens", len(prepared.target_inputs.video)),
                 draft_video_tokens=d.get("draft_video_tokens"),
                 stage1_tokens=d.get("stage1_tokens"),

@@ -122,6 +122,8 @@ class SpecStats(DecodeStats):
             "tau": self.tau,
             "acceptance_by_depth": self.acceptance_by_depth,
             "rank_acceptance": self.rank_acceptance,
+            "rank_tries": self.rank_tries,
+            "rank_hits": self.rank_hits,
             "video_tokens": self.video_tokens,
             "draft_video_tokens": self.draft_video_tokens,
             "stage1_tokens": self.stage1_tokens,
