@@ -4,7 +4,7 @@ step costs (specvlm/engine/tree_search.py), checked on the pair.
     python benchmarks/tree_choice.py [--target DIR_OR_HUB_ID --draft DIR_OR_HUB_ID] [--videos A.mp4 ...]
                                      [--acceptance-from RUN/samples.jsonl --method pruned:specvlm@0.9]
                                      [--prompts "Describe the video." ...] [--device cuda --dtype bfloat16]
-                                     [--clips 24] [--ratio 0.9] [--costs results/e2e.jsonl]
+                                     [--clips 24] [--ratio 0.9] [--costs results/e2e.jsonl | measure]
                                      [--out results/tree_choice.json] [--summary results/tree_choice.md]
                                      [--trees-dir results/trees]
 
@@ -20,6 +20,9 @@ step costs (specvlm/engine/tree_search.py), checked on the pair.
    (benchmarks/e2e.py at real sizes, the last engine in the file unless ``--engine``): a draft pass
    = the pruned SD run's drafting ms per cycle / its passes; verification of N nodes from every tree
    measured there (verify ms per cycle, its node count), and N = 1 from target-only's ms per token.
+   Or ``--costs measure``: the pair itself timed on its inputs on ``--device`` (target-only, and the
+   probe, default and chain:2 trees' verification; each shape warmed first), so that a user's pair
+   on a user's GPU needs nothing else; the check then also reports each run's measured speedup.
 3. For each cost set: the best tree (fewest expected ms per token), the default tree and chains
    scored the same way; ms per token and speedups are composed estimates from measured parts,
    labelled so. The chosen trees are written to ``--trees-dir`` (``--tree FILE``, ``e2e.py --trees``).
@@ -65,7 +68,8 @@ def decode_clips(target, draft, inputs, references, tree: DraftTree, prune, draf
     """Speculative decoding of every clip with ``tree``: pooled tau, draft passes per cycle, rank
     counts, and (greedy) how many outputs equal target-only's; sampled runs draw from one seeded
     generator per clip and are as long as the greedy references."""
-    tokens = passes = equal = draft_passes = 0
+    tokens = passes = equal = draft_passes = timed_tokens = 0
+    verify_s = drafting_s = decode_s = 0.0
     tries = hits = None
     for i, ((full, draft_full), reference) in enumerate(zip(inputs, references)):
         generator = None if sampling.greedy else torch.Generator(device=target.device).manual_seed(seed + i)
@@ -73,6 +77,8 @@ def decode_clips(target, draft, inputs, references, tree: DraftTree, prune, draf
                                     config=SpecConfig(tree=tree, prune=prune, drafter=drafter, sampling=sampling))  # fmt: skip
         s = result.stats
         draft_passes += s.draft_passes
+        verify_s, drafting_s = verify_s + s.verify_s, drafting_s + s.drafting_s
+        decode_s, timed_tokens = decode_s + s.decode_s, timed_tokens + max(s.new_tokens - 1, 1)
         tokens, passes, equal = tokens + s.cycle_tokens, passes + s.target_passes, equal + (result.token_ids == reference)
         if tries is None:
             tries, hits = s.rank_tries, s.rank_hits
@@ -81,6 +87,7 @@ def decode_clips(target, draft, inputs, references, tree: DraftTree, prune, draf
             hits = [[a + b for a, b in zip(x, y)] for x, y in zip(hits, s.rank_hits)]
     rates = [[h / t for h, t in zip(hs, ts) if t] for hs, ts in zip(hits, tries)]
     return {"tau": tokens / passes, "cycles": passes, "draft_passes_per_cycle": draft_passes / passes,
+            "ms_per_token": 1000 * decode_s / timed_tokens, "verify_ms_per_cycle": 1000 * verify_s / passes, "draft_ms_per_pass": 1000 * drafting_s / max(draft_passes, 1),
             "equal": equal if sampling.greedy else None, "clips": len(inputs), "rank_acceptance": rates,
             "rank_tries": tries, "rank_hits": hits}  # fmt: skip
 
@@ -131,6 +138,7 @@ def cost_sets(records: list[dict], ratio: float) -> list[tuple[dict, StepCosts]]
         main = next((r for r in pruned if r.get("tree", "default") == "default"), pruned[0])
         draft_pass = main["drafting_ms_per_cycle"] / main["draft_passes_per_cycle"]
         info = {"pair": pair, "context": context, "workspace": workspace, "engine": engine,
+                "name": f"{pair.split(':')[0]}_{context}_{workspace}",
                 "target_only_ms_per_token": base[-1]["ms_per_token"]}  # fmt: skip
         out.append((info, StepCosts(draft_pass, tuple(verify.items()))))
     return out
@@ -160,7 +168,9 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     parser.add_argument("--method", default="pruned:specvlm@0.9", help="the records' method, with --acceptance-from")
     parser.add_argument("--min-tries", type=int, default=30,
                         help="a depth counts when at least this many cycles reached it")
-    parser.add_argument("--costs", type=Path, default=Path("results/e2e.jsonl"))
+    parser.add_argument("--costs", default="results/e2e.jsonl",
+                        help="benchmarks/e2e.py records to take step costs from, or 'measure': time the pair itself on "
+                        "its inputs, on --device (target-only, and verification of the probe, default and chain:2 trees)")
     parser.add_argument("--adaptive", type=float, default=0.3, help="the adaptive drafter's threshold in the check")
     parser.add_argument("--engine", help="the records of this engine digest (default: the last record's)")
     parser.add_argument("--out", type=Path, default=Path("tree_choice.json"))
@@ -175,8 +185,11 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
         parser.error(f"--temperature is in [0, 10], got {args.temperature}")
     if not 0.0 < args.ratio < 1.0:
         parser.error(f"--ratio is a fraction in (0, 1), got {args.ratio}")
-    if not args.costs.is_file():
-        parser.error(f"--costs {args.costs}: no such file (benchmarks/e2e.py --out writes one)")
+    if args.costs == "measure":
+        if args.acceptance_from is not None:
+            parser.error("--costs measure times the pair; with --acceptance-from no pair is loaded: give e2e records")
+    elif not Path(args.costs).is_file():
+        parser.error(f"--costs {args.costs}: no such file (benchmarks/e2e.py --out writes one, or --costs measure)")
     if args.acceptance_from is not None and not args.acceptance_from.is_file():
         parser.error(f"--acceptance-from {args.acceptance_from}: no such file")
     if args.videos:
@@ -231,7 +244,34 @@ class PairRuns:
         self.seed = args.seed
         bundled = tuple(map(str, default_pair())) == (args.target, args.draft)
         self.name = "the bundled pair" if bundled else f"{args.target} / {args.draft}"
+        self.target_name = args.target.rstrip("/")
         self.clips = f"{len(args.videos)} videos x {len(args.prompts)} prompts" if args.videos else f"{args.clips} held-out clips"
+
+    def costs(self, probe: DraftTree) -> tuple[dict, StepCosts]:
+        """The pair's own step costs on its inputs, on its device: target-only's ms per token (the
+        verification of 1 node), the verification ms per cycle of the probe, default and chain:2
+        trees, the draft's ms per pass. Each is run once on the first input before it is timed, so
+        compilation and capture stay out of the figures."""
+        target, first = self.target, self.inputs[0][0]
+        decode_target(target, first, max_new_tokens=4)
+        runs = [decode_target(target, full, max_new_tokens=len(ref)).stats for (full, _), ref in zip(self.inputs, self.references)]
+        verify = {1: 1000 * sum(s.decode_s for s in runs) / sum(max(s.new_tokens - 1, 1) for s in runs)}
+        passes = []
+        for tree in (probe, DraftTree.default(), DraftTree.chain(2)):
+            self.warm(tree)
+            run = self.decode(tree)
+            verify.setdefault(tree.num_nodes, run["verify_ms_per_cycle"])
+            passes.append(run["draft_ms_per_pass"])
+        context = round(sum(full.length for full, _ in self.inputs) / len(self.inputs))
+        info = {"pair": self.name, "context": context, "workspace": "measured", "engine": "-",
+                "name": f"{Path(self.target_name).name or 'target'}_{context}_measured",
+                "target_only_ms_per_token": verify[1]}  # fmt: skip
+        return info, StepCosts(sum(passes) / len(passes), tuple(verify.items()))
+
+    def warm(self, tree: DraftTree, drafter: str = "model") -> None:
+        """A short run on the first input, so that the timed runs meet no compilation or capture."""
+        speculative_decode(self.target, self.draft, *self.inputs[0], max_new_tokens=4,
+                           config=SpecConfig(tree=tree, prune=self.prune, drafter=drafter))  # fmt: skip
 
     def decode(self, tree: DraftTree, drafter: str = "model") -> dict:
         return decode_clips(self.target, self.draft, self.inputs, self.references, tree, self.prune, drafter,
@@ -241,13 +281,15 @@ class PairRuns:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args = parse_args(parser)
-    records = [json.loads(line) for line in args.costs.read_text().splitlines() if line.strip()]
-    engine = args.engine or (records[-1].get("engine") if records else None)
-    records = [r for r in records if r.get("engine") == engine]
-    sets = cost_sets(records, args.ratio)
-    if not sets:
-        parser.error(f"--costs {args.costs}: no greedy target-only and 'SD pruned {args.ratio}' records of one context "
-                     f"(engine {engine})")
+    sets = None
+    if args.costs != "measure":
+        records = [json.loads(line) for line in Path(args.costs).read_text().splitlines() if line.strip()]
+        engine = args.engine or (records[-1].get("engine") if records else None)
+        records = [r for r in records if r.get("engine") == engine]
+        sets = cost_sets(records, args.ratio)
+        if not sets:
+            parser.error(f"--costs {args.costs}: no greedy target-only and 'SD pruned {args.ratio}' records of one context "
+                         f"(engine {engine})")
 
     pair = None
     if args.acceptance_from is not None:  # a benchmark run's counts
@@ -259,7 +301,10 @@ def main() -> None:
                   f"{measured['cycles']} cycles")
     else:  # measured here, on the pair, with a probe tree
         pair = PairRuns(parser, args)
-        measured = pair.decode(probe_tree(args.probe_depth, args.probe_width))
+        probe = probe_tree(args.probe_depth, args.probe_width)
+        if sets is None:
+            sets = [pair.costs(probe)]
+        measured = pair.decode(probe)
         tries, hits = measured["rank_tries"], measured["rank_hits"]
         source = (f"{pair.name}, {args.device} {args.dtype}, {pair.clips}, pruned {args.ratio}, probe tree "
                   f"{args.probe_depth} deep x {args.probe_width} candidates, {measured['cycles']} cycles, "
@@ -288,7 +333,7 @@ def choose(args, sets, acceptance: RankAcceptance, lines: list[str]) -> list[dic
     choices = []
     for info, costs in sets:
         best = best_tree(acceptance, costs)
-        name = f"{info['pair'].split(':')[0]}_{info['context']}_{info['workspace']}"
+        name = info["name"]
         args.trees_dir.mkdir(parents=True, exist_ok=True)
         write_tree(best.tree, args.trees_dir / f"{name}.txt")
         rows = [("chosen", best), ("default", score(DraftTree.default(), acceptance, costs))]
@@ -296,7 +341,8 @@ def choose(args, sets, acceptance: RankAcceptance, lines: list[str]) -> list[dic
                  for k in range(1, len(acceptance.p) + 1) if k + 1 <= costs.max_nodes]  # fmt: skip
         base = info["target_only_ms_per_token"]
         lines += [f"\n## {info['pair']}, {info['context']} context, {info['workspace']} workspace (engine {info['engine']})\n",
-                  f"Step costs measured end to end (results file {args.costs}): draft pass {costs.draft_pass_ms:.2f} ms, "
+                  f"Step costs measured {'on the pair itself' if args.costs == 'measure' else 'end to end'} "
+                  f"({'--costs measure' if args.costs == 'measure' else 'results file ' + args.costs}): draft pass {costs.draft_pass_ms:.2f} ms, "
                   "verification " + ", ".join(f"{n} nodes {ms:.2f} ms" for n, ms in costs.verify_ms)
                   + f" (1 node: target-only's {base:.2f} ms per token); between them linear. Written: "
                   f"{args.trees_dir / (name + '.txt')}.\n",
@@ -315,23 +361,27 @@ def check(args, pair: PairRuns, sets, acceptance: RankAcceptance, choices: list[
     """Each chosen tree and the default one decoded on the pair, fixed and adaptive: measured tau
     against the prediction, and composed speedups at each cost set."""
     checks = []
+    own = args.costs == "measure"  # the costs are this device's own: the runs' speedups are measured, not composed
     trees = {"default": DraftTree.default()}
     for c in choices:
         trees.setdefault(" ".join(map(str, c["chosen"]["paths"])), DraftTree(tuple(map(tuple, c["chosen"]["paths"]))))
     adaptive = f"adaptive:{args.adaptive:g}"
-    sets_named = [(f"{info['pair'].split(':')[0]} {info['context']} {info['workspace']}", info, costs) for info, costs in sets]
+    sets_named = [(info["name"].replace("_", " "), info, costs) for info, costs in sets]
     lines += [f"\n## Check on {pair.name}, fixed against adaptive drafting\n",
               "Predicted tokens per cycle against the measured tau; the adaptive drafter stops a tree's deeper "
               f"levels when the draft's confidence in its main path drops below {args.adaptive:g} (fewer draft passes). "
               "Speedups: composed estimates, (draft passes per cycle x a draft pass + the verification of the tree) / "
-              "tau against target-only's ms per token, with each cost set's measured step costs.\n",
+              "tau against target-only's ms per token, with each cost set's measured step costs"
+              + ("; measured speedup: these very runs' ms per token against target-only's on the same inputs.\n" if own else ".\n"),
               "| tree | drafter | nodes | depth | predicted | measured tau | draft passes / cycle | equal | "
-              + " | ".join(name for name, *_ in sets_named) + " |",
-              "|---|---|---|---|---|---|---|---|" + "---|" * len(sets_named)]  # fmt: skip
+              + " | ".join(name for name, *_ in sets_named) + " |" + (" measured speedup |" if own else ""),
+              "|---|---|---|---|---|---|---|---|" + "---|" * (len(sets_named) + own)]  # fmt: skip
     for label, tree in trees.items():
         name = label if label == "default" else f"chosen ({tree.num_nodes} nodes)"
         predicted = acceptance.expected_tokens(tree)
         for drafter in ("model", adaptive):
+            if own:
+                pair.warm(tree, drafter)
             run = pair.decode(tree, drafter)
             estimates = {}
             for set_name, info, costs in sets_named:
@@ -340,7 +390,8 @@ def check(args, pair: PairRuns, sets, acceptance: RankAcceptance, choices: list[
                     estimates[set_name] = info["target_only_ms_per_token"] / ms
             lines.append(f"| {name} | {drafter} | {tree.num_nodes} | {tree.depth} | {f'{predicted:.2f}' if drafter == 'model' else '-'} | "
                          f"{run['tau']:.2f} | {run['draft_passes_per_cycle']:.2f} | {equal_cell(run)} | "
-                         + " | ".join(f"{estimates[n]:.2f}x" if n in estimates else "-" for n, *_ in sets_named) + " |")  # fmt: skip
+                         + " | ".join(f"{estimates[n]:.2f}x" if n in estimates else "-" for n, *_ in sets_named) + " |"
+                         + (f" {sets[0][0]['target_only_ms_per_token'] / run['ms_per_token']:.2f}x |" if own else ""))  # fmt: skip
             checks.append({"tree": name, "drafter": drafter, "paths": [list(p) for p in tree.paths],
                            "predicted": predicted if drafter == "model" else None, "speedup_estimates": estimates, **run})  # fmt: skip
     return checks

@@ -149,16 +149,21 @@ def test_tree_choice_takes_the_users_pair_and_videos(tmp_path, tiny_pairs):
     cmd = [sys.executable, str(root / "benchmarks" / "tree_choice.py"), "--target", str(target_dir), "--draft",
            str(draft_dir), "--videos", str(video), "--prompts", "Describe the video.", "What moves?", "--num-frames", "8",
            "--min-tries", "1", "--probe-depth", "2", "--probe-width", "2", "--max-new-tokens", "12", "--temperature", "0.7",
-           "--costs", str(costs), "--out", str(tmp_path / "c.json"), "--trees-dir", str(tmp_path / "trees")]  # fmt: skip
+           "--costs", "measure", "--out", str(tmp_path / "c.json"), "--trees-dir", str(tmp_path / "trees")]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "c.json").read_text())
+    # the step costs are the pair's own, timed here: target-only (1 node) and three trees' verification
+    (choice,) = result["choices"]
+    assert choice["workspace"] == "measured" and [n for n, _ in choice["costs"]["verify_ms"]] == [1, 3, 5, 26]  # chain:2, the 2 x 2 probe, the default
+    assert "measured speedup" in done.stdout and all(c["ms_per_token"] > 0 for c in result["checks"])
     # sampled: acceptance by the rank of the draft's draws; outputs follow the target's distribution, not its tokens
     assert result["probe"]["clips"] == 2 and result["probe"]["equal"] is None and result["probe"]["cycles"] > 0
     assert f"{target_dir} / {draft_dir}" in done.stdout and "sampled at temperature 0.7" in done.stdout
-    for bad, flag in [(["--target", str(target_dir)], "--draft"), (["--videos", str(tmp_path / "none.mp4")], "--videos")]:
-        run = subprocess.run(cmd[:2] + bad + ["--costs", str(costs)], env=env, capture_output=True, text=True)
+    for bad, flag in [(["--target", str(target_dir)], "--draft"), (["--videos", str(tmp_path / "none.mp4")], "--videos"),
+                      (["--acceptance-from", str(costs), "--costs", "measure"], "--costs measure")]:  # fmt: skip
+        run = subprocess.run(cmd[:2] + ["--costs", str(costs)] + bad, env=env, capture_output=True, text=True)
         assert run.returncode == 2 and flag in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
