@@ -48,7 +48,7 @@ from specvlm.engine.drafters import ModelDrafter, OverlapDrafter
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.tree import DraftTree
-from specvlm.engine.tree_search import RankAcceptance
+from specvlm.engine.tree_search import RankAcceptance, best_tree
 from specvlm.pruning import PruneConfig
 from specvlm.testing import shapes
 
@@ -67,6 +67,38 @@ def alpha_for_tau(tau: float, depth: int) -> float:
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def planned(settings, trees, methods, choose):
+    """Every (setting, tree, method) run, in order; an automatic tree (None) is chosen by
+    ``choose(acceptance)`` when its turn comes, from what was measured before it."""
+    for i, (label, acceptance) in enumerate(settings):
+        for tree_name, tree in trees:
+            if tree is None:
+                tree = choose(acceptance)
+                if tree is None:
+                    print(f"  no tree measured before 'auto' at this context: {label} skipped", flush=True)
+                    continue
+            for name, prune, sampling in methods:
+                suffix = "" if tree_name == "default" else f", tree {tree_name}"
+                yield i, label, acceptance, tree_name, tree, name + suffix, prune, sampling
+
+
+def auto_tree(args, pair: str, context: int, workspace: str, acceptance: RankAcceptance) -> DraftTree | None:
+    """The tree with the fewest expected ms per token (engine/tree_search.py) under ``acceptance``,
+    from the step costs measured so far at this context by this engine (``--out``'s records:
+    target-only and the sequential, greedy 'SD pruned' runs of each tree), as
+    benchmarks/tree_choice.py chooses it."""
+    from tree_choice import cost_sets  # the same folder: the same rule as the tree choice's
+
+    engine = engine_digest()
+    records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()] if args.out.is_file() else []
+    records = [r for r in records if (r["pair"], r["context"], r.get("workspace"), r.get("engine")) == (pair, context, workspace, engine)
+               and r.get("tree") != "auto"]  # fmt: skip
+    sets = cost_sets(records, args.ratios[0])
+    if not sets:
+        return None
+    return best_tree(acceptance, sets[0][1], max_depth=min(len(acceptance.p), len(PRIMES) - 1)).tree
 
 
 def tree_label(spec: str) -> str:
@@ -239,8 +271,9 @@ def done_keys(path: Path) -> set:
 
 def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: set) -> None:
     pair = f"{target_name}:{draft_name}"
-    trees = [(tree_label(spec), DraftTree.parse(spec)) for spec in args.trees]
-    depth = max(tree.depth for _, tree in trees)
+    # "auto": the tree chosen from this context's costs measured so far and each setting's acceptance
+    trees = [("auto", None) if spec == "auto" else (tree_label(spec), DraftTree.parse(spec)) for spec in args.trees]
+    depth = max(tree.depth for _, tree in trees if tree is not None)
     greedy, sampled = SamplingConfig(), SamplingConfig(temperature=0.7)
     # tau: the constant alpha that gives it on the default tree, at every depth of every tree
     settings = [(f"tau {args.tau}", RankAcceptance.main_path([alpha_for_tau(args.tau, DraftTree.default().depth)] * depth))]
@@ -248,6 +281,8 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
         settings.append(("bundled pair", RankAcceptance.main_path(BUNDLED_ACCEPTANCE)))
     if args.acceptance:
         settings.append((f"by rank, {args.acceptance.stem}", load_acceptance(args.acceptance)))
+    if any(tree is None for _, tree in trees):  # an automatic tree may go as deep as an acceptance does
+        depth = max([depth] + [min(len(a.p), len(PRIMES) - 1) for _, a in settings])
     # pruned first: a run cut off by its time limit keeps the method's own figure
     methods = [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r), greedy) for r in args.ratios] + [("plain SD", None, greedy)]
     if args.overlap:  # drafting while verifying, side by side with sequential drafting
@@ -302,10 +337,8 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                   "prefill_s": baseline.stats.prefill_s, "latency_s": baseline.stats.prefill_s + baseline.stats.decode_s,
                   "warmup_s": warm_target, "step_vs_floor": base_ms / t_floor, "equal": True}  # fmt: skip
         emit(args, record, done)
-        runs = [(i, label, acceptance, tree_name, tree, name + ("" if tree_name == "default" else f", tree {tree_name}"),
-                 prune, sampling) for i, (label, acceptance) in enumerate(settings) for tree_name, tree in trees
-                for name, prune, sampling in methods]  # fmt: skip
-        for i, label, acceptance, tree_name, tree, name, prune, sampling in runs:
+        choose = lambda acceptance, _context=full.length: auto_tree(args, pair, _context, workspace, acceptance)
+        for i, label, acceptance, tree_name, tree, name, prune, sampling in planned(settings, trees, methods, choose):
             if (i and not sampling.greedy) or key_of(pair, full.length, name, label, workspace) in done:
                 continue
             oracle = Oracle(truth.token_ids, acceptance, tree, target.vocab_size, target.device)
@@ -338,6 +371,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
             equal = result.token_ids == reference and first.token_ids == reference
             record = {**common, "method": name, "acceptance": label, "sampling": sampling.temperature,
                       "tree": tree_name, "tree_nodes": tree.num_nodes, "tree_depth": tree.depth,
+                      "tree_paths": [list(p) for p in tree.paths],
                       "acceptance_by_rank": acceptance.p, "expected_tau": acceptance.expected_tokens(tree),
                       "tau": s.tau, "acceptance_by_depth": s.acceptance_by_depth,
                       "rank_acceptance": s.rank_acceptance, "ms_per_token": ms,
@@ -437,7 +471,8 @@ def main() -> None:
     parser.add_argument("--acceptance", type=Path, help="also at this acceptance by depth and rank (a JSON file "
                         "with rank_acceptance, as benchmarks/tree_choice.py writes)")
     parser.add_argument("--trees", nargs="+", default=["default"], help="draft trees, each run with every method "
-                        "(default, chain:K, or a tree file)")
+                        "(default, chain:K, a tree file, or auto: the tree chosen from the costs of the trees before "
+                        "it, at this context, and each acceptance setting)")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.9, 0.95])
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--sampling", action="store_true", help="also plain SD and the first ratio at temperature 0.7")
@@ -460,7 +495,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.min_hit_rate is not None and not 0.0 <= args.min_hit_rate <= 1.0:
         parser.error(f"--min-hit-rate is a rate in [0, 1], got {args.min_hit_rate}")
+    if args.trees[0] == "auto":
+        parser.error("--trees: 'auto' is chosen from the trees measured before it; put at least one first")
     for spec in args.trees:
+        if spec == "auto":
+            continue
         try:
             depth = DraftTree.parse(spec).depth
         except (ValueError, OSError) as e:

@@ -43,14 +43,19 @@ def test_e2e_runs_every_tree_at_an_acceptance_by_rank(tmp_path):
     tree.write_text("0\n1\n0 0\n0 1\n1 0\n1 1\n0 0 0\n0 0 1\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--device", "cpu", "--pairs", "test-target:test-draft",
-           "--contexts", "700", "--new-tokens", "160", "--ratios", "0.9", "--no-generate", "--trees", "chain:3", str(tree),
+           "--contexts", "700", "--new-tokens", "160", "--ratios", "0.9", "--no-generate", "--trees", "chain:3", str(tree), "auto",
            "--acceptance", str(acceptance), "--out", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     ranked = [r for r in records if r["acceptance"] == "by rank, acc"]
     assert [r["method"] for r in ranked] == ["SD pruned 0.9, tree chain:3", "plain SD, tree chain:3",
-                                             "SD pruned 0.9, tree two", "plain SD, tree two"]  # fmt: skip
+                                             "SD pruned 0.9, tree two", "plain SD, tree two",
+                                             "SD pruned 0.9, tree auto", "plain SD, tree auto"]  # fmt: skip
     assert all(r["equal"] for r in records)
+    # auto: the tree the search picks from the two trees' measured costs, for each acceptance setting
+    auto = {r["acceptance"]: r for r in records if r.get("tree") == "auto"}
+    assert set(auto) == {"tau 3.8", "by rank, acc"} and all(r["tree_nodes"] <= 9 for r in auto.values())
+    assert set(map(tuple, auto["tau 3.8"]["tree_paths"])) <= {(0,) * d for d in range(1, 6)}  # top-1 only pays: a chain
     for r in ranked:
         assert abs(r["tau"] - r["expected_tau"]) < 0.15, r  # 0.45 / 0.9 a level: about 1.7 (chain) and 2.9 (two)
     assert ranked[2]["tau"] > ranked[0]["tau"] + 0.4
