@@ -319,6 +319,7 @@ def main() -> None:
     for d, row in enumerate(acceptance.p, 1):
         lines.append(f"| {d} ({tries[d - 1][0]} cycles) | " + " | ".join(f"{p:.3f}" for p in row) + " |")
     choices = choose(args, sets, acceptance, lines)
+    write_schedules(args, choices, lines)
     checks = check(args, pair, sets, acceptance, choices, lines) if pair is not None else []
     text = "\n".join(lines)
     print(text)
@@ -355,6 +356,29 @@ def choose(args, sets, acceptance: RankAcceptance, lines: list[str]) -> list[dic
             "draft_pass_ms": costs.draft_pass_ms, "verify_ms": [list(p) for p in costs.verify_ms]},
             **{label: c.as_dict() for label, c in rows}})  # fmt: skip
     return choices
+
+
+def write_schedules(args, choices: list[dict], lines: list[str]) -> None:
+    """Per pair (and workspace kind) with several contexts chosen for: a tree schedule
+    (``--tree schedule:FILE``) switching between adjacent contexts' trees at their geometric mean."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in choices:
+        groups.setdefault((c["pair"], c["workspace"]), []).append(c)
+    for (pair, workspace), group in groups.items():
+        if len(group) < 2:
+            continue
+        group.sort(key=lambda c: c["context"])
+        steps, last = [], None
+        for i, c in enumerate(group):
+            start = 0 if i == 0 else round((group[i - 1]["context"] * c["context"]) ** 0.5)
+            if c["chosen"]["paths"] != last:
+                steps.append((start, Path(c["tree_file"]).name, c["context"]))
+                last = c["chosen"]["paths"]
+        name = f"{group[0]['name'].split('_')[0]}_{workspace}_schedule.txt"
+        text = "".join(f"{start} {tree}  # chosen at {context} tokens\n" for start, tree, context in steps)
+        (args.trees_dir / name).write_text(f"# {pair}: prompt length -> tree (benchmarks/tree_choice.py)\n" + text)
+        lines.append(f"\nTree schedule for {pair} ({workspace}): {args.trees_dir / name} (`--tree schedule:FILE`): "
+                     + ", ".join(f"from {start} tokens {tree}" for start, tree, _ in steps) + ".")
 
 
 def check(args, pair: PairRuns, sets, acceptance: RankAcceptance, choices: list[dict], lines: list[str]) -> list[dict]:

@@ -26,7 +26,7 @@ from specvlm.engine.drafters import make_drafter
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import check_pair, speculative_decode
 from specvlm.engine.static import choose_step_mode
-from specvlm.engine.tree import DraftTree
+from specvlm.engine.tree import DraftTree, TreeSchedule
 from specvlm.models import load_adapter
 from specvlm.models.base import Prompt, VideoLMAdapter
 from specvlm.pruning import PruneConfig
@@ -85,7 +85,7 @@ class SpeculativeVLM:
         target: VideoLMAdapter,
         draft: VideoLMAdapter,
         *,
-        tree: DraftTree | str = "default",
+        tree: DraftTree | TreeSchedule | str = "default",
         prune: PruneConfig | None = PruneConfig(),
         reindex: bool = False,
         compile: bool | None = None,
@@ -110,7 +110,7 @@ class SpeculativeVLM:
         self.config = SpecConfig(tree=tree, prune=prune, reindex=reindex, drafter=make_drafter(drafter, draft))
 
     @property
-    def tree(self) -> DraftTree:
+    def tree(self) -> DraftTree | TreeSchedule:
         return self.config.tree
 
     @property
@@ -128,7 +128,7 @@ class SpeculativeVLM:
         device_map: str | dict | None = None,
         draft_device: str | None = None,
         attn_implementation: str | None = "sdpa",
-        tree: DraftTree | str = "default",
+        tree: DraftTree | TreeSchedule | str = "default",
         prune: PruneConfig | None = PruneConfig(),
         reindex: bool = False,
         compile: bool | None = None,

@@ -386,10 +386,10 @@ def _prompt(text: str) -> str:
 
 
 def _tree(text: str) -> str:
-    from specvlm.engine.tree import DraftTree
+    from specvlm.engine.tree import parse_tree
 
     try:
-        DraftTree.parse(text)
+        parse_tree(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
@@ -444,7 +444,8 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
 def _add_speculation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, metavar="N", help="(default 256)")
     p.add_argument("--tree", type=_tree, default="default", metavar="SPEC",
-                   help="draft tree: default | chain:K | a file of paths (default: the published 25-node tree)")
+                   help="draft tree: default | chain:K | a file of paths | schedule:FILE (lines 'LENGTH TREE': a tree "
+                   "per prompt length) (default: the published 25-node tree)")
     p.add_argument("--reindex", action="store_true", help="close the position gaps of pruned tokens in the draft")
     p.add_argument("--no-compile", action="store_true",
                    help="do not torch.compile the decode steps (on a GPU they are compiled by default: the first "

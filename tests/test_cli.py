@@ -333,6 +333,7 @@ def refusals(unloadable, places, video, tmp_path_factory) -> dict[str, subproces
     cases = {f"out:{case}": _output_argv(case, unloadable, places, video) for case in OUTPUTS}
     models = ["--target", unloadable[0], "--draft", unloadable[1]]
     cases |= {f"device:{case}": ["generate", *models, "--video", video, *DEVICES[case][0]] for case in DEVICES}
+    cases |= {f"tree:{case}": ["generate", *models, "--video", video, "--tree", spec] for case, (spec, _) in TREES.items()}
     path = tmp_path_factory.mktemp("refusals") / "cases.json"
     path.write_text(json.dumps(cases))
     environment = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
@@ -342,6 +343,21 @@ def refusals(unloadable, places, video, tmp_path_factory) -> dict[str, subproces
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
     return {name: subprocess.CompletedProcess(cases[name], code, "", err) for name, (code, err) in results.items()}
+
+
+TREES = {
+    "schedule missing": ("schedule:/nonexistent/schedule.txt", "no such file"),
+    "tree file missing": ("/nonexistent/tree.txt", "not 'default', 'chain:K'"),
+    "chain not a number": ("chain:x", "expected chain:K"),
+}
+
+
+@pytest.mark.parametrize("case", TREES)
+def test_tree_specs_are_checked_before_loading(case, refusals):
+    done = refusals[f"tree:{case}"]  # argparse's own refusal: the usage, then one error line
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert last.startswith("specvlm ") and "--tree" in last and TREES[case][1] in last, last
 
 
 @pytest.mark.parametrize("case", OUTPUTS)

@@ -258,3 +258,29 @@ def test_a_cycle_never_waits_for_the_device_but_to_read_its_verdict(pair, drafte
         speculative_decode(target, draft, full, draft_inputs, max_new_tokens=12, static=True, config=config)
     bad = {site: n for site, n in reads.sites.items() if site not in HOST_READS_ALLOWED and (site[0], "*") not in HOST_READS_ALLOWED}
     assert not bad
+
+
+def test_tree_schedule_picks_a_tree_by_prompt_length(pair, tmp_path):
+    """schedule:FILE: the tree of the longest threshold the prompt reaches (relative tree files
+    from the schedule's folder); any tree keeps the output the target's."""
+    from specvlm.engine.tree import TreeSchedule, parse_tree
+
+    target, draft, full, draft_full = pair
+    (tmp_path / "trees").mkdir()
+    (tmp_path / "trees" / "wide.txt").write_text("0\n1\n2\n0 0\n")
+    schedule = tmp_path / "schedule.txt"
+    reference = decode_target(target, full, max_new_tokens=16).token_ids
+    for start, depth in ((full.length, 2), (full.length + 1, 3)):  # the prompt reaches the threshold, or not
+        schedule.write_text(f"# by prompt length\n0 chain:3\n{start} trees/wide.txt\n")
+        config = SpecConfig(tree=f"schedule:{schedule}")
+        assert isinstance(config.tree, TreeSchedule)
+        got = speculative_decode(target, draft, full, draft_full, max_new_tokens=16, config=config)
+        assert got.token_ids == reference and got.stats.tree_depth == depth
+    assert parse_tree("chain:2") == DraftTree.chain(2)
+    for text, message in [("100 default\n", "starts at prompt length 0"), ("0 default\n0 chain:2\n", "ascend"),
+                          ("zero default\n", "LENGTH TREE"), ("0\n", "LENGTH TREE"), ("0 missing.txt\n", "bad tree spec")]:  # fmt: skip
+        schedule.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            parse_tree(f"schedule:{schedule}")
+    with pytest.raises(ValueError, match="no such file"):
+        parse_tree(f"schedule:{tmp_path / 'none.txt'}")

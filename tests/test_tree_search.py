@@ -179,10 +179,14 @@ def test_tree_choice_from_a_benchmark_runs_counts(tmp_path):
     root = Path(__file__).resolve().parents[1]
     costs = tmp_path / "e2e.jsonl"
     common = {"pair": "t:d", "context": 4096, "workspace": "fresh", "engine": "x", "sampling": 0.0}
+    long = {**common, "context": 65536}  # a long context: verification and draft passes dear, a small tree pays
     costs.write_text("\n".join(json.dumps(r) for r in [
         {**common, "method": "target-only", "ms_per_token": 5.0},
         {**common, "method": "SD pruned 0.9", "tree_nodes": 26, "verify_ms_per_cycle": 6.0,
-         "drafting_ms_per_cycle": 2.5, "draft_passes_per_cycle": 5.0}]) + "\n")  # fmt: skip
+         "drafting_ms_per_cycle": 2.5, "draft_passes_per_cycle": 5.0},
+        {**long, "method": "target-only", "ms_per_token": 6.0},
+        {**long, "method": "SD pruned 0.9", "tree_nodes": 26, "verify_ms_per_cycle": 14.0,
+         "drafting_ms_per_cycle": 10.0, "draft_passes_per_cycle": 5.0}]) + "\n")  # fmt: skip
     record = {"method": "pruned:specvlm@0.9", "status": "ok", "rank_tries": [[20, 20], [15, 15]],
               "rank_hits": [[15, 3], [9, 3]]}  # fmt: skip
     other = {**record, "method": "sd", "rank_hits": [[0, 0], [0, 0]]}  # another method: not pooled
@@ -199,3 +203,10 @@ def test_tree_choice_from_a_benchmark_runs_counts(tmp_path):
     assert result["probe"]["records"] == 2 and "2 records of pruned:specvlm@0.9" in done.stdout
     chosen = DraftTree.parse(str(tmp_path / "t_4096_fresh.txt"))
     assert chosen.depth <= 2 and chosen.max_children <= 2
+    # two contexts: a schedule switching between their trees at the geometric mean of the two
+    from specvlm.engine.tree import parse_tree
+
+    schedule = parse_tree(f"schedule:{tmp_path / 't_fresh_schedule.txt'}")
+    long_tree = DraftTree.parse(str(tmp_path / "t_65536_fresh.txt"))
+    assert long_tree.num_nodes < chosen.num_nodes and [n for n, _ in schedule.steps] == [0, 16384]
+    assert schedule.for_context(4096) == chosen and schedule.for_context(70000) == long_tree

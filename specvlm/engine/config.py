@@ -9,13 +9,13 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from specvlm.engine.sampling import SamplingConfig
-from specvlm.engine.tree import DraftTree
+from specvlm.engine.tree import DraftTree, TreeSchedule, parse_tree
 from specvlm.pruning.strategies import PruneConfig
 
 
 @dataclass(frozen=True)
 class SpecConfig:
-    tree: DraftTree = field(default_factory=DraftTree.default)
+    tree: DraftTree | TreeSchedule = field(default_factory=DraftTree.default)  # a schedule: a tree per prompt length
     sampling: SamplingConfig = SamplingConfig()
     prune: PruneConfig | None = None  # None: the draft sees its prompt as given (plain SD on a full one)
     reindex: bool = False  # close the position gaps the pruned tokens leave (see drop_video_tokens)
@@ -23,9 +23,13 @@ class SpecConfig:
 
     def __post_init__(self):
         if isinstance(self.tree, str):
-            object.__setattr__(self, "tree", DraftTree.parse(self.tree))
-        if not isinstance(self.tree, DraftTree):
-            raise TypeError(f"tree must be a DraftTree or a tree spec string, got {type(self.tree).__name__}")
+            object.__setattr__(self, "tree", parse_tree(self.tree))
+        if not isinstance(self.tree, (DraftTree, TreeSchedule)):
+            raise TypeError(f"tree must be a DraftTree, a TreeSchedule or a tree spec string, got {type(self.tree).__name__}")
+
+    def tree_for(self, prompt_length: int) -> DraftTree:
+        """The draft tree for a prompt of this many tokens."""
+        return self.tree.for_context(prompt_length) if isinstance(self.tree, TreeSchedule) else self.tree
 
     def replace(self, **changes) -> "SpecConfig":
         return dataclasses.replace(self, **changes)

@@ -186,7 +186,7 @@ def speculative_decode(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    tree, sampling = config.tree, config.sampling
+    tree, sampling = config.tree_for(target_inputs.length), config.sampling
     stop = StopRule(target.eos_token_ids, max_new_tokens, stop_strings, target.tokenizer)
     stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
     pair = prefill_pair(target, make_drafter(config.drafter, draft), target_inputs, draft_inputs, stats,

@@ -228,3 +228,64 @@ class DraftTree:
     @cached_property
     def host_ranks(self) -> tuple[int, ...]:
         return tuple(self.rank.tolist())
+
+
+@dataclass(frozen=True)
+class TreeSchedule:
+    """Draft trees by prompt length: a prompt takes the tree of the longest threshold it reaches.
+
+    What pays depends on the context (benchmarks/tree_choice.py: for 7B/0.5B a 26-node tree 3 deep
+    at 4k-16k, a 6-node one 2 deep at 64k-128k, where verification and the draft's passes cost
+    more); a server that sees every length keeps one schedule. Any tree keeps the output the
+    target's, so neither does a schedule change it."""
+
+    steps: tuple[tuple[int, DraftTree], ...]  # (from this many prompt tokens, tree), ascending, the first from 0
+
+    def __post_init__(self):
+        steps = tuple((int(n), t) for n, t in self.steps)
+        if not steps or steps[0][0] != 0:
+            raise ValueError("a tree schedule starts at prompt length 0")
+        if any(b[0] <= a[0] for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"a tree schedule's lengths ascend, got {[n for n, _ in steps]}")
+        if not all(isinstance(t, DraftTree) for _, t in steps):
+            raise TypeError("a tree schedule holds DraftTrees")
+        object.__setattr__(self, "steps", steps)
+
+    def for_context(self, length: int) -> DraftTree:
+        tree = self.steps[0][1]
+        for start, t in self.steps:
+            if length >= start:
+                tree = t
+        return tree
+
+    @classmethod
+    def parse(cls, path: str | Path) -> "TreeSchedule":
+        """A file of lines 'LENGTH TREE' (TREE: default, chain:K or a tree file, relative to the
+        schedule's folder), e.g. '0 default' and '32768 trees/long.txt'."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"bad tree schedule {str(path)!r}: no such file")
+        steps = []
+        for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            start, _, spec = line.partition(" ")
+            spec = spec.strip()
+            try:
+                length = int(start)
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: expected 'LENGTH TREE', got {raw.strip()!r}") from None
+            if not spec:
+                raise ValueError(f"{path}:{lineno}: expected 'LENGTH TREE', got {raw.strip()!r}")
+            if spec not in ("default",) and not spec.startswith("chain:") and not Path(spec).is_absolute():
+                spec = str(path.parent / spec)
+            steps.append((length, DraftTree.parse(spec)))
+        return cls(tuple(steps))
+
+
+def parse_tree(spec: str) -> "DraftTree | TreeSchedule":
+    """'default', 'chain:K', a file of paths, or 'schedule:FILE' (a TreeSchedule)."""
+    if spec.startswith("schedule:"):
+        return TreeSchedule.parse(spec.split(":", 1)[1])
+    return DraftTree.parse(spec)

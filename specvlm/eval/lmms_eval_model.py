@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from specvlm.api import SpeculativeVLM
 from specvlm.cli import DTYPES, frame_options
-from specvlm.engine.tree import DraftTree
+from specvlm.engine.tree import parse_tree
 from specvlm.pruning import STRATEGIES, PruneConfig
 from specvlm.video import IMAGE_EXTENSIONS, load_video
 
@@ -59,7 +59,7 @@ class ModelArgs:
     device_map: str | None = None  # --device-map
     draft_device: str | None = None  # --draft-device
     attn: str = "sdpa"  # --attn
-    tree: str = "default"  # --tree: default | chain:K | a file of paths
+    tree: str = "default"  # --tree: default | chain:K | a file of paths | schedule:FILE
     prune: str = "specvlm"  # --prune (none: plain speculative decoding)
     prune_ratio: float = 0.9  # --prune-ratio
     stage1_mass: float = 0.4  # --stage1-mass
@@ -148,7 +148,7 @@ def _choice(options):
 
 def _tree(name, value):
     try:
-        DraftTree.parse(str(value))
+        parse_tree(str(value))
     except ValueError as error:
         raise ValueError(f"--model_args {name}: {error}") from None
     return str(value)
