@@ -300,9 +300,13 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
     compile = not args.no_compile
     # one context alone has workspaces of its own size, whatever --workspace says
     workspace = args.workspace if len(set(args.contexts)) > 1 else "fresh"
+    if workspace == "shared" and args.order == "as-given":
+        workspace = "grown"  # each longer prompt grows the workspaces the shorter ones left
     # shared: largest first, so one workspace (sized by the longest prompt) serves every context, as in
-    # a server; fresh: each context in workspaces of its own size (new steps compiled and captured)
-    for context in sorted(args.contexts, reverse=True):
+    # a server; grown: in the order given, as a server that saw short prompts first; fresh: each
+    # context in workspaces of its own size (new steps compiled and captured)
+    order = sorted(args.contexts, reverse=True) if args.order == "longest-first" else args.contexts
+    for context in order:
         if args.workspace == "fresh":
             for adapter in (target, draft):
                 adapter.workspaces.clear()
@@ -445,7 +449,7 @@ def summary(records: list[dict]) -> str:
         lines.append("| engine | workspace | context | method | acceptance | tau | ms/token | speedup | vs generate | ceiling | "
                      "draft ms/cycle | verify ms/cycle | cycle ms | overlapped | prefill s | draft prefill s | latency s | equal |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        order = {"fresh": 0, "shared": 1}
+        order = {"fresh": 0, "shared": 1, "grown": 2}
         for r in sorted(rows, key=lambda r: (r.get("engine", ""), order.get(r.get("workspace"), 2), r["context"],
                                              r["acceptance"] != "-", r["acceptance"])):  # fmt: skip
             ws = r.get("workspace", "shared")
@@ -479,6 +483,10 @@ def main() -> None:
     parser.add_argument("--workspace", choices=["shared", "fresh"], default="shared",
                         help="shared: one workspace for every context, sized by the longest (a server's case); "
                         "fresh: each context in workspaces of its own size")
+    parser.add_argument("--order", choices=["longest-first", "as-given"], default="longest-first",
+                        help="the contexts' order with a shared workspace: longest first (one workspace sized by the "
+                        "longest serves all), or as given (a shorter prompt first, the workspace grown by a longer one "
+                        "later: workspace 'grown' in the records)")
     parser.add_argument("--overlap", action="store_true", help="also every method drafting while the target verifies")
     parser.add_argument("--min-hit-rate", type=float, default=None,
                         help="the overlapped drafter's min_hit_rate (0: guess every cycle; default: the drafter's)")
