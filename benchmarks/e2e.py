@@ -47,7 +47,7 @@ from specvlm.engine.decoding import decode_target
 from specvlm.engine.drafters import ModelDrafter, OverlapDrafter
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
-from specvlm.engine.tree import DraftTree
+from specvlm.engine.tree import DraftTree, TreeSchedule, parse_tree
 from specvlm.engine.tree_search import RankAcceptance, best_tree
 from specvlm.pruning import PruneConfig
 from specvlm.testing import shapes
@@ -102,8 +102,9 @@ def auto_tree(args, pair: str, context: int, workspace: str, acceptance: RankAcc
 
 
 def tree_label(spec: str) -> str:
-    """A tree's name in method names and records: the spec, or a tree file's stem."""
-    return Path(spec).stem if Path(spec).is_file() else spec
+    """A tree's name in method names and records: the spec, or a tree (or schedule) file's stem."""
+    path = Path(spec.removeprefix("schedule:"))
+    return ("schedule " if spec.startswith("schedule:") else "") + path.stem if path.is_file() else spec
 
 
 def load_acceptance(path: Path) -> RankAcceptance:
@@ -272,8 +273,10 @@ def done_keys(path: Path) -> set:
 def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: set) -> None:
     pair = f"{target_name}:{draft_name}"
     # "auto": the tree chosen from this context's costs measured so far and each setting's acceptance
-    trees = [("auto", None) if spec == "auto" else (tree_label(spec), DraftTree.parse(spec)) for spec in args.trees]
-    depth = max(tree.depth for _, tree in trees if tree is not None)
+    # schedule:FILE: each context with the schedule's tree for its length
+    trees = [("auto", None) if spec == "auto" else (tree_label(spec), parse_tree(spec)) for spec in args.trees]
+    depth = max(max(t.depth for _, t in tree.steps) if isinstance(tree, TreeSchedule) else tree.depth
+                for _, tree in trees if tree is not None)  # fmt: skip
     greedy, sampled = SamplingConfig(), SamplingConfig(temperature=0.7)
     # tau: the constant alpha that gives it on the default tree, at every depth of every tree
     settings = [(f"tau {args.tau}", RankAcceptance.main_path([alpha_for_tau(args.tau, DraftTree.default().depth)] * depth))]
@@ -342,7 +345,8 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                   "warmup_s": warm_target, "step_vs_floor": base_ms / t_floor, "equal": True}  # fmt: skip
         emit(args, record, done)
         choose = lambda acceptance, _context=full.length: auto_tree(args, pair, _context, workspace, acceptance)
-        for i, label, acceptance, tree_name, tree, name, prune, sampling in planned(settings, trees, methods, choose):
+        here = [(n, t.for_context(full.length) if isinstance(t, TreeSchedule) else t) for n, t in trees]
+        for i, label, acceptance, tree_name, tree, name, prune, sampling in planned(settings, here, methods, choose):
             if (i and not sampling.greedy) or key_of(pair, full.length, name, label, workspace) in done:
                 continue
             oracle = Oracle(truth.token_ids, acceptance, tree, target.vocab_size, target.device)
@@ -475,7 +479,7 @@ def main() -> None:
     parser.add_argument("--acceptance", type=Path, help="also at this acceptance by depth and rank (a JSON file "
                         "with rank_acceptance, as benchmarks/tree_choice.py writes)")
     parser.add_argument("--trees", nargs="+", default=["default"], help="draft trees, each run with every method "
-                        "(default, chain:K, a tree file, or auto: the tree chosen from the costs of the trees before "
+                        "(default, chain:K, a tree file, schedule:FILE (the tree for each context's length), or auto: the tree chosen from the costs of the trees before "
                         "it, at this context, and each acceptance setting)")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.9, 0.95])
     parser.add_argument("--new-tokens", type=int, default=256)
@@ -509,9 +513,10 @@ def main() -> None:
         if spec == "auto":
             continue
         try:
-            depth = DraftTree.parse(spec).depth
+            tree = parse_tree(spec)
         except (ValueError, OSError) as e:
             parser.error(f"--trees: {e}")
+        depth = max(t.depth for _, t in tree.steps) if isinstance(tree, TreeSchedule) else tree.depth
         if depth >= len(PRIMES):
             parser.error(f"--trees: {spec} is {depth} deep; the oracle draws for trees up to {len(PRIMES) - 1} deep")
     if args.acceptance:
