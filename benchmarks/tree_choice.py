@@ -294,8 +294,15 @@ def main() -> None:
     pair = None
     if args.acceptance_from is not None:  # a benchmark run's counts
         runs = [json.loads(line) for line in args.acceptance_from.read_text().splitlines() if line.strip()]
+        methods = sorted({str(r.get("method")) for r in runs})
         runs = [r for r in runs if r.get("method") == args.method and r.get("status", "ok") == "ok"]
+        if not runs:
+            parser.error(f"--acceptance-from {args.acceptance_from}: no successful records of --method {args.method} "
+                         f"(methods there: {', '.join(methods) or 'none'})")
         tries, hits = pool_counts(runs)
+        if not tries:
+            parser.error(f"--acceptance-from {args.acceptance_from}: the records of {args.method} hold no rank counts "
+                         "(rank_tries / rank_hits: a run of this version of specvlm bench writes them)")
         measured = {"records": len(runs), "cycles": tries[0][0] if tries else 0, "rank_tries": tries, "rank_hits": hits}
         source = (f"{len(runs)} records of {args.method} in {args.acceptance_from} (their tree's candidates only), "
                   f"{measured['cycles']} cycles")

@@ -206,6 +206,13 @@ def test_tree_choice_from_a_benchmark_runs_counts(tmp_path):
     # two contexts: a schedule switching between their trees at the geometric mean of the two
     from specvlm.engine.tree import parse_tree
 
+    old = tmp_path / "old.jsonl"  # records of a run from before the counts
+    old.write_text(json.dumps({"method": "pruned:specvlm@0.9", "status": "ok", "tau": 2.0}) + "\n")
+    for bad, words in [(["--method", "sd:nothing"], "no successful records of --method sd:nothing"),
+                       (["--acceptance-from", str(costs)], "no successful records"),
+                       (["--acceptance-from", str(old)], "hold no rank counts")]:  # fmt: skip
+        run = subprocess.run(cmd + bad, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and words in run.stderr and "Traceback" not in run.stderr, run.stderr
     schedule = parse_tree(f"schedule:{tmp_path / 't_fresh_schedule.txt'}")
     long_tree = DraftTree.parse(str(tmp_path / "t_65536_fresh.txt"))
     assert long_tree.num_nodes < chosen.num_nodes and [n for n, _ in schedule.steps] == [0, 16384]
