@@ -48,7 +48,7 @@ from specvlm.assets import default_pair
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.sampling import SamplingConfig
-from specvlm.engine.speculative import check_pair, speculative_decode
+from specvlm.engine.speculative import SpecStats, check_pair, speculative_decode
 from specvlm.engine.tree import DraftTree
 from specvlm.engine.tree_search import RankAcceptance, StepCosts, best_tree, score, write_tree
 from specvlm.models import load_adapter
@@ -70,7 +70,7 @@ def decode_clips(target, draft, inputs, references, tree: DraftTree, prune, draf
     generator per clip and are as long as the greedy references."""
     tokens = passes = equal = draft_passes = timed_tokens = 0
     verify_s = drafting_s = decode_s = 0.0
-    tries = hits = None
+    counts = []
     for i, ((full, draft_full), reference) in enumerate(zip(inputs, references)):
         generator = None if sampling.greedy else torch.Generator(device=target.device).manual_seed(seed + i)
         result = speculative_decode(target, draft, full, draft_full, max_new_tokens=len(reference), generator=generator,
@@ -80,12 +80,11 @@ def decode_clips(target, draft, inputs, references, tree: DraftTree, prune, draf
         verify_s, drafting_s = verify_s + s.verify_s, drafting_s + s.drafting_s
         decode_s, timed_tokens = decode_s + s.decode_s, timed_tokens + max(s.new_tokens - 1, 1)
         tokens, passes, equal = tokens + s.cycle_tokens, passes + s.target_passes, equal + (result.token_ids == reference)
-        if tries is None:
-            tries, hits = s.rank_tries, s.rank_hits
-        else:
-            tries = [[a + b for a, b in zip(x, y)] for x, y in zip(tries, s.rank_tries)]
-            hits = [[a + b for a, b in zip(x, y)] for x, y in zip(hits, s.rank_hits)]
-    rates = [[h / t for h, t in zip(hs, ts) if t] for hs, ts in zip(hits, tries)]
+        counts.append({"rank_tries": s.rank_tries, "rank_hits": s.rank_hits})
+    # pooled by depth and rank (a drafter that stops early leaves some clips with fewer depths)
+    pooled = SpecStats()
+    pooled.rank_tries, pooled.rank_hits = tries, hits = pool_counts(counts)
+    rates = pooled.rank_acceptance
     return {"tau": tokens / passes, "cycles": passes, "draft_passes_per_cycle": draft_passes / passes,
             "ms_per_token": 1000 * decode_s / timed_tokens, "verify_ms_per_cycle": 1000 * verify_s / passes, "draft_ms_per_pass": 1000 * drafting_s / max(draft_passes, 1),
             "equal": equal if sampling.greedy else None, "clips": len(inputs), "rank_acceptance": rates,

@@ -278,7 +278,7 @@ class TreeSchedule:
                 raise ValueError(f"{path}:{lineno}: expected 'LENGTH TREE', got {raw.strip()!r}") from None
             if not spec:
                 raise ValueError(f"{path}:{lineno}: expected 'LENGTH TREE', got {raw.strip()!r}")
-            if spec not in ("default",) and not spec.startswith("chain:") and not Path(spec).is_absolute():
+            if spec != "default" and not spec.startswith("chain:") and not Path(spec).is_absolute():
                 spec = str(path.parent / spec)
             steps.append((length, DraftTree.parse(spec)))
         return cls(tuple(steps))
