@@ -47,7 +47,7 @@ from specvlm.engine.decoding import decode_target
 from specvlm.engine.drafters import ModelDrafter, OverlapDrafter
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
-from specvlm.engine.tree import DraftTree, TreeSchedule, parse_tree
+from specvlm.engine.tree import DraftTree, parse_tree, tree_for
 from specvlm.engine.tree_search import RankAcceptance, best_tree
 from specvlm.pruning import PruneConfig
 from specvlm.testing import shapes
@@ -275,8 +275,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
     # "auto": the tree chosen from this context's costs measured so far and each setting's acceptance
     # schedule:FILE: each context with the schedule's tree for its length
     trees = [("auto", None) if spec == "auto" else (tree_label(spec), parse_tree(spec)) for spec in args.trees]
-    depth = max(max(t.depth for _, t in tree.steps) if isinstance(tree, TreeSchedule) else tree.depth
-                for _, tree in trees if tree is not None)  # fmt: skip
+    depth = max(tree.depth for _, tree in trees if tree is not None)
     greedy, sampled = SamplingConfig(), SamplingConfig(temperature=0.7)
     # tau: the constant alpha that gives it on the default tree, at every depth of every tree
     settings = [(f"tau {args.tau}", RankAcceptance.main_path([alpha_for_tau(args.tau, DraftTree.default().depth)] * depth))]
@@ -345,7 +344,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                   "warmup_s": warm_target, "step_vs_floor": base_ms / t_floor, "equal": True}  # fmt: skip
         emit(args, record, done)
         choose = lambda acceptance, _context=full.length: auto_tree(args, pair, _context, workspace, acceptance)
-        here = [(n, t.for_context(full.length) if isinstance(t, TreeSchedule) else t) for n, t in trees]
+        here = [(n, t if t is None else tree_for(t, full.length)) for n, t in trees]
         for i, label, acceptance, tree_name, tree, name, prune, sampling in planned(settings, here, methods, choose):
             if (i and not sampling.greedy) or key_of(pair, full.length, name, label, workspace) in done:
                 continue
@@ -516,9 +515,8 @@ def main() -> None:
             tree = parse_tree(spec)
         except (ValueError, OSError) as e:
             parser.error(f"--trees: {e}")
-        depth = max(t.depth for _, t in tree.steps) if isinstance(tree, TreeSchedule) else tree.depth
-        if depth >= len(PRIMES):
-            parser.error(f"--trees: {spec} is {depth} deep; the oracle draws for trees up to {len(PRIMES) - 1} deep")
+        if tree.depth >= len(PRIMES):
+            parser.error(f"--trees: {spec} is {tree.depth} deep; the oracle draws for trees up to {len(PRIMES) - 1} deep")
     if args.acceptance:
         try:
             load_acceptance(args.acceptance)

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from specvlm.engine.sampling import SamplingConfig
-from specvlm.engine.tree import DraftTree, TreeSchedule, parse_tree
+from specvlm.engine.tree import DraftTree, TreeSchedule, parse_tree, tree_for
 from specvlm.pruning.strategies import PruneConfig
 
 
@@ -29,7 +29,7 @@ class SpecConfig:
 
     def tree_for(self, prompt_length: int) -> DraftTree:
         """The draft tree for a prompt of this many tokens."""
-        return self.tree.for_context(prompt_length) if isinstance(self.tree, TreeSchedule) else self.tree
+        return tree_for(self.tree, prompt_length)
 
     def replace(self, **changes) -> "SpecConfig":
         return dataclasses.replace(self, **changes)

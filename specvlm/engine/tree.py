@@ -251,6 +251,11 @@ class TreeSchedule:
             raise TypeError("a tree schedule holds DraftTrees")
         object.__setattr__(self, "steps", steps)
 
+    @property
+    def depth(self) -> int:
+        """The deepest of its trees."""
+        return max(t.depth for _, t in self.steps)
+
     def for_context(self, length: int) -> DraftTree:
         tree = self.steps[0][1]
         for start, t in self.steps:
@@ -282,6 +287,11 @@ class TreeSchedule:
                 spec = str(path.parent / spec)
             steps.append((length, DraftTree.parse(spec)))
         return cls(tuple(steps))
+
+
+def tree_for(tree: "DraftTree | TreeSchedule", prompt_length: int) -> DraftTree:
+    """The draft tree for a prompt of this many tokens: the tree itself, or a schedule's."""
+    return tree.for_context(prompt_length) if isinstance(tree, TreeSchedule) else tree
 
 
 def parse_tree(spec: str) -> "DraftTree | TreeSchedule":
