@@ -176,8 +176,14 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     parser.add_argument("--summary", type=Path, help="also the markdown tables here")
     parser.add_argument("--trees-dir", type=Path, default=Path("trees"))
     args = parser.parse_args()
-    if args.clips < 1 or args.probe_depth < 1 or args.probe_width < 1 or (args.num_frames is not None and args.num_frames < 1):
-        parser.error("--clips, --probe-depth, --probe-width and --num-frames must be >= 1")
+    counts = {"--clips": args.clips, "--probe-depth": args.probe_depth, "--probe-width": args.probe_width,
+              "--max-new-tokens": args.max_new_tokens, "--min-tries": args.min_tries,
+              "--num-frames": 1 if args.num_frames is None else args.num_frames}  # fmt: skip
+    for flag, value in counts.items():
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if any(not prompt.strip() for prompt in args.prompts):
+        parser.error("--prompts: a prompt must not be empty")
     if not 0.0 <= args.adaptive <= 1.0:
         parser.error(f"--adaptive is a confidence threshold in [0, 1], got {args.adaptive}")
     if not 0.0 <= args.temperature <= 10.0:

@@ -162,7 +162,9 @@ def test_tree_choice_takes_the_users_pair_and_videos(tmp_path, tiny_pairs):
     assert result["probe"]["clips"] == 2 and result["probe"]["equal"] is None and result["probe"]["cycles"] > 0
     assert f"{target_dir} / {draft_dir}" in done.stdout and "sampled at temperature 0.7" in done.stdout
     for bad, flag in [(["--target", str(target_dir)], "--draft"), (["--videos", str(tmp_path / "none.mp4")], "--videos"),
-                      (["--acceptance-from", str(costs), "--costs", "measure"], "--costs measure")]:  # fmt: skip
+                      (["--acceptance-from", str(costs), "--costs", "measure"], "--costs measure"),
+                      (["--min-tries", "0"], "--min-tries must be >= 1"), (["--max-new-tokens", "-3"], "--max-new-tokens"),
+                      (["--prompts", " "], "must not be empty")]:  # fmt: skip
         run = subprocess.run(cmd[:2] + ["--costs", str(costs)] + bad, env=env, capture_output=True, text=True)
         assert run.returncode == 2 and flag in run.stderr and "Traceback" not in run.stderr, run.stderr
 
