@@ -167,10 +167,12 @@ def run_model(name, contexts, qs, bandwidth, out: Path, methods_fresh) -> None:
             torch.cuda.empty_cache()
 
 
-def sweep(contexts, bandwidth, out: Path, few_rows: bool = False) -> None:
+def sweep(contexts, bandwidth, out: Path, few_rows: bool = False, grid_override=None, label: str | None = None) -> None:
     """The split-prefix kernel's tilings on the verification (and draft-level) shapes, all layers
     captured as one graph; the engine's ``kernel_config`` is chosen from these records. ``few_rows``:
-    one-token steps and draft levels instead, over the parallelism (programs per SM) and KV tile."""
+    one-token steps and draft levels instead, over the parallelism (programs per SM) and KV tile.
+    ``grid``: the tilings (block_m or None for the engine's, block_n, warps, stages, per_sm) instead
+    of the full product; ``label``: written in each record (which kernel source ran, say)."""
     import itertools
 
     tree = DraftTree.default()
@@ -181,6 +183,7 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False) -> None:
         cases = [("qwen2.5-vl-7b", tree.num_nodes), ("qwen2.5-vl-32b", tree.num_nodes),
                  ("llava-ov-0.5b", tree.draft_width), ("qwen2.5-vl-7b", 1)]  # fmt: skip
         grid = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4)))
+    grid = grid if grid_override is None else grid_override
     capacity = bucket_capacity(max(contexts) + ROOM)
     for name, q in cases:
         layers, hq, hkv, d = MODELS[name]
@@ -210,7 +213,7 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False) -> None:
                     fail = f"{type(e).__name__}: {str(e)[:160]}"
                 record = {"sweep": True, "model": name, "q": q, "rows": hq // hkv * q, "context": context,
                           "capacity": capacity, "config": config.__dict__, "ms": ms, "max_err": err,
-                          "floor_ms": 1000 * kv / bandwidth, "error": fail}  # fmt: skip
+                          "floor_ms": 1000 * kv / bandwidth, "error": fail, "label": label}  # fmt: skip
                 with out.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 if ms is not None and (best is None or ms < best["ms"]):
@@ -233,6 +236,13 @@ def summary(records) -> str:
     return "\n".join(lines)
 
 
+def _tiling(text: str) -> tuple:
+    values = [int(v) for v in text.split(",")]
+    if len(values) != 5 or any(v < 0 for v in values) or 0 in values[1:]:
+        raise argparse.ArgumentTypeError(f"a tiling is BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM, got {text!r}")
+    return (values[0] or None, *values[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -242,6 +252,9 @@ def main() -> None:
     parser.add_argument("--summary", type=Path)
     parser.add_argument("--sweep", action="store_true", help="time the tree kernel's tilings instead")
     parser.add_argument("--few-rows", action="store_true", help="with --sweep: one-token steps and draft levels")
+    parser.add_argument("--grid", nargs="+", type=_tiling, help="with --sweep: only these tilings, each "
+                        "BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM (BLOCK_M 0: the engine's)")
+    parser.add_argument("--label", help="with --sweep: a label written in every record")
     args = parser.parse_args()
     if args.summary:
         records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
@@ -251,7 +264,7 @@ def main() -> None:
     bandwidth = shapes.copy_bandwidth("cuda")
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     if args.sweep:
-        sweep(args.contexts, bandwidth, args.out, args.few_rows)
+        sweep(args.contexts, bandwidth, args.out, args.few_rows, args.grid, args.label)
         return
     _prepare_compiler()
     tree = DraftTree.default()

@@ -42,7 +42,7 @@ KERNEL_CHECK = """
 import torch
 from specvlm.engine import tree_attention as ta
 g = torch.Generator().manual_seed(0)
-for prefix, rows_heads, q in ((0, 2, 26), (5, 7, 26), (300, 5, 26), (777, 7, 3)):
+for prefix, rows_heads, q in ((0, 2, 26), (5, 7, 26), (300, 5, 26), (777, 7, 3), (64, 7, 11), (129, 5, 19)):
     width = q
     pattern = torch.rand(q, width, generator=g) > 0.5
     pattern[torch.arange(q), torch.arange(q)] = True
@@ -72,9 +72,10 @@ def test_triton_kernel_compiles_for_hopper():
     from specvlm.engine import tree_attention as ta
 
     pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "PREFIX": "*i64", "PATTERN": "*i8", "O": "*fp32", "LSE": "*fp32"}
-    for rows, dtype in ((7, "bf16"), (130, "bf16"), (182, "fp32")):  # one token (7B), verification (32B, 7B)
+    for rows, dtype in ((7, "bf16"), (130, "bf16"), (182, "fp32"), (77, "bf16")):  # one token (7B), verification (32B, 7B, 11 nodes)
         config = ta.kernel_config(rows, 4)
-        constants = {"D": 128, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+        block_m, tail_m = ta.row_tiles(rows, config.block_m)
+        constants = {"D": 128, "BLOCK_M": block_m, "TAIL_M": tail_m, "BLOCK_N": config.block_n,
                      "PRECISION": ta.dot_precision(torch.float32 if dtype == "fp32" else torch.bfloat16)}  # fmt: skip
         pointers.update(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}")
         signature = {n: pointers.get(n) or ("constexpr" if n in constants else "fp32" if n == "scale" else "i32")
@@ -96,3 +97,16 @@ def test_float32_is_not_run_as_tf32():
 
     assert ta.dot_precision(torch.float32) == "ieee"
     assert ta.dot_precision(torch.bfloat16) == ta.dot_precision(torch.float16) == "tf32"
+
+
+def test_row_tiles_cut_the_padding():
+    """The last tile takes the rows the whole tiles leave, rounded to a power of two (16 at least)."""
+    from specvlm.engine import tree_attention as ta
+
+    assert ta.row_tiles(130, 64) == (64, 16)  # 32B, default tree: 144 rows computed, not 192
+    assert ta.row_tiles(182, 64) == (64, 64)  # 7B, default tree
+    assert ta.row_tiles(77, 64) == (64, 16)  # 7B, an 11-node tree
+    assert ta.row_tiles(95, 64) == (64, 32)
+    assert ta.row_tiles(56, 64) == (64, 64)  # a draft level
+    assert ta.row_tiles(21, 64) == (32, 32)  # one tile shrinks too
+    assert ta.row_tiles(7, 16) == (16, 16)  # one token

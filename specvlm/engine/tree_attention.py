@@ -62,57 +62,101 @@ def kernel_config(rows: int, kv_heads: int) -> KernelConfig:
 if triton is not None:
 
     @triton.jit
-    def _parts_kernel(
-        Q, K, V, PREFIX, PATTERN, O, LSE,
-        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, sos, som, slb, slh, sls,
-        HKV, M, Q_LEN, WIDTH, SPLITS, scale,
-        D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-    ):  # fmt: skip
-        tile, part, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        b, h = bh // HKV, bh % HKV
-        prefix = tl.load(PREFIX).to(tl.int32)
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    def _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, n0, end, prefix, rows, M, Q_LEN, WIDTH, qk_scale,
+              MODE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """One KV tile of the online softmax. MODE 0: a whole tile of the prefix, loaded and scored
+        without a mask (every tile of a part but the prefix's last); 1: the prefix's last, partial
+        tile; 2: the pattern block. Only 1 and 2 guard rows that have seen nothing yet."""
+        cols = n0 + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, D)
-        q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < M, other=0.0)
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        if MODE == 0:
+            k = tl.load(K + cols[:, None] * skn + dims[None, :])
+            v = tl.load(V + cols[:, None] * svn + dims[None, :])
+        else:
+            valid = cols < end
+            k = tl.load(K + cols[:, None] * skn + dims[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(V + cols[:, None] * svn + dims[None, :], mask=valid[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        if MODE == 1:
+            s = tl.where(valid[None, :], s, float("-inf"))
+        if MODE == 2:
+            allowed = tl.load(PATTERN + (rows % Q_LEN)[:, None] * WIDTH + (cols - prefix)[None, :],
+                              mask=(rows[:, None] < M) & valid[None, :], other=0) != 0  # fmt: skip
+            s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        if MODE == 0:  # every score finite, so m_new is
+            m_safe = m_new
+        else:
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s * qk_scale - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        return acc, m_new, l_i
+
+    @triton.jit
+    def _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, som, row0, part, prefix, M, Q_LEN, WIDTH, SPLITS, scale,
+              BM: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """BM rows from ``row0`` over one part (Q ... LSE already at this part's KV head)."""
+        rows = row0 + tl.arange(0, BM)
+        dims = tl.arange(0, D)
+        q = tl.load(Q + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < M, other=0.0)
+        m_i = tl.full([BM], float("-inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        acc = tl.zeros([BM, D], tl.float32)
         qk_scale = scale * 1.4426950408889634  # exp2
-        if part < SPLITS:  # a share of the prefix, no mask but its end
+        if part < SPLITS:  # a share of the prefix: whole tiles, then the prefix's partial last one
             blocks = tl.cdiv(prefix, BLOCK_N)
             per = tl.cdiv(blocks, SPLITS)
             start = part * per * BLOCK_N
             end = tl.minimum(start + per * BLOCK_N, prefix)
+            whole = tl.maximum(end - end % BLOCK_N, start)
+            for n0 in range(start, whole, BLOCK_N):
+                acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, n0, end, prefix, rows, M, Q_LEN,
+                                      WIDTH, qk_scale, 0, BLOCK_N, D, PRECISION)  # fmt: skip
+            if whole < end:
+                acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, whole, end, prefix, rows, M, Q_LEN,
+                                      WIDTH, qk_scale, 1, BLOCK_N, D, PRECISION)  # fmt: skip
         else:  # the pattern block
-            start = prefix
-            end = prefix + WIDTH
-        for n0 in range(start, end, BLOCK_N):
-            cols = n0 + tl.arange(0, BLOCK_N)
-            valid = cols < end
-            k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + dims[None, :], mask=valid[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            if part < SPLITS:
-                allowed = tl.broadcast_to(valid[None, :], (BLOCK_M, BLOCK_N))
-            else:
-                offset = cols - prefix
-                allowed = tl.load(PATTERN + (rows % Q_LEN)[:, None] * WIDTH + offset[None, :],
-                                  mask=(rows[:, None] < M) & valid[None, :], other=0) != 0  # fmt: skip
-            s = tl.where(allowed, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + dims[None, :], mask=valid[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+            for n0 in range(prefix, prefix + WIDTH, BLOCK_N):
+                acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, n0, prefix + WIDTH, prefix, rows, M,
+                                      Q_LEN, WIDTH, qk_scale, 2, BLOCK_N, D, PRECISION)  # fmt: skip
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))  # base 2
         keep = rows < M
-        tl.store(O + b * sob + h * soh + part * sos + rows[:, None] * som + dims[None, :], out, mask=keep[:, None])
-        tl.store(LSE + b * slb + h * slh + part * sls + rows, lse, mask=keep)
+        tl.store(O + rows[:, None] * som + dims[None, :], out, mask=keep[:, None])
+        tl.store(LSE + rows, lse, mask=keep)
 
+    @triton.jit
+    def _parts_kernel(
+        Q, K, V, PREFIX, PATTERN, O, LSE,
+        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, sos, som, slb, slh, sls,
+        HKV, M, Q_LEN, WIDTH, SPLITS, scale,
+        D: tl.constexpr, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """Program (tile, part, batch x KV head): BLOCK_M rows of one part, the last tile TAIL_M
+        rows (fewer when the rows overrun the whole tiles by a little: 130 rows are two tiles of 64
+        and one of 16, not three of 64)."""
+        tile, part, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        b, h = bh // HKV, bh % HKV
+        prefix = tl.load(PREFIX).to(tl.int32)
+        Q += b * sqb + h * sqh
+        K += b * skb + h * skh
+        V += b * svb + h * svh
+        O += b * sob + h * soh + part * sos
+        LSE += b * slb + h * slh + part * sls
+        if TAIL_M < BLOCK_M:
+            if tile == tl.num_programs(0) - 1:
+                _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
+                      SPLITS, scale, TAIL_M, BLOCK_N, D, PRECISION)  # fmt: skip
+            else:
+                _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
+                      SPLITS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
+        else:
+            _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
+                  SPLITS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
 
     @triton.jit
     def _merge_kernel(
@@ -147,6 +191,17 @@ def _splits(hkv: int, batch: int, device, per_sm: int) -> int:
     """Parts of the prefix: about ``per_sm`` programs per SM for each tile of rows; at most 63, so
     that with the pattern block's part the merge loads a power of two."""
     return max(1, min(63, per_sm * _multiprocessors(device) // (batch * hkv)))
+
+
+def row_tiles(rows: int, block_m: int) -> tuple[int, int]:
+    """Rows per program and rows of the last tile: the last takes the smallest power of two (16 at
+    least, the tensor cores' smallest) holding what the whole tiles leave; a single tile shrinks
+    the same way. The default tree's 130 rows (32B) are 64 + 64 + 16 (was 64 x 3: a third of the
+    work on padding)."""
+    tiles = -(-rows // block_m)
+    last = rows - (tiles - 1) * block_m
+    tail = min(block_m, max(16, 1 << (last - 1).bit_length()))
+    return (tail, tail) if tiles == 1 else (block_m, tail)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -210,7 +265,7 @@ def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: Ker
     b, hkv, rows, d = grouped.shape
     q, width = pattern.shape
     splits = _splits(hkv, b, grouped.device, config.per_sm)
-    block_m = config.block_m
+    block_m, tail_m = row_tiles(rows, config.block_m)
     outs = torch.empty(b, hkv, splits + 1, rows, d, dtype=torch.float32, device=grouped.device)
     lses = torch.empty(b, hkv, splits + 1, rows, dtype=torch.float32, device=grouped.device)
     if key.stride(-1) != 1 or value.stride(-1) != 1:
@@ -221,7 +276,7 @@ def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: Ker
         grouped.stride(0), grouped.stride(1), grouped.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), outs.stride(0), outs.stride(1), outs.stride(2),
         outs.stride(3), lses.stride(0), lses.stride(1), lses.stride(2),
-        hkv, rows, q, width, splits, scale, D=d, BLOCK_M=block_m, BLOCK_N=config.block_n,
+        hkv, rows, q, width, splits, scale, D=d, BLOCK_M=block_m, TAIL_M=tail_m, BLOCK_N=config.block_n,
         PRECISION=dot_precision(grouped.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
