@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -165,9 +166,14 @@ def test_processor_video_tokens(family, loaded):
     else:
         assert inputs["video_grid_thw"].tolist() == [[NUM_FRAMES // 2, 8, 8]]  # 4x4 after the 2x2 merge
         assert int((inputs["mm_token_type_ids"] != 0).sum()) == n_video
-    if family == "qwen3_vl":  # one timestamp + vision_start/end per temporal patch, plus the template's pair
+    if family == "qwen3_vl":  # each temporal patch its own block: "<t seconds><|vision_start|>" + tokens + "<|vision_end|>"
+        text = processor.tokenizer.decode(inputs["input_ids"][0]).replace("<|video_pad|>", "V")
+        blocks = re.findall(r"<([0-9.]+) seconds><\|vision_start\|>(V+)<\|vision_end\|>", text)
+        assert [len(tokens) for _, tokens in blocks] == [n_video // (NUM_FRAMES // 2)] * (NUM_FRAMES // 2)
+        assert [float(t) for t, _ in blocks] == sorted(float(t) for t, _ in blocks)
+        # the template's own vision_start/end pair is kept around the blocks by older processors, dropped by newer
         vstart = processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
-        assert int((inputs["input_ids"] == vstart).sum()) == NUM_FRAMES // 2 + 1
+        assert int((inputs["input_ids"] == vstart).sum()) in (NUM_FRAMES // 2, NUM_FRAMES // 2 + 1)
 
 
 def test_qwen3_vl_timestamps_from_metadata(loaded):
