@@ -43,20 +43,27 @@ class KernelConfig:
     per_sm: int = 2
 
 
-def kernel_config(rows: int, kv_heads: int) -> KernelConfig:
+def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConfig:
     """The tiling for ``rows`` query rows per KV head, from the timed tilings
-    (``benchmarks/attention.py --sweep [--few-rows]``, results/tree_kernel_sweep.jsonl):
-    - verification (more than 64 rows): of 72 tilings the fastest for 7B (4 KV heads, 4k and 64k)
-      and within 2% of the fastest for 32B (8 KV heads, 64k): about 33 prefix parts;
-    - a draft level (17-64 rows): the fastest for the 7B draft's 56 rows at 64k, within 1% at 16k;
+    (``benchmarks/attention.py --sweep [--few-rows] [--grid ...]``, results/tree_kernel_sweep.jsonl):
+    - verification (more than 64 rows): 128-row tiles of 8 warps, 3 stages, one program per SM, the
+      fastest of the tilings timed at 64k for 7B (182 rows: 3.12 ms against 3.74 for 64-row tiles)
+      and 32B (130 rows: 11.8 against 14.1); at 4k it costs 7B 1.39 ms against 1.02 (less than 5%
+      of its verification step), 32B the same as 64-row tiles;
+    - a draft level (17-64 rows, one tile of 64): 8 warps, 3 stages, the fastest for the 0.5B draft's
+      56 rows at 64k (0.59 against 0.64 ms) and at 4k (0.25 against 0.25);
     - one token (16 rows or fewer): within 1% of the fastest for 7B and 0.5B at 16k and 64k and for
       32B at 16k, 2% for 32B at 64k (5.10 against 4.99 ms).
+    Float32 (4-byte elements) keeps 64-row tiles and two stages: its tiles take twice the shared
+    memory, and three stages of 128 rows would not fit in an SM's.
     """
+    if element_size > 2 and rows > 16:
+        return KernelConfig(block_m=64, block_n=64, num_stages=2, per_sm=2)
     if rows <= 16:
         return KernelConfig(block_m=16, block_n=64, num_stages=3, per_sm=2)
     if rows <= 64:
-        return KernelConfig(block_m=64, block_n=32, num_stages=3, per_sm=2)
-    return KernelConfig(block_m=64, per_sm=1 if kv_heads <= 4 else 2)
+        return KernelConfig(block_m=64, block_n=64, num_warps=8, num_stages=3, per_sm=1)
+    return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, per_sm=1)
 
 
 if triton is not None:
@@ -252,7 +259,7 @@ def tree_attention(query, key, value, prefix: torch.Tensor, pattern: torch.Tenso
 @torch.library.custom_op("specvlm::tree_attention", mutates_args=())
 def _tree_attention_op(grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: torch.Tensor,
                        pattern: torch.Tensor, scale: float) -> torch.Tensor:  # fmt: skip
-    return launch(grouped, key, value, prefix, pattern, scale, kernel_config(grouped.shape[2], grouped.shape[1]))
+    return launch(grouped, key, value, prefix, pattern, scale, kernel_config(grouped.shape[2], grouped.shape[1], grouped.element_size()))
 
 
 def launch(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig) -> torch.Tensor:
