@@ -3,7 +3,12 @@ per-rank counts that feed it."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +16,30 @@ import torch
 from specvlm.engine.speculative import SpecStats
 from specvlm.engine.tree import DraftTree
 from specvlm.engine.tree_search import RankAcceptance, StepCosts, best_tree, score, write_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tree_choice(monkeypatch, capsys):
+    """``python benchmarks/tree_choice.py ARGS`` run in this process (no interpreter and torch start
+    per run): returns its exit code, stdout and stderr."""
+    spec = importlib.util.spec_from_file_location("tree_choice_bench", ROOT / "benchmarks" / "tree_choice.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def run(argv: list[str]) -> SimpleNamespace:
+        monkeypatch.setattr(sys, "argv", ["tree_choice.py", *map(str, argv)])
+        capsys.readouterr()
+        try:
+            module.main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
 
 
 def test_expected_tokens_is_one_plus_the_path_chances():
@@ -93,16 +122,9 @@ def test_stats_count_ranks_of_the_accepted_path():
     assert stats.rank_acceptance == [[0.25, 0.25, 0.25], [0.0, 1.0]]
 
 
-def test_tree_choice_benchmark_on_the_bundled_pair(tmp_path):
+def test_tree_choice_benchmark_on_the_bundled_pair(tmp_path, tree_choice):
     """benchmarks/tree_choice.py end to end on a CPU: the bundled pair's acceptance by rank, a tree
     chosen from given step costs, written as a file the engine reads, every check run lossless."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     costs = tmp_path / "e2e.jsonl"
     common = {"pair": "t:d", "context": 4096, "workspace": "fresh", "engine": "x", "sampling": 0.0}
     costs.write_text("\n".join(json.dumps(r) for r in [
@@ -110,11 +132,9 @@ def test_tree_choice_benchmark_on_the_bundled_pair(tmp_path):
         {**common, "method": "SD pruned 0.9", "tree": "default", "tree_nodes": 26, "verify_ms_per_cycle": 8.0,
          "drafting_ms_per_cycle": 5.0, "draft_passes_per_cycle": 5.0}]) + "\n")  # fmt: skip
     out, trees = tmp_path / "choice.json", tmp_path / "trees"
-    cmd = [sys.executable, str(root / "benchmarks" / "tree_choice.py"), "--clips", "2", "--min-tries", "5",
-           "--probe-depth", "4", "--probe-width", "2", "--max-new-tokens", "32", "--costs", str(costs),
-           "--out", str(out), "--trees-dir", str(trees)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    cmd = ["--clips", "2", "--min-tries", "5", "--probe-depth", "4", "--probe-width", "2", "--max-new-tokens", "32",
+           "--costs", str(costs), "--out", str(out), "--trees-dir", str(trees)]  # fmt: skip
+    done = tree_choice(cmd)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["probe"]["equal"] == 2 and all(c["equal"] == c["clips"] for c in result["checks"])
@@ -122,22 +142,15 @@ def test_tree_choice_benchmark_on_the_bundled_pair(tmp_path):
     assert [list(p) for p in chosen.paths] == result["choices"][0]["chosen"]["paths"]
     assert {c["drafter"] for c in result["checks"]} == {"model", "adaptive:0.3"}
     assert result["choices"][0]["chosen"]["ms_per_token"] <= result["choices"][0]["default"]["ms_per_token"]
-    bad = subprocess.run(cmd[:-6] + ["--costs", str(tmp_path / "none.jsonl")], env=env, capture_output=True, text=True)
+    bad = tree_choice(cmd[:-6] + ["--costs", str(tmp_path / "none.jsonl")])
     assert bad.returncode == 2 and "--costs" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_tree_choice_takes_the_users_pair_and_videos(tmp_path, tiny_pairs):
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def test_tree_choice_takes_the_users_pair_and_videos(tmp_path, tiny_pairs, tree_choice):
     import numpy as np
 
     from specvlm.video import write_video
 
-    root = Path(__file__).resolve().parents[1]
     target_dir, draft_dir = tiny_pairs("llava_onevision")
     video = write_video(tmp_path / "clip.mp4", np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8), fps=4)
     costs = tmp_path / "e2e.jsonl"
@@ -146,12 +159,10 @@ def test_tree_choice_takes_the_users_pair_and_videos(tmp_path, tiny_pairs):
         {**common, "method": "target-only", "ms_per_token": 5.0},
         {**common, "method": "SD pruned 0.9", "tree_nodes": 26, "verify_ms_per_cycle": 8.0,
          "drafting_ms_per_cycle": 5.0, "draft_passes_per_cycle": 5.0}]) + "\n")  # fmt: skip
-    cmd = [sys.executable, str(root / "benchmarks" / "tree_choice.py"), "--target", str(target_dir), "--draft",
-           str(draft_dir), "--videos", str(video), "--prompts", "Describe the video.", "What moves?", "--num-frames", "8",
+    cmd = ["--target", str(target_dir), "--draft", str(draft_dir), "--videos", str(video), "--prompts", "Describe the video.", "What moves?", "--num-frames", "8",
            "--min-tries", "1", "--probe-depth", "2", "--probe-width", "2", "--max-new-tokens", "12", "--temperature", "0.7",
            "--costs", "measure", "--out", str(tmp_path / "c.json"), "--trees-dir", str(tmp_path / "trees")]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = tree_choice(cmd)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "c.json").read_text())
     # the step costs are the pair's own, timed here: target-only (1 node) and three trees' verification
@@ -165,20 +176,13 @@ def test_tree_choice_takes_the_users_pair_and_videos(tmp_path, tiny_pairs):
                       (["--acceptance-from", str(costs), "--costs", "measure"], "--costs measure"),
                       (["--min-tries", "0"], "--min-tries must be >= 1"), (["--max-new-tokens", "-3"], "--max-new-tokens"),
                       (["--prompts", " "], "must not be empty")]:  # fmt: skip
-        run = subprocess.run(cmd[:2] + ["--costs", str(costs)] + bad, env=env, capture_output=True, text=True)
+        run = tree_choice(["--costs", str(costs)] + bad)
         assert run.returncode == 2 and flag in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
-def test_tree_choice_from_a_benchmark_runs_counts(tmp_path):
+def test_tree_choice_from_a_benchmark_runs_counts(tmp_path, tree_choice):
     """--acceptance-from: the rank counts a `specvlm bench` run wrote (samples.jsonl), pooled over
     the method's records; no pair is loaded and no check is run."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     costs = tmp_path / "e2e.jsonl"
     common = {"pair": "t:d", "context": 4096, "workspace": "fresh", "engine": "x", "sampling": 0.0}
     long = {**common, "context": 65536}  # a long context: verification and draft passes dear, a small tree pays
@@ -195,10 +199,9 @@ def test_tree_choice_from_a_benchmark_runs_counts(tmp_path):
     failed = {**record, "status": "failed", "rank_hits": [[0, 0], [0, 0]]}
     samples = tmp_path / "samples.jsonl"
     samples.write_text("\n".join(json.dumps(r) for r in [record, record, other, failed]) + "\n")
-    cmd = [sys.executable, str(root / "benchmarks" / "tree_choice.py"), "--acceptance-from", str(samples),
-           "--min-tries", "10", "--costs", str(costs), "--out", str(tmp_path / "c.json"), "--trees-dir", str(tmp_path)]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    cmd = ["--acceptance-from", str(samples), "--min-tries", "10", "--costs", str(costs), "--out", str(tmp_path / "c.json"),
+           "--trees-dir", str(tmp_path)]  # fmt: skip
+    done = tree_choice(cmd)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "c.json").read_text())
     assert result["rank_acceptance"] == [[0.75, 0.15], [0.6, 0.2]] and result["checks"] == []
@@ -213,7 +216,7 @@ def test_tree_choice_from_a_benchmark_runs_counts(tmp_path):
     for bad, words in [(["--method", "sd:nothing"], "no successful records of --method sd:nothing"),
                        (["--acceptance-from", str(costs)], "no successful records"),
                        (["--acceptance-from", str(old)], "hold no rank counts")]:  # fmt: skip
-        run = subprocess.run(cmd + bad, env=env, capture_output=True, text=True, timeout=120)
+        run = tree_choice(cmd + bad)
         assert run.returncode == 2 and words in run.stderr and "Traceback" not in run.stderr, run.stderr
     schedule = parse_tree(f"schedule:{tmp_path / 't_fresh_schedule.txt'}")
     long_tree = DraftTree.parse(str(tmp_path / "t_65536_fresh.txt"))
