@@ -446,8 +446,8 @@ def fmt(x, spec=".2f", suffix="") -> str:
 
 def summary(records: list[dict]) -> str:
     lines = []
-    for pair in dict.fromkeys(r["pair"] for r in records):
-        rows = [r for r in records if r["pair"] == pair]
+    for pair, device in dict.fromkeys((r["pair"], r["device"]) for r in records):  # a section per pair and card
+        rows = [r for r in records if r["pair"] == pair and r["device"] == device]
         lines.append(f"\n## {pair} (bf16, {rows[0]['device']}, torch {rows[0]['torch']}, {rows[0]['new_tokens']} new tokens)\n")
         lines.append("| engine | workspace | context | method | acceptance | tau | ms/token | speedup | vs generate | ceiling | "
                      "draft ms/cycle | verify ms/cycle | cycle ms | overlapped | prefill s | draft prefill s | latency s | equal |")
