@@ -72,8 +72,9 @@ def test_triton_kernel_compiles_for_hopper():
     from specvlm.engine import tree_attention as ta
 
     pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "PREFIX": "*i64", "PATTERN": "*i8", "O": "*fp32", "LSE": "*fp32"}
-    for rows, dtype in ((7, "bf16"), (130, "bf16"), (182, "fp32"), (77, "bf16")):  # one token (7B), verification (32B, 7B, 11 nodes)
-        config = ta.kernel_config(rows, 4, 4 if dtype == "fp32" else 2)
+    for rows, hkv, dtype in ((7, 4, "bf16"), (130, 8, "bf16"), (182, 4, "bf16"), (182, 4, "fp32"), (77, 8, "bf16"), (56, 2, "bf16")):
+        # one token (7B), verification (32B, 7B, 11 nodes for 32B), a 0.5B draft level
+        config = ta.kernel_config(rows, hkv, 4 if dtype == "fp32" else 2)
         block_m, tail_m = ta.row_tiles(rows, config.block_m)
         constants = {"D": 128, "BLOCK_M": block_m, "TAIL_M": tail_m, "BLOCK_N": config.block_n,
                      "PRECISION": ta.dot_precision(torch.float32 if dtype == "fp32" else torch.bfloat16)}  # fmt: skip

@@ -44,12 +44,15 @@ class KernelConfig:
 
 
 def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConfig:
-    """The tiling for ``rows`` query rows per KV head, from the timed tilings
-    (``benchmarks/attention.py --sweep [--few-rows] [--grid ...]``, results/tree_kernel_sweep.jsonl):
-    - verification (more than 64 rows): 128-row tiles of 8 warps, 3 stages, one program per SM, the
-      fastest of the tilings timed at 64k for 7B (182 rows: 3.12 ms against 3.74 for 64-row tiles)
-      and 32B (130 rows: 11.8 against 14.1); at 4k it costs 7B 1.39 ms against 1.02 (less than 5%
-      of its verification step), 32B the same as 64-row tiles;
+    """The tiling for ``rows`` query rows per KV head, from the timed tilings on an H200
+    (``benchmarks/attention.py --sweep [--few-rows] [--grid ...]``, results/tree_kernel_sweep.jsonl,
+    this kernel's records labelled ``new``):
+    - verification (more than 64 rows): a part of the prefix is longer the more KV heads share the
+      SMs, so 8 KV heads (32B, 130 rows) take 128-row tiles of 8 warps, 3 stages, one program per SM
+      (64k: 11.8 ms against 14.1 for 64-row tiles; 4k: 2.28 against 2.31); 4 or fewer (7B, 182
+      rows) keep 64-row tiles of 32 slots, 3 stages, two programs per SM (64k: 3.32 ms against 3.12
+      for 128-row tiles; 4k: 1.04 against 1.39, where each part holds two or three tiles and the
+      larger programs run in more waves);
     - a draft level (17-64 rows, one tile of 64): 8 warps, 3 stages, the fastest for the 0.5B draft's
       56 rows at 64k (0.59 against 0.64 ms) and at 4k (0.25 against 0.25);
     - one token (16 rows or fewer): within 1% of the fastest for 7B and 0.5B at 16k and 64k and for
@@ -63,6 +66,8 @@ def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConf
         return KernelConfig(block_m=16, block_n=64, num_stages=3, per_sm=2)
     if rows <= 64:
         return KernelConfig(block_m=64, block_n=64, num_warps=8, num_stages=3, per_sm=1)
+    if kv_heads <= 4:
+        return KernelConfig(block_m=64, block_n=32, num_stages=3, per_sm=2)
     return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, per_sm=1)
 
 
