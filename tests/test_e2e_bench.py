@@ -83,3 +83,23 @@ def test_e2e_runs_contexts_in_the_order_given(tmp_path):
     assert short < long  # the longer prompt grew the target's workspace
     assert [r.get("tree_depth") for r in records] == [None, 2, 2, None, 4, 4]
     assert records[1]["method"] == "SD pruned 0.9, tree schedule schedule"
+
+
+def test_e2e_summary_has_a_section_per_pair_and_card():
+    """Records of one pair from two cards are two tables, each headed by its card: speedups measured
+    on an H100 never sit in an H200's table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("e2e_bench", ROOT / "benchmarks" / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    row = {"pair": "a:b", "torch": "2.11", "new_tokens": 256, "engine": "x", "workspace": "fresh", "context": 4096,
+           "method": "target-only", "acceptance": "-", "ms_per_token": 5.0, "speedup": 1.0, "prefill_s": 0.1,
+           "latency_s": 1.0, "equal": True}  # fmt: skip
+    records = [{**row, "device": "NVIDIA H200"}, {**row, "device": "NVIDIA H100 80GB HBM3", "ms_per_token": 7.0},
+               {**row, "device": "NVIDIA H200", "context": 16384}]  # fmt: skip
+    text = e2e.summary(records)
+    sections = text.split("\n## ")[1:]
+    assert [s.splitlines()[0] for s in sections] == [
+        "a:b (bf16, NVIDIA H200, torch 2.11, 256 new tokens)", "a:b (bf16, NVIDIA H100 80GB HBM3, torch 2.11, 256 new tokens)"]
+    assert sections[0].count("| target-only |") == 2 and "| 7.00 |" in sections[1] and "| 7.00 |" not in sections[0]
