@@ -2,6 +2,7 @@
 
     python benchmarks/attention.py [--out results/attention.json] [--summary results/attention.md]
     python benchmarks/attention.py --sweep --out results/tree_kernel_sweep.jsonl   # the kernel's tilings
+    python benchmarks/attention.py --resources --out results/tree_kernel_resources.jsonl  # no GPU: registers, spills
 
 A step writes q tokens after a filled prefix and attends over a static cache whose capacity may be
 far larger than what it holds (a workspace kept from an earlier, longer prompt). Per layer shape of
@@ -26,6 +27,7 @@ at the bandwidth floor are reported beside (``floor_ms``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -52,6 +54,12 @@ def patterns() -> dict[int, torch.Tensor]:
     tree = DraftTree.default()
     return {1: torch.ones(1, 1, dtype=torch.bool), tree.draft_width: tree.draft_patterns()[2],
             tree.num_nodes: tree.ancestor_mask}  # fmt: skip
+
+
+def on_gpu(pattern: torch.Tensor) -> torch.Tensor:
+    """A pattern in a buffer laid out as a step's (rows 16 bytes apart), as the engine runs it."""
+    buffer = ta.pattern_buffer(*pattern.shape, "cuda")
+    return buffer.copy_(pattern)
 
 
 _compiled_flex = torch.compile(flex_attention, dynamic=False)
@@ -173,7 +181,6 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False, grid_override=
     one-token steps and draft levels instead, over the parallelism (programs per SM) and KV tile.
     ``grid``: the tilings (block_m or None for the engine's, block_n, warps, stages, per_sm) instead
     of the full product; ``label``: written in each record (which kernel source ran, say)."""
-    import itertools
 
     tree = DraftTree.default()
     if few_rows:
@@ -187,7 +194,7 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False, grid_override=
     capacity = bucket_capacity(max(contexts) + ROOM)
     for name, q in cases:
         layers, hq, hkv, d = MODELS[name]
-        pattern = patterns()[q].cuda()
+        pattern = on_gpu(patterns()[q])
         storage = torch.randn(layers, 2, 1, hkv, capacity, d, dtype=torch.bfloat16, device="cuda")
         queries = torch.randn(layers, 1, hkv, hq // hkv * q, d, dtype=torch.bfloat16, device="cuda")
         outs = torch.empty_like(queries)
@@ -236,6 +243,58 @@ def summary(records) -> str:
     return "\n".join(lines)
 
 
+def resources(grid, out: Path | None) -> list[dict]:
+    """Registers, spilled stores and shared memory of the tree kernel compiled for sm_90 (no GPU
+    needed: Triton's compiler and cuobjdump), per step shape and tiling, with the pattern's rows 16
+    bytes apart (the engine's step buffers) and packed (a bare (q, width) tensor)."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    tree = DraftTree.default()
+    cases = [("qwen2.5-vl-7b", tree.num_nodes), ("qwen2.5-vl-32b", tree.num_nodes), ("llava-ov-0.5b", tree.draft_width),
+             ("qwen2.5-vl-7b", 1)]  # fmt: skip
+    names = ta._parts_kernel.arg_names
+    pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "PREFIX": "*i64", "PATTERN": "*i8", "O": "*fp32", "LSE": "*fp32"}
+    records = []
+    for (name, q), tiling, padded in itertools.product(cases, grid or [None], (True, False)):
+        _, hq, hkv, d = MODELS[name]
+        rows = hq // hkv * q
+        config = ta.kernel_config(rows, hkv)  # the engine's, or a given tiling (block_m None: the engine's)
+        if tiling is not None:
+            config = ta.KernelConfig(tiling[0] or config.block_m, *tiling[1:4])
+        block_m, tail_m = ta.row_tiles(rows, config.block_m)
+        bn, warps, stages = config.block_n, config.num_warps, config.num_stages
+        constants = {"D": d, "BLOCK_M": block_m, "TAIL_M": tail_m, "BLOCK_N": bn, "PRECISION": "tf32"}
+        signature = {n: pointers.get(n) or ("constexpr" if n in constants else "fp32" if n == "scale" else "i32")
+                     for n in names}  # fmt: skip
+        # a launch specialises pointers and the integers divisible by 16 (the strides here; the
+        # pattern's row stride only when its rows are 16 bytes apart)
+        aligned = [n for n in names if n in pointers or (n.startswith("s") and n != "scale" and (padded or n != "spn"))]
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+        source = triton.compiler.ASTSource(fn=ta._parts_kernel, signature=signature, constexprs=constants, attrs=attrs)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(compiled.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([tools / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
+            sass = subprocess.run([tools / "cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
+        record = {"resources": True, "model": name, "q": q, "rows": rows, "triton": triton.__version__,
+                  "config": {"block_m": block_m, "tail_m": tail_m, "block_n": bn, "num_warps": warps, "num_stages": stages},
+                  "pattern_rows_16_bytes_apart": padded, "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+                  "spilled_stores": sass.count("STL"), "shared_bytes": compiled.metadata.shared}  # fmt: skip
+        print(json.dumps(record), flush=True)
+        records.append(record)
+        if out is not None:
+            with out.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+    return records
+
+
 def _tiling(text: str) -> tuple:
     values = [int(v) for v in text.split(",")]
     if len(values) != 5 or any(v < 0 for v in values) or 0 in values[1:]:
@@ -255,7 +314,12 @@ def main() -> None:
     parser.add_argument("--grid", nargs="+", type=_tiling, help="with --sweep: only these tilings, each "
                         "BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM (BLOCK_M 0: the engine's)")
     parser.add_argument("--label", help="with --sweep: a label written in every record")
+    parser.add_argument("--resources", action="store_true", help="no GPU needed: the kernel compiled for sm_90 "
+                        "at each --grid tiling (default: the engine's), its registers, spills and shared memory")
     args = parser.parse_args()
+    if args.resources:
+        resources(args.grid, args.out)
+        return
     if args.summary:
         records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
         args.summary.write_text(summary(records) + "\n")

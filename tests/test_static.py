@@ -40,6 +40,8 @@ def test_static_mask_places_the_pattern_after_the_prefix():
     expected[:, :4] = True
     expected[:, 4:7] = pattern
     assert torch.equal(visible, expected)
+    # the step's pattern buffer: its rows 16 bytes apart (the tree kernel reads them in vectors)
+    assert mask.pattern.shape == (2, 3) and mask.pattern.stride() == (16, 1)
     mask.prefix.fill_(300)
     with pytest.raises(ValueError, match="whole blocks"):
         StaticMask(q=2, width=3, capacity=100, device="cpu")

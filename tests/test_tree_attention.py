@@ -42,10 +42,13 @@ KERNEL_CHECK = """
 import torch
 from specvlm.engine import tree_attention as ta
 g = torch.Generator().manual_seed(0)
-for prefix, rows_heads, q in ((0, 2, 26), (5, 7, 26), (300, 5, 26), (777, 7, 3), (64, 7, 11), (129, 5, 19)):
+for prefix, rows_heads, q in ((0, 2, 26), (5, 7, 26), (300, 5, 26), (777, 7, 3), (64, 7, 11), (129, 5, 19), (1, 5, 70)):
     width = q
     pattern = torch.rand(q, width, generator=g) > 0.5
     pattern[torch.arange(q), torch.arange(q)] = True
+    if prefix % 2:  # a step's buffer: rows 16 bytes apart, a view of a wider tensor
+        pattern = ta.pattern_buffer(q, width, "cpu").copy_(pattern)
+        assert pattern.stride(0) % 16 == 0 and pattern.stride(0) >= width
     query = torch.randn(1, 2 * rows_heads, q, 32, generator=g)
     key, value = torch.randn(2, 1, 2, 1024, 32, generator=g)
     grouped = query.reshape(1, 2, rows_heads * q, 32)

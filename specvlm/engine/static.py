@@ -39,7 +39,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask
 
 from specvlm.cache import KVCache
-from specvlm.engine.tree_attention import tree_attention
+from specvlm.engine.tree_attention import pattern_buffer, tree_attention
 from specvlm.models.projections import SHARED_MATMULS, fuse_projections
 
 KV_BLOCK = KVCache.BLOCK
@@ -78,7 +78,7 @@ class StaticMask:
             raise ValueError(f"a static mask needs a capacity in whole blocks of {KV_BLOCK}, got {capacity}")
         self.width, self.blocks = width, capacity // KV_BLOCK
         self.prefix = torch.zeros((), dtype=torch.long, device=device)
-        self.pattern = torch.zeros(q, width, dtype=torch.bool, device=device)
+        self.pattern = pattern_buffer(q, width, device)
         self.num_blocks = torch.zeros(1, 1, 1, dtype=torch.int32, device=device)
         indices = torch.arange(self.blocks, dtype=torch.int32, device=device).view(1, 1, 1, -1)
         prefix, pattern = self.prefix, self.pattern

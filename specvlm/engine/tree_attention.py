@@ -10,7 +10,8 @@ whole KV. Here (cascade attention):
   captured once replays at any length; each program reads one part of one KV head for one tile of
   rows, the row tiles of one part running side by side so the part is read from memory once;
 - the block of ``width`` slots from ``prefix`` on (the tree's own nodes) is one more part, under the
-  ``pattern`` (q x width) mask;
+  ``pattern`` (q x width) mask; a pattern whose rows start 16 bytes apart (``pattern_buffer``) is
+  read in whole vectors, which keeps the kernel's registers from spilling;
 - the parts are merged by their log-sum-exp.
 On a GPU the parts are one Triton kernel and the merge one more; elsewhere the same arithmetic runs in PyTorch on the
 filled slice (the reference the GPU kernel is tested against).
@@ -74,11 +75,14 @@ def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConf
 if triton is not None:
 
     @triton.jit
-    def _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, n0, end, prefix, rows, M, Q_LEN, WIDTH, qk_scale,
+    def _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, spn, n0, j0, end, rows, M, Q_LEN, qk_scale,
               MODE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """One KV tile of the online softmax. MODE 0: a whole tile of the prefix, loaded and scored
         without a mask (every tile of a part but the prefix's last); 1: the prefix's last, partial
-        tile; 2: the pattern block. Only 1 and 2 guard rows that have seen nothing yet."""
+        tile; 2: the pattern block, its columns from ``j0`` on (a multiple of BLOCK_N, so that with a
+        row stride ``spn`` of 16 bytes the pattern loads in whole vectors: a gather of single bytes
+        costs the kernel every register it has, and spills). Only 1 and 2 guard rows that have seen
+        nothing yet."""
         cols = n0 + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, D)
         if MODE == 0:
@@ -92,7 +96,7 @@ if triton is not None:
         if MODE == 1:
             s = tl.where(valid[None, :], s, float("-inf"))
         if MODE == 2:
-            allowed = tl.load(PATTERN + (rows % Q_LEN)[:, None] * WIDTH + (cols - prefix)[None, :],
+            allowed = tl.load(PATTERN + (rows % Q_LEN)[:, None] * spn + (j0 + tl.arange(0, BLOCK_N))[None, :],
                               mask=(rows[:, None] < M) & valid[None, :], other=0) != 0  # fmt: skip
             s = tl.where(allowed, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
@@ -107,7 +111,7 @@ if triton is not None:
         return acc, m_new, l_i
 
     @triton.jit
-    def _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, som, row0, part, prefix, M, Q_LEN, WIDTH, SPLITS, scale,
+    def _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, row0, part, prefix, M, Q_LEN, WIDTH, SPLITS, scale,
               BM: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """BM rows from ``row0`` over one part (Q ... LSE already at this part's KV head)."""
         rows = row0 + tl.arange(0, BM)
@@ -124,15 +128,15 @@ if triton is not None:
             end = tl.minimum(start + per * BLOCK_N, prefix)
             whole = tl.maximum(end - end % BLOCK_N, start)
             for n0 in range(start, whole, BLOCK_N):
-                acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, n0, end, prefix, rows, M, Q_LEN,
-                                      WIDTH, qk_scale, 0, BLOCK_N, D, PRECISION)  # fmt: skip
+                acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, spn, n0, 0, end, rows, M, Q_LEN,
+                                      qk_scale, 0, BLOCK_N, D, PRECISION)  # fmt: skip
             if whole < end:
-                acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, whole, end, prefix, rows, M, Q_LEN,
-                                      WIDTH, qk_scale, 1, BLOCK_N, D, PRECISION)  # fmt: skip
+                acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, spn, whole, 0, end, rows, M, Q_LEN,
+                                      qk_scale, 1, BLOCK_N, D, PRECISION)  # fmt: skip
         else:  # the pattern block
-            for n0 in range(prefix, prefix + WIDTH, BLOCK_N):
-                acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, n0, prefix + WIDTH, prefix, rows, M,
-                                      Q_LEN, WIDTH, qk_scale, 2, BLOCK_N, D, PRECISION)  # fmt: skip
+            for j0 in range(0, WIDTH, BLOCK_N):
+                acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, spn, prefix + j0, j0, prefix + WIDTH,
+                                      rows, M, Q_LEN, qk_scale, 2, BLOCK_N, D, PRECISION)  # fmt: skip
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))  # base 2
@@ -143,7 +147,7 @@ if triton is not None:
     @triton.jit
     def _parts_kernel(
         Q, K, V, PREFIX, PATTERN, O, LSE,
-        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, sos, som, slb, slh, sls,
+        sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, spn, sob, soh, sos, som, slb, slh, sls,
         HKV, M, Q_LEN, WIDTH, SPLITS, scale,
         D: tl.constexpr, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr,
         PRECISION: tl.constexpr,
@@ -161,13 +165,13 @@ if triton is not None:
         LSE += b * slb + h * slh + part * sls
         if TAIL_M < BLOCK_M:
             if tile == tl.num_programs(0) - 1:
-                _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
+                _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
                       SPLITS, scale, TAIL_M, BLOCK_N, D, PRECISION)  # fmt: skip
             else:
-                _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
+                _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
                       SPLITS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
         else:
-            _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
+            _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
                   SPLITS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
 
     @triton.jit
@@ -214,6 +218,14 @@ def row_tiles(rows: int, block_m: int) -> tuple[int, int]:
     last = rows - (tiles - 1) * block_m
     tail = min(block_m, max(16, 1 << (last - 1).bit_length()))
     return (tail, tail) if tiles == 1 else (block_m, tail)
+
+
+def pattern_buffer(q: int, width: int, device) -> torch.Tensor:
+    """A (q, width) bool buffer for a step's pattern whose rows start 16 bytes apart (a view of a
+    wider one): the kernel then loads its pattern tiles in whole vectors. Compiled for sm_90 (Triton
+    3.6, ``benchmarks/attention.py --resources``), a pattern of 26 columns in rows of 26 bytes made
+    every verification tiling use all 255 registers and spill; in rows of 32, none spills."""
+    return torch.zeros(q, -(-width // 16) * 16, dtype=torch.bool, device=device)[:, :width]
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -282,11 +294,13 @@ def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: Ker
     lses = torch.empty(b, hkv, splits + 1, rows, dtype=torch.float32, device=grouped.device)
     if key.stride(-1) != 1 or value.stride(-1) != 1:
         key, value = key.contiguous(), value.contiguous()
+    if pattern.stride(-1) != 1:
+        pattern = pattern.contiguous()
     grid = (triton.cdiv(rows, block_m), splits + 1, b * hkv)
     _parts_kernel[grid](
-        grouped, key, value, prefix, pattern.contiguous().view(torch.int8), outs, lses,  # bool as bytes, no copy
+        grouped, key, value, prefix, pattern.view(torch.int8), outs, lses,  # bool as bytes, no copy
         grouped.stride(0), grouped.stride(1), grouped.stride(2), key.stride(0), key.stride(1), key.stride(2),
-        value.stride(0), value.stride(1), value.stride(2), outs.stride(0), outs.stride(1), outs.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), pattern.stride(0), outs.stride(0), outs.stride(1), outs.stride(2),
         outs.stride(3), lses.stride(0), lses.stride(1), lses.stride(2),
         hkv, rows, q, width, splits, scale, D=d, BLOCK_M=block_m, TAIL_M=tail_m, BLOCK_N=config.block_n,
         PRECISION=dot_precision(grouped.dtype),
