@@ -56,6 +56,14 @@ for prefix, rows_heads, q in ((0, 2, 26), (5, 7, 26), (300, 5, 26), (777, 7, 3),
     out = ta._tree_attention_op(grouped.contiguous(), key, value, torch.tensor(prefix), pattern, 0.2)
     err = (out - ref).abs().max().item()
     assert err < 1e-4, (prefix, rows_heads, err)
+    # parts past a short prefix's end write no output and the merge reads none: poisoned, no change
+    outs, lses = ta.launch_parts(grouped.contiguous(), key, value, torch.tensor(prefix), pattern, 0.2,
+                                 ta.kernel_config(rows_heads * q, 2, 4))
+    empty = torch.isinf(lses) & (lses < 0)
+    outs[empty] = float("nan")
+    err = (ta.merge(outs, lses, grouped.dtype) - ref).abs().max().item()
+    assert err < 1e-4 and (prefix > 200 or empty.any()), (prefix, rows_heads, err)
+    assert torch.allclose(ta._merge(outs, lses), ref, atol=1e-4)
     # verification's 16-bit tilings (float32 takes 64-row tiles): 128-row tiles with a sized last one, 32-slot tiles
     for config in (ta.KernelConfig(128, 64, 8, 3, 1), ta.KernelConfig(64, 32, 4, 3, 2)) if rows_heads * q > 64 else ():
         out = ta.launch(grouped.contiguous(), key, value, torch.tensor(prefix), pattern, 0.2, config)

@@ -141,7 +141,9 @@ if triton is not None:
         out = acc / l_safe[:, None]
         lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))  # base 2
         keep = rows < M
-        tl.store(O + rows[:, None] * som + dims[None, :], out, mask=keep[:, None])
+        # a part that saw nothing (past a short prefix's end) writes only its log-sum-exp, -inf, and
+        # the merge never reads its output: at 4k, half the parts of a 63-part split
+        tl.store(O + rows[:, None] * som + dims[None, :], out, mask=(keep & (l_i > 0.0))[:, None])
         tl.store(LSE + rows, lse, mask=keep)
 
     @triton.jit
@@ -192,7 +194,8 @@ if triton is not None:
         top = tl.where(top == float("-inf"), 0.0, top)
         w = tl.exp2(lses - top)
         total = tl.sum(w, 0)
-        o = tl.load(O + b * sob + h * soh + parts[:, None] * sop + row * som + dims[None, :], mask=inside[:, None],
+        seen = inside & (lses > float("-inf"))  # parts that saw nothing wrote no output
+        o = tl.load(O + b * sob + h * soh + parts[:, None] * sop + row * som + dims[None, :], mask=seen[:, None],
                     other=0.0)  # fmt: skip
         out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)
         tl.store(OUT + b * sub + h * suh + row * sum_ + dims, out.to(OUT.dtype.element_ty))
@@ -224,7 +227,8 @@ def pattern_buffer(q: int, width: int, device) -> torch.Tensor:
     """A (q, width) bool buffer for a step's pattern whose rows start 16 bytes apart (a view of a
     wider one): the kernel then loads its pattern tiles in whole vectors. Compiled for sm_90 (Triton
     3.6, ``benchmarks/attention.py --resources``), a pattern of 26 columns in rows of 26 bytes made
-    every verification tiling use all 255 registers and spill; in rows of 32, none spills."""
+    every verification tiling use all 255 registers, most of them spilling; in rows of 32, none
+    spills (results/tree_kernel_resources.jsonl)."""
     return torch.zeros(q, -(-width // 16) * 16, dtype=torch.bool, device=device)[:, :width]
 
 
@@ -239,7 +243,8 @@ def _merge(outs: torch.Tensor, lses: torch.Tensor) -> torch.Tensor:
     top = lses.amax(2, keepdim=True)
     top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
     w = torch.exp2(lses - top)
-    return (outs * w[..., None]).sum(2) / w.sum(2)[..., None]
+    seen = torch.where(w[..., None] > 0, outs, 0.0)  # the kernel's parts that saw nothing wrote no output
+    return (seen * w[..., None]).sum(2) / w.sum(2)[..., None]
 
 
 def _parts_reference(grouped, key, value, prefix: int, pattern, scale):
