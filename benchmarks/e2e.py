@@ -36,6 +36,7 @@ import argparse
 import gc
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from specvlm.engine.decoding import decode_target
 from specvlm.engine.drafters import ModelDrafter, OverlapDrafter
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
+from specvlm.engine.static import bucket_capacity
 from specvlm.engine.tree import DraftTree, parse_tree, tree_for
 from specvlm.engine.tree_search import RankAcceptance, best_tree
 from specvlm.pruning import PruneConfig
@@ -226,6 +228,13 @@ def empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def pair_memory(target_name: str, draft_name: str, contexts: list[int], new_tokens: int) -> int:
+    """Bytes a pair needs on its GPU before it is built: both models and workspaces for the longest
+    prompt (the draft's full one, for plain SD), and 2 GiB for steps, logits and graphs."""
+    capacity = bucket_capacity(max(contexts) + new_tokens + 1024)
+    return shapes.memory_bytes(target_name, capacity) + shapes.memory_bytes(draft_name, capacity) + 2 * 2**30
+
+
 def ms_per_token(stats) -> float:
     return 1000 * stats.decode_s / max(stats.new_tokens - 1, 1)
 
@@ -293,6 +302,13 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
         methods += [(name + tag, prune, sampling) for name, prune, sampling in methods]
     if args.sampling:  # the cycle's cost under sampling: the first ratio and plain, first acceptance setting
         methods += [(f"{name}, T=0.7", prune, sampled) for name, prune, _ in (methods[0], methods[len(args.ratios)])]
+    if DEVICE == "cuda":  # a pair that cannot fit is said so before it is built, and the next pair runs
+        need, free = pair_memory(target_name, draft_name, args.contexts, args.new_tokens), torch.cuda.mem_get_info()[0]
+        if need > free:
+            print(f"[{pair}] skipped: it needs about {need / 2**30:.0f} GiB at {max(args.contexts)} tokens (weights "
+                  f"and workspaces), {device_name()} has {free / 2**30:.0f} GiB free; a larger GPU, or shorter "
+                  f"--contexts", file=sys.stderr, flush=True)  # fmt: skip
+            return
     target = shapes.random_adapter(target_name, device=DEVICE)
     draft = shapes.random_adapter(draft_name, device=DEVICE)
     for adapter in (target, draft):

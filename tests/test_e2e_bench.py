@@ -103,3 +103,18 @@ def test_e2e_summary_has_a_section_per_pair_and_card():
     assert [s.splitlines()[0] for s in sections] == [
         "a:b (bf16, NVIDIA H200, torch 2.11, 256 new tokens)", "a:b (bf16, NVIDIA H100 80GB HBM3, torch 2.11, 256 new tokens)"]
     assert sections[0].count("| target-only |") == 2 and "| 7.00 |" in sections[1] and "| 7.00 |" not in sections[0]
+
+
+def test_e2e_knows_before_loading_which_pairs_fit_a_gpu():
+    """From the published shapes alone: 32B/7B at 64k does not fit an 80 GB H100 (it ran out of
+    memory at load there) and fits an H200; 7B/0.5B fits an H100 even at 128k."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("e2e_bench_memory", ROOT / "benchmarks" / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    h100, h200 = 79 * 2**30, 139 * 2**30
+    big = e2e.pair_memory("qwen2.5-vl-32b", "qwen2.5-vl-7b", [65536, 16384], 256)
+    assert h100 < big < h200
+    assert e2e.pair_memory("llava-ov-7b", "llava-ov-0.5b", [131072], 256) < h100
+    assert e2e.pair_memory("qwen2.5-vl-32b", "qwen2.5-vl-7b", [4096], 256) < big

@@ -91,6 +91,19 @@ def kv_bytes(adapter, context: int) -> int:
     return 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * context * adapter.dtype.itemsize
 
 
+def memory_bytes(name: str, capacity: int, itemsize: int = 2) -> int:
+    """Bytes a random model of LM shape ``name`` takes on its device, from the shape alone (before
+    building it): its language model, an untied head (an upper bound where the release ties it) and
+    a KV cache of ``capacity`` slots."""
+    _, hidden, layers, heads, kv_heads, intermediate, vocab = LM_SHAPES[name]
+    head_dim = hidden // heads
+    attention = 2 * hidden * hidden + 2 * hidden * kv_heads * head_dim + hidden + 2 * kv_heads * head_dim  # q, o; k, v; biases
+    per_layer = attention + 3 * hidden * intermediate + 2 * hidden  # the MLP, two norms
+    parameters = 2 * vocab * hidden + layers * per_layer + hidden
+    kv = 2 * layers * kv_heads * head_dim * capacity
+    return (parameters + kv) * itemsize
+
+
 def copy_bandwidth(device: str = "cuda") -> float:
     """Bytes read + written per second of a large device-to-device copy (median of 10)."""
     import statistics
