@@ -27,6 +27,7 @@ at the bandwidth floor are reported beside (``floor_ms``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import time
@@ -47,6 +48,7 @@ MODELS = {  # layers, query heads, KV heads, head dim
     "llava-ov-0.5b": (24, 14, 2, 64),
 }
 ROOM = 512  # new tokens + a tree, as a workspace adds to the prompt
+KERNEL = hashlib.sha1(Path(ta.__file__).read_bytes()).hexdigest()[:10]  # the kernel source a sweep record timed
 FLEX_MAX_ROWS = 128  # FlexAttention's decoding kernel takes fewer query rows than this
 
 
@@ -220,7 +222,7 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False, grid_override=
                     fail = f"{type(e).__name__}: {str(e)[:160]}"
                 record = {"sweep": True, "model": name, "q": q, "rows": hq // hkv * q, "context": context,
                           "capacity": capacity, "config": config.__dict__, "ms": ms, "max_err": err,
-                          "floor_ms": 1000 * kv / bandwidth, "error": fail, "label": label}  # fmt: skip
+                          "floor_ms": 1000 * kv / bandwidth, "error": fail, "label": label, "kernel": KERNEL}  # fmt: skip
                 with out.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 if ms is not None and (best is None or ms < best["ms"]):
@@ -283,7 +285,7 @@ def resources(grid, out: Path | None) -> list[dict]:
             f.flush()
             usage = subprocess.run([tools / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
             sass = subprocess.run([tools / "cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
-        record = {"resources": True, "model": name, "q": q, "rows": rows, "triton": triton.__version__,
+        record = {"resources": True, "model": name, "q": q, "rows": rows, "triton": triton.__version__, "kernel": KERNEL,
                   "config": {"block_m": block_m, "tail_m": tail_m, "block_n": bn, "num_warps": warps, "num_stages": stages},
                   "pattern_rows_16_bytes_apart": padded, "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
                   "spilled_stores": sass.count("STL"), "shared_bytes": compiled.metadata.shared}  # fmt: skip
