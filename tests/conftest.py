@@ -19,6 +19,24 @@ except ImportError:  # pragma: no cover
     sys.path.insert(0, str(_REPO_ROOT))
 
 
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script("e2e")``: benchmarks/e2e.py loaded as a module, once per session, so a
+    test calls its functions (or its ``main`` under a patched argv) without a new interpreter."""
+    import importlib.util
+
+    loaded = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(f"{name}_bench", _REPO_ROOT / "benchmarks" / f"{name}.py")
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+        return loaded[name]
+
+    return load
+
+
 class TinyPairs:
     """Tiny (target, draft) checkpoint pairs, built once per session on first use.
 

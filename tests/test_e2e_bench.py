@@ -85,14 +85,10 @@ def test_e2e_runs_contexts_in_the_order_given(tmp_path):
     assert records[1]["method"] == "SD pruned 0.9, tree schedule schedule"
 
 
-def test_e2e_summary_has_a_section_per_pair_and_card():
+def test_e2e_summary_has_a_section_per_pair_and_card(benchmark_script):
     """Records of one pair from two cards are two tables, each headed by its card: speedups measured
     on an H100 never sit in an H200's table."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("e2e_bench", ROOT / "benchmarks" / "e2e.py")
-    e2e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e2e)
+    e2e = benchmark_script("e2e")
     row = {"pair": "a:b", "torch": "2.11", "new_tokens": 256, "engine": "x", "workspace": "fresh", "context": 4096,
            "method": "target-only", "acceptance": "-", "ms_per_token": 5.0, "speedup": 1.0, "prefill_s": 0.1,
            "latency_s": 1.0, "equal": True}  # fmt: skip
@@ -105,14 +101,10 @@ def test_e2e_summary_has_a_section_per_pair_and_card():
     assert sections[0].count("| target-only |") == 2 and "| 7.00 |" in sections[1] and "| 7.00 |" not in sections[0]
 
 
-def test_e2e_knows_before_loading_which_pairs_fit_a_gpu():
+def test_e2e_knows_before_loading_which_pairs_fit_a_gpu(benchmark_script):
     """From the published shapes alone: 32B/7B at 64k does not fit an 80 GB H100 (it ran out of
     memory at load there) and fits an H200; 7B/0.5B fits an H100 even at 128k."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("e2e_bench_memory", ROOT / "benchmarks" / "e2e.py")
-    e2e = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(e2e)
+    e2e = benchmark_script("e2e")
     h100, h200 = 79 * 2**30, 139 * 2**30
     big = e2e.pair_memory("qwen2.5-vl-32b", "qwen2.5-vl-7b", [65536, 16384], 256)
     assert h100 < big < h200

@@ -3,11 +3,9 @@ per-rank counts that feed it."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,16 +15,11 @@ from specvlm.engine.speculative import SpecStats
 from specvlm.engine.tree import DraftTree
 from specvlm.engine.tree_search import RankAcceptance, StepCosts, best_tree, score, write_tree
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture
-def tree_choice(monkeypatch, capsys):
+def tree_choice(monkeypatch, capsys, benchmark_script):
     """``python benchmarks/tree_choice.py ARGS`` run in this process (no interpreter and torch start
     per run): returns its exit code, stdout and stderr."""
-    spec = importlib.util.spec_from_file_location("tree_choice_bench", ROOT / "benchmarks" / "tree_choice.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_script("tree_choice")
 
     def run(argv: list[str]) -> SimpleNamespace:
         monkeypatch.setattr(sys, "argv", ["tree_choice.py", *map(str, argv)])
