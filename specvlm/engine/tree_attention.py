@@ -34,14 +34,17 @@ except ImportError:  # pragma: no cover - torch ships triton wherever it has CUD
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Tiling of one launch: rows and slots per program, warps, pipeline stages, and programs per SM
-    that the prefix's parts aim at (for each tile of rows)."""
+    """Tiling of one launch: rows and slots per program, warps, pipeline stages, programs per SM
+    that the prefix's parts aim at (for each tile of rows), and the fewest slots a part holds
+    (``min_part``): a short prefix then fills fewer parts, each a longer loop, and the parts past
+    its end only write their log-sum-exp."""
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
     per_sm: int = 2
+    min_part: int = 0
 
 
 def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConfig:
@@ -111,8 +114,8 @@ if triton is not None:
         return acc, m_new, l_i
 
     @triton.jit
-    def _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, row0, part, prefix, M, Q_LEN, WIDTH, SPLITS, scale,
-              BM: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    def _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, row0, part, prefix, M, Q_LEN, WIDTH, SPLITS,
+              MIN_BLOCKS, scale, BM: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """BM rows from ``row0`` over one part (Q ... LSE already at this part's KV head)."""
         rows = row0 + tl.arange(0, BM)
         dims = tl.arange(0, D)
@@ -123,7 +126,7 @@ if triton is not None:
         qk_scale = scale * 1.4426950408889634  # exp2
         if part < SPLITS:  # a share of the prefix: whole tiles, then the prefix's partial last one
             blocks = tl.cdiv(prefix, BLOCK_N)
-            per = tl.cdiv(blocks, SPLITS)
+            per = tl.maximum(tl.cdiv(blocks, SPLITS), MIN_BLOCKS)
             start = part * per * BLOCK_N
             end = tl.minimum(start + per * BLOCK_N, prefix)
             whole = tl.maximum(end - end % BLOCK_N, start)
@@ -150,7 +153,7 @@ if triton is not None:
     def _parts_kernel(
         Q, K, V, PREFIX, PATTERN, O, LSE,
         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, spn, sob, soh, sos, som, slb, slh, sls,
-        HKV, M, Q_LEN, WIDTH, SPLITS, scale,
+        HKV, M, Q_LEN, WIDTH, SPLITS, MIN_BLOCKS, scale,
         D: tl.constexpr, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr,
         PRECISION: tl.constexpr,
     ):  # fmt: skip
@@ -168,13 +171,13 @@ if triton is not None:
         if TAIL_M < BLOCK_M:
             if tile == tl.num_programs(0) - 1:
                 _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
-                      SPLITS, scale, TAIL_M, BLOCK_N, D, PRECISION)  # fmt: skip
+                      SPLITS, MIN_BLOCKS, scale, TAIL_M, BLOCK_N, D, PRECISION)  # fmt: skip
             else:
                 _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
-                      SPLITS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
+                      SPLITS, MIN_BLOCKS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
         else:
             _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
-                  SPLITS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
+                  SPLITS, MIN_BLOCKS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
 
     @triton.jit
     def _merge_kernel(
@@ -307,7 +310,7 @@ def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: Ker
         grouped.stride(0), grouped.stride(1), grouped.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), pattern.stride(0), outs.stride(0), outs.stride(1), outs.stride(2),
         outs.stride(3), lses.stride(0), lses.stride(1), lses.stride(2),
-        hkv, rows, q, width, splits, scale, D=d, BLOCK_M=block_m, TAIL_M=tail_m, BLOCK_N=config.block_n,
+        hkv, rows, q, width, splits, max(1, -(-config.min_part // config.block_n)), scale, D=d, BLOCK_M=block_m, TAIL_M=tail_m, BLOCK_N=config.block_n,
         PRECISION=dot_precision(grouped.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
