@@ -255,32 +255,23 @@ def resources(grid, out: Path | None) -> list[dict]:
     import tempfile
 
     import triton
-    from triton.backends.compiler import GPUTarget
+
+    from specvlm.testing.kernels import compile_parts
 
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     tree = DraftTree.default()
     cases = [("qwen2.5-vl-7b", tree.num_nodes), ("qwen2.5-vl-32b", tree.num_nodes), ("llava-ov-0.5b", tree.draft_width),
              ("qwen2.5-vl-7b", 1)]  # fmt: skip
-    names = ta._parts_kernel.arg_names
-    pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "PREFIX": "*i64", "PATTERN": "*i8", "O": "*fp32", "LSE": "*fp32"}
     records = []
     for (name, q), tiling, padded in itertools.product(cases, grid or [None], (True, False)):
         _, hq, hkv, d = MODELS[name]
         rows = hq // hkv * q
         config = ta.kernel_config(rows, hkv)  # the engine's, or a given tiling (block_m None: the engine's)
         if tiling is not None:
-            config = ta.KernelConfig(tiling[0] or config.block_m, *tiling[1:4])
+            config = ta.KernelConfig(tiling[0] or config.block_m, *tiling[1:])
         block_m, tail_m = ta.row_tiles(rows, config.block_m)
         bn, warps, stages = config.block_n, config.num_warps, config.num_stages
-        constants = {"D": d, "BLOCK_M": block_m, "TAIL_M": tail_m, "BLOCK_N": bn, "PRECISION": "tf32"}
-        signature = {n: pointers.get(n) or ("constexpr" if n in constants else "fp32" if n == "scale" else "i32")
-                     for n in names}  # fmt: skip
-        # a launch specialises pointers and the integers divisible by 16 (the strides here; the
-        # pattern's row stride only when its rows are 16 bytes apart)
-        aligned = [n for n in names if n in pointers or (n.startswith("s") and n != "scale" and (padded or n != "spn"))]
-        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-        source = triton.compiler.ASTSource(fn=ta._parts_kernel, signature=signature, constexprs=constants, attrs=attrs)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+        compiled = compile_parts(rows, config, "bf16", d, pattern_aligned=padded)
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(compiled.asm["cubin"])
             f.flush()

@@ -86,30 +86,15 @@ def test_triton_kernel_under_the_interpreter_equals_the_reference():
 
 def test_triton_kernel_compiles_for_hopper():
     """The interpreter accepts code the compiler refuses (mismatched block shapes): compile for sm_90."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-
+    pytest.importorskip("triton")
     from specvlm.engine import tree_attention as ta
+    from specvlm.testing.kernels import compile_merge, compile_parts
 
-    pointers = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "PREFIX": "*i64", "PATTERN": "*i8", "O": "*fp32", "LSE": "*fp32"}
     for rows, hkv, dtype in ((7, 4, "bf16"), (130, 8, "bf16"), (182, 4, "bf16"), (182, 4, "fp32"), (77, 8, "bf16"), (56, 2, "bf16")):
         # one token (7B), verification (32B, 7B, 11 nodes for 32B), a 0.5B draft level
-        config = ta.kernel_config(rows, hkv, 4 if dtype == "fp32" else 2)
-        block_m, tail_m = ta.row_tiles(rows, config.block_m)
-        constants = {"D": 128, "BLOCK_M": block_m, "TAIL_M": tail_m, "BLOCK_N": config.block_n,
-                     "PRECISION": ta.dot_precision(torch.float32 if dtype == "fp32" else torch.bfloat16)}  # fmt: skip
-        pointers.update(Q=f"*{dtype}", K=f"*{dtype}", V=f"*{dtype}")
-        signature = {n: pointers.get(n) or ("constexpr" if n in constants else "fp32" if n == "scale" else "i32")
-                     for n in ta._parts_kernel.arg_names}  # fmt: skip
-        source = triton.compiler.ASTSource(fn=ta._parts_kernel, signature=signature, constexprs=constants)
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": config.num_warps, "num_stages": config.num_stages})
-        assert compiled.asm.get("cubin")
-    merge_pointers = {"O": "*fp32", "LSE": "*fp32", "OUT": "*bf16"}
+        assert compile_parts(rows, ta.kernel_config(rows, hkv, 4 if dtype == "fp32" else 2), dtype).asm.get("cubin")
     for parts, warps in ((34, 8), (64, 8), (2, 4)):  # verification, the most parts, a prefix of one part
-        constants = {"D": 128, "BLOCK_P": triton.next_power_of_2(parts)}
-        signature = {n: merge_pointers.get(n) or ("constexpr" if n in constants else "i32") for n in ta._merge_kernel.arg_names}
-        source = triton.compiler.ASTSource(fn=ta._merge_kernel, signature=signature, constexprs=constants)
-        assert triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm.get("cubin")
+        assert compile_merge(parts, warps).asm.get("cubin")
 
 
 def test_float32_is_not_run_as_tf32():
