@@ -223,7 +223,8 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False, grid_override=
                     fail = f"{type(e).__name__}: {str(e)[:160]}"
                 record = {"sweep": True, "model": name, "q": q, "rows": hq // hkv * q, "context": context,
                           "capacity": capacity, "config": config.__dict__, "ms": ms, "max_err": err,
-                          "floor_ms": 1000 * kv / bandwidth, "error": fail, "label": label, "kernel": KERNEL}  # fmt: skip
+                          "floor_ms": 1000 * kv / bandwidth, "error": fail, "label": label, "kernel": KERNEL,
+                          "device": torch.cuda.get_device_name(0)}  # fmt: skip
                 with out.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 if ms is not None and (best is None or ms < best["ms"]):

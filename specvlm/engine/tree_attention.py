@@ -48,30 +48,32 @@ class KernelConfig:
 
 
 def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConfig:
-    """The tiling for ``rows`` query rows per KV head, from the timed tilings on an H200
-    (``benchmarks/attention.py --sweep [--few-rows] [--grid ...]``, results/tree_kernel_sweep.jsonl,
-    this kernel's records labelled ``new``):
-    - verification (more than 64 rows): a part of the prefix is longer the more KV heads share the
-      SMs, so 8 KV heads (32B, 130 rows) take 128-row tiles of 8 warps, 3 stages, one program per SM
-      (64k: 11.8 ms against 14.1 for 64-row tiles; 4k: 2.28 against 2.31); 4 or fewer (7B, 182
-      rows) keep 64-row tiles of 32 slots, 3 stages, two programs per SM (64k: 3.32 ms against 3.12
-      for 128-row tiles; 4k: 1.04 against 1.39, where each part holds two or three tiles and the
-      larger programs run in more waves);
-    - a draft level (17-64 rows, one tile of 64): 8 warps, 3 stages, the fastest for the 0.5B draft's
-      56 rows at 64k (0.59 against 0.64 ms) and at 4k (0.25 against 0.25);
-    - one token (16 rows or fewer): within 1% of the fastest for 7B and 0.5B at 16k and 64k and for
-      32B at 16k, 2% for 32B at 64k (5.10 against 4.99 ms).
-    Float32 (4-byte elements) keeps 64-row tiles and two stages: its tiles take twice the shared
-    memory, and three stages of 128 rows would not fit in an SM's.
+    """The tiling for ``rows`` query rows per KV head, from the timed tilings
+    (``benchmarks/attention.py --sweep [--few-rows] [--grid ...]``, results/tree_kernel_sweep.jsonl;
+    all layers of a step, ms at 64k / 16k / 4k, this kernel's records labelled ``aligned``, H100):
+    - verification with 4 or fewer KV heads (7B, 182 rows): 64-row tiles of 32 slots, 3 stages, one
+      program per SM (2.40 / 1.02 / 0.66 against 2.64 / 1.23 / 0.76 at two per SM, 3.01 / 1.22 /
+      0.86 for 128-row tiles; fewer, longer parts write fewer partial outputs);
+    - verification with 8 KV heads (32B, 130 rows): 128-row tiles of 8 warps, 3 stages, one program
+      per SM (11.4 / 3.64 / 1.82; 12.2 / 4.85 / 2.80 at two per SM);
+    - a draft level (17-64 rows, one tile of 64, the 0.5B draft's 56): 4 warps, 3 stages, one
+      program per SM (0.55 / 0.30 / 0.23 against 0.61 / 0.32 / 0.25 with 8 warps);
+    - one token (16 rows or fewer): kept from the previous kernel's sweep (H200); on this kernel its
+      neighbours (32 or 64 slots, one or two programs per SM) lie within 2% of each other for 7B
+      but for 32 slots at one per SM.
+    ``min_part`` stays off: parts of at least 512-2048 slots were slower, or within 1%, everywhere
+    but 7B's verification at 64k, where one program per SM does better still. 256-row tiles (16 warps) were
+    slower for every shape. Float32 (4-byte elements) keeps 64-row tiles and two stages: its tiles
+    take twice the shared memory, and three stages of 128 rows would not fit in an SM's.
     """
     if element_size > 2 and rows > 16:
         return KernelConfig(block_m=64, block_n=64, num_stages=2, per_sm=2)
     if rows <= 16:
         return KernelConfig(block_m=16, block_n=64, num_stages=3, per_sm=2)
     if rows <= 64:
-        return KernelConfig(block_m=64, block_n=64, num_warps=8, num_stages=3, per_sm=1)
+        return KernelConfig(block_m=64, block_n=64, num_stages=3, per_sm=1)
     if kv_heads <= 4:
-        return KernelConfig(block_m=64, block_n=32, num_stages=3, per_sm=2)
+        return KernelConfig(block_m=64, block_n=32, num_stages=3, per_sm=1)
     return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, per_sm=1)
 
 
