@@ -6,13 +6,20 @@
 ``--static``: the engine's compiled steps of q tokens (1: a one-token step, the default tree's 26:
 verification, 8: a draft level) over a workspace filled to ``--context`` (its keys and values are
 whatever the memory held: timing only). Prints each step's captured replay time (CUDA events) and
-the kernels of the same step run uncaptured, grouped, with their share of the step.
+the kernels of the same step run uncaptured, grouped, with their share of the step; ``--out FILE``
+appends each step's record as a JSON line. ``--max-autotune``: inductor times its Triton matmul
+templates against cuBLAS for every matmul shape of the step and keeps the faster (a longer compile).
+
+    python benchmarks/profile_step.py --static --shape llava-ov-7b --context 65536 --q 1 26 --out steps.jsonl
+    python benchmarks/profile_step.py --static --shape llava-ov-0.5b --context 6656 --q 1 8 --out steps.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +33,10 @@ from specvlm.video import load_video
 
 
 def static_steps(args) -> None:
+    if args.max_autotune:
+        import torch._inductor.config as inductor
+
+        inductor.max_autotune_gemm = True
     adapter = random_adapter(args.shape)
     tree = DraftTree.default()
     patterns = {1: torch.ones(1, 1, dtype=torch.bool), tree.draft_width: tree.draft_patterns()[2],
@@ -56,9 +67,19 @@ def static_steps(args) -> None:
         kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
         total = sum(e.self_device_time_total for e in kernels) / 3
         print(f"uncaptured kernels: {total / 1000:.3f} ms per step, {sum(e.count for e in kernels) // 3} launches")
-        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:28]:
+        top = sorted(kernels, key=lambda e: -e.self_device_time_total)
+        for e in top[:28]:
             per = e.self_device_time_total / 3
             print(f"  {per / 1000:8.3f} ms {100 * per / total:5.1f}% x{e.count // 3:4d}  {e.key[:110]}")
+        if args.out is not None:
+            record = {"shape": args.shape, "context": args.context, "capacity": ws.cache.capacity, "q": q,
+                      "replay_ms": replay_ms, "uncaptured_ms": total / 1000,
+                      "launches": sum(e.count for e in kernels) // 3, "max_autotune": args.max_autotune,
+                      "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                      "kernels": [{"name": e.key[:200], "ms": e.self_device_time_total / 3000, "count": e.count // 3}
+                                  for e in top]}  # fmt: skip
+            with args.out.open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def main() -> None:
@@ -70,6 +91,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=65536)
     parser.add_argument("--q", type=int, nargs="+", default=[1, 26])
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", type=Path, help="with --static: each step's record appended as a JSON line")
+    parser.add_argument("--max-autotune", action="store_true", help="with --static: inductor autotunes the matmuls")
     args = parser.parse_args()
     if args.static:
         static_steps(args)
