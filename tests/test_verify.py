@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from specvlm.engine import verify
-from specvlm.engine.tree import DraftTree
+from specvlm.engine.tree import DraftTree, candidate_rows
 from specvlm.engine.verify import (
     Verdict,
     accept_candidates,
@@ -175,7 +175,7 @@ def accept_one(candidates, q, p, g):
     """accept_candidates for one node: (index of the accepted candidate or None, resample dist)."""
     c = candidates.numel()
     u = torch.rand(1, c, generator=g)
-    first, end = accept_candidates(candidates[None], torch.ones(1, c, dtype=torch.bool), q[None], p[None], u)
+    first, end = accept_candidates(candidates[None], candidate_rows(torch.ones(1, c, dtype=torch.bool)), q[None], p[None], u)
     return (None if int(first[0]) < 0 else int(first[0])), end[0]
 
 
@@ -189,10 +189,10 @@ def test_accept_candidates_batches_nodes_with_different_candidate_counts():
     counts = torch.randint(0, c + 1, (n,), generator=g)
     valid = torch.arange(c)[None] < counts[:, None]
     u = torch.rand(n, c, generator=g)
-    first, end = accept_candidates(candidates, valid, q, p, u)
+    first, end = accept_candidates(candidates, candidate_rows(valid), q, p, u)
     for i in range(n):
         k = int(counts[i])
-        alone, alone_end = accept_candidates(candidates[i : i + 1, :k], valid[i : i + 1, :k], q[i : i + 1], p[i : i + 1],
+        alone, alone_end = accept_candidates(candidates[i : i + 1, :k], candidate_rows(valid[i : i + 1, :k]), q[i : i + 1], p[i : i + 1],
                                              u[i : i + 1, :k])  # fmt: skip
         assert int(first[i]) == int(alone[0])
         if int(first[i]) < 0:
@@ -201,6 +201,36 @@ def test_accept_candidates_batches_nodes_with_different_candidate_counts():
             for _ in range(k):
                 want = residual(want, q[i])
             assert torch.allclose(end[i], want)
+
+
+def test_accept_candidates_on_a_trees_rows_decides_as_every_row_would():
+    """Testing each rank on the nodes that have a candidate there (tree.candidate_rows) decides
+    exactly as testing every node at every rank with the padding masked out, draw for draw."""
+    g = torch.Generator().manual_seed(7)
+    tree = DraftTree.default()
+    n, c = tree.num_nodes, tree.children_matrix.shape[1]
+    for depth in (None, 1, 3):
+        kids = tree.children_matrix
+        if depth is not None:
+            kids = kids.masked_fill((tree.node_depth >= depth)[:, None], -1)
+        valid = kids >= 0
+        for _ in range(20):
+            q = torch.softmax(torch.randn(n, V, generator=g), -1)
+            p = torch.softmax(torch.randn(n, V, generator=g) + 2 * q, -1)
+            candidates = torch.multinomial(q, c, replacement=True, generator=g)
+            u = torch.rand(n, c, generator=g)
+            first, end = accept_candidates(candidates, tree.candidate_rows(depth, "cpu"), q, p, u)
+            want, dist, want_end = torch.full((n,), -1), p, p  # every row, every rank, padding masked
+            for i in range(c):
+                x = candidates[:, i : i + 1]
+                px, qx = dist.gather(1, x)[:, 0], q.gather(1, x)[:, 0]
+                take = valid[:, i] & (want < 0) & (qx > 0) & (u[:, i] * qx < px)
+                want = torch.where(take, i, want)
+                dist = residual(dist, q)
+                want_end = torch.where(valid[:, i : i + 1], dist, want_end)
+            assert torch.equal(first, want)
+            torch.testing.assert_close(end, want_end)
+        assert [r.tolist() for r in tree.candidate_rows(depth, "cpu")] == [valid[:, i].nonzero()[:, 0].tolist() for i in range(c)]
 
 
 def test_accept_candidates_p_equals_q_accepts_the_first():
@@ -308,19 +338,27 @@ def test_sampled_is_deterministic_under_a_seed(default):
 # ------------------------------------------------------------------------ sampled, statistical
 
 
-def naive_accept_if_p_above_q(candidates, valid, q, p, u):
+def mask_of(rows, candidates):
+    """The (N, C) mask of real candidates from accept_candidates' per-rank rows."""
+    valid = torch.zeros(candidates.shape, dtype=torch.bool, device=candidates.device)
+    for i, r in enumerate(rows):
+        valid[r, i] = True
+    return valid
+
+
+def naive_accept_if_p_above_q(candidates, rows, q, p, u):
     """WRONG rule: accept the first candidate with p(x) > q(x), else resample from the residual.
     For P, Q above it never emits tokens 2..5 via acceptance, and the residual only covers tokens
     0 and 1: TV to P is exactly p({p <= q}) = 0.45."""
-    take = valid & (p.gather(1, candidates) > q.gather(1, candidates))
+    take = mask_of(rows, candidates) & (p.gather(1, candidates) > q.gather(1, candidates))
     first = torch.where(take.any(1), take.long().argmax(1), -1)
     return first, residual(p, q)
 
 
-def naive_no_residual_update(candidates, valid, q, p, u):
+def naive_no_residual_update(candidates, rows, q, p, u):
     """WRONG multi-candidate rule: every sibling is tested against the original p (the residual
     is only used for the final resample). With 3 candidates and P, Q above, TV to P is 0.21."""
-    take = valid & (u * q.gather(1, candidates) < p.gather(1, candidates))
+    take = mask_of(rows, candidates) & (u * q.gather(1, candidates) < p.gather(1, candidates))
     first = torch.where(take.any(1), take.long().argmax(1), -1)
     return first, residual(p, q)
 

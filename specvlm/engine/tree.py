@@ -200,6 +200,19 @@ class DraftTree:
             )
         return found
 
+    def candidate_rows(self, depth: int | None, device) -> tuple[torch.Tensor, ...]:
+        """Per sibling rank r, the nodes with a child of rank r (above ``depth``, the levels
+        proposed, if given), as index tensors on ``device``, made once per (depth, device): a
+        sampled verdict tests each rank's candidates on those rows only."""
+        key = ("candidate_rows", depth, torch.device(device))
+        found = self._on_device.get(key)
+        if found is None:
+            valid = self.children_matrix >= 0
+            if depth is not None and depth < self.depth:
+                valid &= (self.node_depth < depth)[:, None]
+            found = self._on_device[key] = tuple(r.to(device) for r in candidate_rows(valid))
+        return found
+
     @cached_property
     def main_path(self) -> tuple[int, ...]:
         """Nodes 0, 00, 000, ...: the root and every level's rank-0 child below it."""
@@ -299,3 +312,9 @@ def parse_tree(spec: str) -> "DraftTree | TreeSchedule":
     if spec.startswith("schedule:"):
         return TreeSchedule.parse(spec.split(":", 1)[1])
     return DraftTree.parse(spec)
+
+
+def candidate_rows(valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(N, C) host bool, each node's real candidates first -> for each rank, the nodes that have a
+    real candidate there (each rank's rows within the previous rank's)."""
+    return tuple(valid[:, i].nonzero()[:, 0] for i in range(valid.shape[1]))

@@ -96,27 +96,31 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def accept_candidates(
     candidates: torch.Tensor,  # (N, C) long: each node's candidates in order, drawn i.i.d. from its q
-    valid: torch.Tensor,  # (N, C) bool: which are real (a node's real candidates come first)
+    rows: tuple[torch.Tensor, ...],  # per rank i, the nodes with a real candidate i (tree.candidate_rows)
     q: torch.Tensor,  # (N, V) float32
     p: torch.Tensor,  # (N, V) float32
     u: torch.Tensor,  # (N, C) uniform draws in [0, 1)
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Recursive rejection over every node's candidates at once (one batch per sibling rank).
+    """Recursive rejection over every node's candidates at once (one batch per sibling rank, on
+    the nodes that have a candidate of that rank: the deeper ranks of a tree have few).
 
     Returns (N,) the index of each node's accepted candidate or -1, and (N, V) the distribution to
     resample from where none was: the residual after all of the node's candidates (p for a node
     without candidates).
     """
-    accepted = torch.full(valid.shape[:1], -1, dtype=torch.long, device=p.device)
-    dist, end = p, p
-    for i in range(candidates.shape[1]):
-        x = candidates[:, i : i + 1]
-        px, qx = dist.gather(1, x)[:, 0], q.gather(1, x)[:, 0]
-        take = valid[:, i] & (accepted < 0) & (qx > 0) & (u[:, i] * qx < px)  # u < p/q without dividing by a tiny q
-        accepted = torch.where(take, i, accepted)
-        dist = residual(dist, q)
-        end = torch.where(valid[:, i : i + 1], dist, end)
-    return accepted, end
+    accepted = torch.full(p.shape[:1], -1, dtype=torch.long, device=p.device)
+    dist = p.clone()
+    for i, r in enumerate(rows):
+        if r.numel() == 0:
+            continue
+        x = candidates[r, i : i + 1]
+        d, qr = dist[r], q[r]
+        px, qx = d.gather(1, x)[:, 0], qr.gather(1, x)[:, 0]
+        before = accepted[r]
+        take = (before < 0) & (qx > 0) & (u[r, i] * qx < px)  # u < p/q without dividing by a tiny q
+        accepted[r] = torch.where(take, i, before)
+        dist[r] = residual(d, qr)
+    return accepted, dist
 
 
 def sampled_decision(
@@ -142,7 +146,7 @@ def sampled_decision(
     valid = kids >= 0
     candidates = tokens[kids.clamp(min=0)]
     u = torch.rand(kids.shape, generator=generator, device=device)
-    first, end = accept_candidates(candidates, valid, q, p, u)
+    first, end = accept_candidates(candidates, tree.candidate_rows(depth, device), q, p, u)
     closing = torch.multinomial(end, 1, generator=generator)[:, 0]  # the token after each node's verdict
     child = torch.where(first >= 0, kids.gather(1, first.clamp(min=0)[:, None])[:, 0], -1)
     node = torch.zeros(1, dtype=torch.long, device=device)  # (1,), not 0-d: 0-d indices sync with the host
