@@ -133,10 +133,11 @@ def sampled_decision(
 ) -> torch.Tensor:
     """Recursive rejection down the tree, exact in distribution, on the device without waiting.
 
-    Every node's candidates are tested and every node's closing token drawn at once, each node with
-    its own independent draws; the walk from the root then reads off the accepted path. A node's
-    outcome depends only on its own draws, so the path, and the token drawn where it ends, follow
-    the same law as a walk that draws at each visited node only.
+    Every node's candidates are tested at once, each node with its own independent draws; the walk
+    from the root then reads off the accepted path, and the closing token is drawn at the node where
+    it ends, from that node's distribution (its residual, or p at a leaf): one vocabulary-wide draw,
+    not one per node. A node's outcome depends only on its own draws, so the path, and the token
+    drawn where it ends, follow the same law as a walk that draws at each visited node only.
     """
     device = p.device
     on = tree.on(device)
@@ -147,7 +148,6 @@ def sampled_decision(
     candidates = tokens[kids.clamp(min=0)]
     u = torch.rand(kids.shape, generator=generator, device=device)
     first, end = accept_candidates(candidates, tree.candidate_rows(depth, device), q, p, u)
-    closing = torch.multinomial(end, 1, generator=generator)[:, 0]  # the token after each node's verdict
     child = torch.where(first >= 0, kids.gather(1, first.clamp(min=0)[:, None])[:, 0], -1)
     node = torch.zeros(1, dtype=torch.long, device=device)  # (1,), not 0-d: 0-d indices sync with the host
     alive = torch.ones(1, dtype=torch.bool, device=device)
@@ -159,7 +159,8 @@ def sampled_decision(
         node = torch.where(alive, nxt, node)
     path = torch.cat(path)
     n = (path[1:] >= 0).sum()
-    return _pack(n, closing[node], valid[node].any(), path, tokens)
+    closing = torch.multinomial(end[node], 1, generator=generator)[:, 0]  # the token after the verdict
+    return _pack(n, closing, valid[node].any(), path, tokens)
 
 
 def sampled_verdict(tree: DraftTree, tokens: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
