@@ -181,8 +181,7 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False, grid_override=
     """The split-prefix kernel's tilings on the verification (and draft-level) shapes, all layers
     captured as one graph; the engine's ``kernel_config`` is chosen from these records. ``few_rows``:
     one-token steps and draft levels instead, over the parallelism (programs per SM) and KV tile.
-    ``grid``: the tilings (block_m or None for the engine's, block_n, warps, stages, per_sm and
-    optionally min_part) instead
+    ``grid``: the tilings (block_m or None for the engine's, block_n, warps, stages, per_sm) instead
     of the full product; ``label``: written in each record (which kernel source ran, say)."""
 
     tree = DraftTree.default()
@@ -292,8 +291,8 @@ def resources(grid, out: Path | None) -> list[dict]:
 
 def _tiling(text: str) -> tuple:
     values = [int(v) for v in text.split(",")]
-    if len(values) not in (5, 6) or any(v < 0 for v in values) or 0 in values[1:5]:
-        raise argparse.ArgumentTypeError(f"a tiling is BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM[,MIN_PART], got {text!r}")
+    if len(values) != 5 or any(v < 0 for v in values) or 0 in values[1:]:
+        raise argparse.ArgumentTypeError(f"a tiling is BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM, got {text!r}")
     return (values[0] or None, *values[1:])
 
 
@@ -307,8 +306,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="time the tree kernel's tilings instead")
     parser.add_argument("--few-rows", action="store_true", help="with --sweep: one-token steps and draft levels")
     parser.add_argument("--grid", nargs="+", type=_tiling, help="with --sweep: only these tilings, each "
-                        "BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM[,MIN_PART] (BLOCK_M 0: the engine's; MIN_PART: the "
-                        "fewest prefix slots a part holds)")
+                        "BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM (BLOCK_M 0: the engine's)")
     parser.add_argument("--label", help="with --sweep: a label written in every record")
     parser.add_argument("--resources", action="store_true", help="no GPU needed: the kernel compiled for sm_90 "
                         "at each --grid tiling (default: the engine's), its registers, spills and shared memory")

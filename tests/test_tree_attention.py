@@ -64,12 +64,8 @@ for prefix, rows_heads, q in ((0, 2, 26), (5, 7, 26), (300, 5, 26), (777, 7, 3),
     err = (ta.merge(outs, lses, grouped.dtype) - ref).abs().max().item()
     assert err < 1e-4 and (prefix > 200 or empty.any()), (prefix, rows_heads, err)
     assert torch.allclose(ta._merge(outs, lses), ref, atol=1e-4)
-    # verification's 16-bit tilings (float32 takes 64-row tiles): 128-row tiles with a sized last one, 32-slot tiles;
-    configs = [ta.KernelConfig(128, 64, 8, 3, 1), ta.KernelConfig(64, 32, 4, 3, 2)] if rows_heads * q > 64 else []
-    # parts of at least 320 slots: a 777-slot prefix fills three of the four parts, a 300-slot one
-    # fills one, and the rest write only their log-sum-exp
-    configs.append(ta.KernelConfig(64, 32, 4, 2, 2, min_part=320))
-    for config in configs:
+    # verification's 16-bit tilings (float32 takes 64-row tiles): 128-row tiles with a sized last one, 32-slot tiles
+    for config in (ta.KernelConfig(128, 64, 8, 3, 1), ta.KernelConfig(64, 32, 4, 3, 1)) if rows_heads * q > 64 else ():
         out = ta.launch(grouped.contiguous(), key, value, torch.tensor(prefix), pattern, 0.2, config)
         err = (out - ref).abs().max().item()
         assert err < 1e-4, (prefix, rows_heads, config, err)

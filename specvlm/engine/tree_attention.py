@@ -34,17 +34,14 @@ except ImportError:  # pragma: no cover - torch ships triton wherever it has CUD
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Tiling of one launch: rows and slots per program, warps, pipeline stages, programs per SM
-    that the prefix's parts aim at (for each tile of rows), and the fewest slots a part holds
-    (``min_part``): a short prefix then fills fewer parts, each a longer loop, and the parts past
-    its end only write their log-sum-exp."""
+    """Tiling of one launch: rows and slots per program, warps, pipeline stages, and programs per SM
+    that the prefix's parts aim at (for each tile of rows)."""
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
     per_sm: int = 2
-    min_part: int = 0
 
 
 def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConfig:
@@ -61,9 +58,9 @@ def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConf
     - one token (16 rows or fewer): kept from the previous kernel's sweep (H200); on this kernel its
       neighbours (32 or 64 slots, one or two programs per SM) lie within 2% of each other for 7B
       but for 32 slots at one per SM.
-    ``min_part`` stays off: parts of at least 512-2048 slots were slower, or within 1%, everywhere
-    but 7B's verification at 64k, where one program per SM does better still. 256-row tiles (16 warps) were
-    slower for every shape. Float32 (4-byte elements) keeps 64-row tiles and two stages: its tiles
+    Parts of at least 512-2048 slots (a floor on a part's length, timed as ``min_part`` with kernel
+    ``0568f68c7e``) were slower, or within 1%, everywhere but 7B's verification at 64k, where one
+    program per SM does better still; 256-row tiles (16 warps) were slower for every shape. Float32 (4-byte elements) keeps 64-row tiles and two stages: its tiles
     take twice the shared memory, and three stages of 128 rows would not fit in an SM's.
     """
     if element_size > 2 and rows > 16:
@@ -117,7 +114,7 @@ if triton is not None:
 
     @triton.jit
     def _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, row0, part, prefix, M, Q_LEN, WIDTH, SPLITS,
-              MIN_BLOCKS, scale, BM: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+              scale, BM: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """BM rows from ``row0`` over one part (Q ... LSE already at this part's KV head)."""
         rows = row0 + tl.arange(0, BM)
         dims = tl.arange(0, D)
@@ -128,7 +125,7 @@ if triton is not None:
         qk_scale = scale * 1.4426950408889634  # exp2
         if part < SPLITS:  # a share of the prefix: whole tiles, then the prefix's partial last one
             blocks = tl.cdiv(prefix, BLOCK_N)
-            per = tl.maximum(tl.cdiv(blocks, SPLITS), MIN_BLOCKS)
+            per = tl.cdiv(blocks, SPLITS)
             start = part * per * BLOCK_N
             end = tl.minimum(start + per * BLOCK_N, prefix)
             whole = tl.maximum(end - end % BLOCK_N, start)
@@ -155,7 +152,7 @@ if triton is not None:
     def _parts_kernel(
         Q, K, V, PREFIX, PATTERN, O, LSE,
         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, spn, sob, soh, sos, som, slb, slh, sls,
-        HKV, M, Q_LEN, WIDTH, SPLITS, MIN_BLOCKS, scale,
+        HKV, M, Q_LEN, WIDTH, SPLITS, scale,
         D: tl.constexpr, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr,
         PRECISION: tl.constexpr,
     ):  # fmt: skip
@@ -173,13 +170,13 @@ if triton is not None:
         if TAIL_M < BLOCK_M:
             if tile == tl.num_programs(0) - 1:
                 _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
-                      SPLITS, MIN_BLOCKS, scale, TAIL_M, BLOCK_N, D, PRECISION)  # fmt: skip
+                      SPLITS, scale, TAIL_M, BLOCK_N, D, PRECISION)  # fmt: skip
             else:
                 _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
-                      SPLITS, MIN_BLOCKS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
+                      SPLITS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
         else:
             _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
-                  SPLITS, MIN_BLOCKS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
+                  SPLITS, scale, BLOCK_M, BLOCK_N, D, PRECISION)  # fmt: skip
 
     @triton.jit
     def _merge_kernel(
@@ -312,7 +309,7 @@ def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: Ker
         grouped.stride(0), grouped.stride(1), grouped.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), pattern.stride(0), outs.stride(0), outs.stride(1), outs.stride(2),
         outs.stride(3), lses.stride(0), lses.stride(1), lses.stride(2),
-        hkv, rows, q, width, splits, max(1, -(-config.min_part // config.block_n)), scale, D=d, BLOCK_M=block_m, TAIL_M=tail_m, BLOCK_N=config.block_n,
+        hkv, rows, q, width, splits, scale, D=d, BLOCK_M=block_m, TAIL_M=tail_m, BLOCK_N=config.block_n,
         PRECISION=dot_precision(grouped.dtype),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
