@@ -204,7 +204,7 @@ def test_accept_candidates_batches_nodes_with_different_candidate_counts():
 
 
 def test_accept_candidates_on_a_trees_rows_decides_as_every_row_would():
-    """Testing each rank on the nodes that have a candidate there (tree.candidate_rows) decides
+    """Testing each rank on the nodes that have a candidate there (tree.proposed_children) decides
     exactly as testing every node at every rank with the padding masked out, draw for draw."""
     g = torch.Generator().manual_seed(7)
     tree = DraftTree.default()
@@ -219,7 +219,7 @@ def test_accept_candidates_on_a_trees_rows_decides_as_every_row_would():
             p = torch.softmax(torch.randn(n, V, generator=g) + 2 * q, -1)
             candidates = torch.multinomial(q, c, replacement=True, generator=g)
             u = torch.rand(n, c, generator=g)
-            first, end = accept_candidates(candidates, tree.candidate_rows(depth, "cpu"), q, p, u)
+            first, end = accept_candidates(candidates, tree.proposed_children(depth, "cpu").rows, q, p, u)
             want, dist, want_end = torch.full((n,), -1), p, p  # every row, every rank, padding masked
             for i in range(c):
                 x = candidates[:, i : i + 1]
@@ -230,7 +230,9 @@ def test_accept_candidates_on_a_trees_rows_decides_as_every_row_would():
                 want_end = torch.where(valid[:, i : i + 1], dist, want_end)
             assert torch.equal(first, want)
             torch.testing.assert_close(end, want_end)
-        assert [r.tolist() for r in tree.candidate_rows(depth, "cpu")] == [valid[:, i].nonzero()[:, 0].tolist() for i in range(c)]
+        children = tree.proposed_children(depth, "cpu")
+        assert torch.equal(children.matrix, kids)
+        assert [r.tolist() for r in children.rows] == [valid[:, i].nonzero()[:, 0].tolist() for i in range(c)]
 
 
 def test_accept_candidates_p_equals_q_accepts_the_first():

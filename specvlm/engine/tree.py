@@ -182,7 +182,7 @@ class DraftTree:
 
     def on(self, device) -> SimpleNamespace:
         """The tensors the engine needs each cycle, copied to ``device`` once: parent, rank,
-        node_depth, ancestor_mask, retrieve_paths, draft_patterns, the main path (nodes 0, 00, ...), children."""
+        node_depth, ancestor_mask, retrieve_paths, draft_patterns, the main path (nodes 0, 00, ...)."""
         device = torch.device(device)
         found = self._on_device.get(device)
         if found is None:
@@ -196,21 +196,23 @@ class DraftTree:
                 draft_patterns=tuple(p.to(device) for p in self.draft_patterns()),
                 draft_rows=torch.arange(self.draft_width, device=device),
                 main_path=torch.tensor(main, device=device),
-                children=self.children_matrix.to(device),
             )
         return found
 
-    def candidate_rows(self, depth: int | None, device) -> tuple[torch.Tensor, ...]:
-        """Per sibling rank r, the nodes with a child of rank r (above ``depth``, the levels
-        proposed, if given), as index tensors on ``device``, made once per (depth, device): a
-        sampled verdict tests each rank's candidates on those rows only."""
-        key = ("candidate_rows", depth, torch.device(device))
+    def proposed_children(self, depth: int | None, device) -> SimpleNamespace:
+        """Each node's children among the levels proposed (all, or those above ``depth``), on
+        ``device``, made once per (depth, device): ``matrix`` (N, max children), rank order, -1
+        padded (a node at ``depth`` or below has none), and ``rows``: per sibling rank r, the nodes
+        with a child of rank r (a sampled verdict tests each rank's candidates on those rows only)."""
+        key = ("proposed_children", depth, torch.device(device))
         found = self._on_device.get(key)
         if found is None:
-            valid = self.children_matrix >= 0
+            kids = self.children_matrix
             if depth is not None and depth < self.depth:
-                valid &= (self.node_depth < depth)[:, None]
-            found = self._on_device[key] = tuple(r.to(device) for r in candidate_rows(valid))
+                kids = kids.masked_fill((self.node_depth >= depth)[:, None], -1)
+            found = self._on_device[key] = SimpleNamespace(
+                matrix=kids.to(device), rows=tuple(r.to(device) for r in candidate_rows(kids >= 0))
+            )
         return found
 
     @cached_property

@@ -96,7 +96,7 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def accept_candidates(
     candidates: torch.Tensor,  # (N, C) long: each node's candidates in order, drawn i.i.d. from its q
-    rows: tuple[torch.Tensor, ...],  # per rank i, the nodes with a real candidate i (tree.candidate_rows)
+    rows: tuple[torch.Tensor, ...],  # per rank i, the nodes with a real candidate i (tree.proposed_children)
     q: torch.Tensor,  # (N, V) float32
     p: torch.Tensor,  # (N, V) float32
     u: torch.Tensor,  # (N, C) uniform draws in [0, 1)
@@ -140,14 +140,12 @@ def sampled_decision(
     drawn where it ends, follow the same law as a walk that draws at each visited node only.
     """
     device = p.device
-    on = tree.on(device)
-    kids = on.children  # (N, C) child node indices in rank order, -1 padded
-    if depth is not None and depth < tree.depth:
-        kids = kids.masked_fill((on.node_depth >= depth)[:, None], -1)
+    children = tree.proposed_children(depth, device)
+    kids = children.matrix  # (N, C) child node indices in rank order, -1 padded
     valid = kids >= 0
     candidates = tokens[kids.clamp(min=0)]
     u = torch.rand(kids.shape, generator=generator, device=device)
-    first, end = accept_candidates(candidates, tree.candidate_rows(depth, device), q, p, u)
+    first, end = accept_candidates(candidates, children.rows, q, p, u)
     child = torch.where(first >= 0, kids.gather(1, first.clamp(min=0)[:, None])[:, 0], -1)
     node = torch.zeros(1, dtype=torch.long, device=device)  # (1,), not 0-d: 0-d indices sync with the host
     alive = torch.ones(1, dtype=torch.bool, device=device)
