@@ -58,7 +58,7 @@ def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConf
     - one token (16 rows or fewer): kept from the previous kernel's sweep (H200); on this kernel its
       neighbours (32 or 64 slots, one or two programs per SM) lie within 2% of each other for 7B
       but for 32 slots at one per SM.
-    Parts of at least 512-2048 slots (a floor on a part's length, timed as ``min_part`` with kernel
+    Parts of at least 512-2048 slots (a floor on a part's length, timed as commit 3cf9552's ``min_part``, kernel
     ``0568f68c7e``) were slower, or within 1%, everywhere but 7B's verification at 64k, where one
     program per SM does better still; 256-row tiles (16 warps) were slower for every shape. Float32 (4-byte elements) keeps 64-row tiles and two stages: its tiles
     take twice the shared memory, and three stages of 128 rows would not fit in an SM's.
