@@ -182,13 +182,16 @@ class Oracle:
                 break
             node = kids[rank]
             path.append(node)
-        # a few launches per cycle, nothing waits: the device holds the truth, the host only indices
+        # a few launches per cycle, nothing waits: the device holds the truth, the host only indices,
+        # sent without waiting for the device (a pageable copy with non_blocking is staged and
+        # returns; a blocking one would wait for the drafting queued before it, a wait the engine's
+        # loop does not have: it waits once per cycle, for the verdict)
         if rivals:
-            index = torch.tensor(rivals, device=tokens.device)
+            index = torch.tensor(rivals).to(tokens.device, non_blocking=True)
             right, at = self.truth[emitted - 1 + self.node_depth[index]], tokens[index]
             tokens[index] = torch.where(at == right, (right + 1) % self.vocab, at)
         if path:
-            index = torch.tensor(path, device=tokens.device)
+            index = torch.tensor(path).to(tokens.device, non_blocking=True)
             tokens[index] = self.truth[emitted - 1 + self.node_depth[index]]
 
     def guess(self, token: torch.Tensor, depth: int) -> None:
