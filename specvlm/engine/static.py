@@ -32,6 +32,7 @@ import functools
 import os
 import time
 import weakref
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -288,6 +289,8 @@ class Workspace:
     (on a GPU); dynamic ones run the ordinary kernels on the filled part of the cache only.
     """
 
+    MAX_CAPTURED = 8  # graphs kept by ``captured`` (one per key: tree, pending tokens, sampling rule)
+
     def __init__(self, adapter, capacity: int, *, static: bool = False, use_graphs: bool | None = None,
                  compile: bool = False):  # fmt: skip
         self.adapter = adapter
@@ -298,8 +301,9 @@ class Workspace:
         self._steps: dict[tuple[int, int], StaticStep] = {}
         # its steps' graphs are captured on a stream of its own (see StaticStep._capture)
         self.capture_stream = torch.cuda.Stream(adapter.device) if static and adapter.device.type == "cuda" else None
-        self._captured: dict[object, Captured] = {}
+        self._captured: OrderedDict[object, Captured] = OrderedDict()  # least recently used first
         self.buffers: dict[object, object] = {}  # inputs of the captured graphs, filled before each replay
+        self._evicted_warmup_s = 0.0
         self.inline = False  # steps run inline (inside a graph being captured by ``captured``)
 
     @classmethod
@@ -323,7 +327,8 @@ class Workspace:
     @property
     def warmup_s(self) -> float:
         """Seconds spent so far compiling and capturing this workspace's steps and graphs."""
-        return sum(step.warmup_s for step in self._steps.values()) + sum(c.warmup_s for c in self._captured.values())
+        steps = sum(step.warmup_s for step in self._steps.values())
+        return steps + sum(c.warmup_s for c in self._captured.values()) + self._evicted_warmup_s
 
     @property
     def graphs(self) -> bool:
@@ -344,7 +349,12 @@ class Workspace:
         start = cache.length
         entry = self._captured.get(key)
         if entry is None:
+            while len(self._captured) >= self.MAX_CAPTURED:  # each holds a memory pool: keep a bounded few
+                old, evicted = self._captured.popitem(last=False)
+                self.buffers.pop(old, None)
+                self._evicted_warmup_s += evicted.warmup_s
             entry = self._captured[key] = Captured(self, run)
+        self._captured.move_to_end(key)
         cache.check_room(entry.moved + entry.room)
         entry.graph.replay()
         cache.mirror(start + entry.moved)
