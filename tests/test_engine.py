@@ -260,6 +260,54 @@ def test_a_cycle_never_waits_for_the_device_but_to_read_its_verdict(pair, drafte
     assert not bad
 
 
+class _Ops(TorchDispatchMode):
+    """Every operation queued, with its non-tensor arguments, outside the attention's CPU reference
+    (which slices the filled part on the host; a GPU runs the kernel, whose length is a device value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        frames = [f for f in traceback.extract_stack() if "/specvlm/" in f.filename]
+        if not frames or Path(frames[-1].filename).name != "tree_attention.py":
+            flat = torch.utils._pytree.tree_leaves((args, kwargs or {}))
+            self.ops.append((str(func), tuple(repr(a) for a in flat if not isinstance(a, torch.Tensor))))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("pending", [1, 2])
+def test_a_proposal_reads_its_inputs_from_the_device_only(pair, temperature, pending):
+    """On a GPU a proposal is one CUDA graph per (tree, pending tokens, sampling), captured once and
+    replayed from device buffers: the operations it queues, with every non-tensor argument, must be
+    the same at every cache length, root position and pending token (a host value among them would
+    be frozen into the graph), and its tokens those of the same drafting from host values."""
+    from specvlm.engine.drafters.model import ModelDrafter, draw_noise, finish
+
+    _, draft, _, draft_inputs = pair
+    tree, sampling = DraftTree.default(), SamplingConfig(temperature=temperature)
+    drafter = ModelDrafter(draft)
+    drafter.start(draft_inputs, 64, static=True, compile=False)
+    cache = drafter.workspace.cache
+    noise = None if sampling.greedy else draw_noise(torch.empty(tree.num_nodes, draft.vocab_size), torch.Generator().manual_seed(0))
+    finish(drafter.drafting(tree, [5] * pending, draft_inputs.next_position, sampling, None, noise=noise))  # steps made
+    runs = []
+    for extra, tokens in ((0, [11, 12]), (3, [40, 7])):  # two states: other lengths, positions, tokens
+        cache.rollback(draft_inputs.length)
+        cache.commit(extra)
+        root_position = draft_inputs.next_position + extra + pending - 1
+        buffers = torch.tensor(tokens[:pending]), torch.tensor(root_position)
+        with _Ops() as ops:
+            device = finish(drafter.drafting(tree, *buffers, sampling, None, noise=noise))
+        after = cache.length
+        cache.rollback(draft_inputs.length + extra)
+        host = finish(drafter.drafting(tree, tokens[:pending], root_position, sampling, None, noise=noise))
+        assert torch.equal(device.tokens, host.tokens) and after == cache.length
+        runs.append(ops.ops)
+    assert runs[0] == runs[1]
+
+
 def test_tree_schedule_picks_a_tree_by_prompt_length(pair, tmp_path):
     """schedule:FILE: the tree of the longest threshold the prompt reaches (relative tree files
     from the schedule's folder); any tree keeps the output the target's."""
