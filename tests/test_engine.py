@@ -279,10 +279,10 @@ class _Ops(TorchDispatchMode):
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 @pytest.mark.parametrize("pending", [1, 2])
 def test_a_proposal_reads_its_inputs_from_the_device_only(pair, temperature, pending):
-    """On a GPU a proposal is one CUDA graph per (tree, pending tokens, sampling), captured once and
-    replayed from device buffers: the operations it queues, with every non-tensor argument, must be
-    the same at every cache length, root position and pending token (a host value among them would
-    be frozen into the graph), and its tokens those of the same drafting from host values."""
+    """Drafting from device buffers (a static cache, pending tokens and root position on the device)
+    queues the same operations, with every non-tensor argument, at every cache length, root position
+    and pending token, so a proposal can be captured once as a CUDA graph and replayed (a host value
+    among them would be frozen into the graph); its tokens are those of drafting from host values."""
     from specvlm.engine.drafters.model import ModelDrafter, draw_noise, finish
 
     _, draft, _, draft_inputs = pair
