@@ -157,9 +157,16 @@ class KVCache(Cache):
             raise ValueError(f"cannot commit {n} slots at length {self.length} (capacity {self.capacity})")
         self._length += n
         if self.length_tensor is not None:
-            # added on the device, not set from the host: a commit queued in a captured graph
-            # moves the length from wherever a replay finds it
+            # added on the device, not set from the host: a commit captured in a CUDA graph moves
+            # the length from wherever a replay finds it
             self.length_tensor.add_(n)
+
+    def mirror(self, length: int) -> None:
+        """Set the host's copy of the length only: the device's already holds it (a replayed graph
+        moved it)."""
+        if not 0 <= length <= self.capacity:
+            raise ValueError(f"length {length} outside a cache of capacity {self.capacity}")
+        self._length = length
 
     def commit_path(self, slots: torch.Tensor) -> None:
         """Keep the written slots ``slots`` (offsets from the current length, ascending), in order.

@@ -32,6 +32,7 @@ import functools
 import os
 import time
 import weakref
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -231,7 +232,10 @@ class StaticStep:
         torch.cuda.synchronize()
         self.warmup_s += time.perf_counter() - t0
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, prefix, pattern: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, prefix, pattern: torch.Tensor, *,
+                 inline: bool = False) -> torch.Tensor:  # fmt: skip
+        """``inline``: run the (compiled) step itself, not its graph: the caller is capturing a graph
+        of several steps (Workspace.captured) or warming one up."""
         self.cache.check_room(self.q)
         self.tokens.copy_(tokens, non_blocking=True)
         self.positions.copy_(positions, non_blocking=True)
@@ -240,6 +244,8 @@ class StaticStep:
         else:
             self.mask.prefix.fill_(prefix)
         self.mask.pattern.copy_(pattern, non_blocking=True)
+        if inline:
+            return self._run()
         if not self.use_graphs:
             if self.language_model is not None and self.logits is None:
                 t0 = time.perf_counter()
@@ -283,6 +289,8 @@ class Workspace:
     (on a GPU); dynamic ones run the ordinary kernels on the filled part of the cache only.
     """
 
+    MAX_CAPTURED = 8  # graphs kept by ``captured`` (one per key: tree, pending tokens, sampling rule)
+
     def __init__(self, adapter, capacity: int, *, static: bool = False, use_graphs: bool | None = None,
                  compile: bool = False):  # fmt: skip
         self.adapter = adapter
@@ -293,6 +301,10 @@ class Workspace:
         self._steps: dict[tuple[int, int], StaticStep] = {}
         # its steps' graphs are captured on a stream of its own (see StaticStep._capture)
         self.capture_stream = torch.cuda.Stream(adapter.device) if static and adapter.device.type == "cuda" else None
+        self._captured: OrderedDict[object, Captured] = OrderedDict()  # least recently used first
+        self.buffers: dict[object, object] = {}  # inputs of the captured graphs, filled before each replay
+        self._evicted_warmup_s = 0.0
+        self.inline = False  # steps run inline (inside a graph being captured by ``captured``)
 
     @classmethod
     def reuse(cls, adapter, capacity: int, *, role: str, static: bool, compile: bool = False) -> "Workspace":
@@ -314,8 +326,39 @@ class Workspace:
 
     @property
     def warmup_s(self) -> float:
-        """Seconds spent so far compiling and capturing this workspace's steps."""
-        return sum(step.warmup_s for step in self._steps.values())
+        """Seconds spent so far compiling and capturing this workspace's steps and graphs."""
+        steps = sum(step.warmup_s for step in self._steps.values())
+        return steps + sum(c.warmup_s for c in self._captured.values()) + self._evicted_warmup_s
+
+    @property
+    def graphs(self) -> bool:
+        """Whether this workspace replays captured CUDA graphs."""
+        return self.static and self.capture_stream is not None and self.use_graphs is not False
+
+    def captured(self, key, run):
+        """``run()``'s outputs, from one CUDA graph of all its device work (several steps, say),
+        captured at the first call for ``key`` and replayed after.
+
+        ``run`` may read the host only for what is fixed for ``key``; anything else it reads must sit
+        in device buffers that live as long as the workspace (the caller fills them before the
+        call); its steps run inline in the graph. The cache's length moves as ``run`` moved it when
+        it was captured. The first call runs ``run`` twice uncaptured (compiling its steps), then
+        captures it, on the workspace's capture stream.
+        """
+        cache = self.cache
+        start = cache.length
+        entry = self._captured.get(key)
+        if entry is None:
+            while len(self._captured) >= self.MAX_CAPTURED:  # each holds a memory pool: keep a bounded few
+                old, evicted = self._captured.popitem(last=False)
+                self.buffers.pop(old, None)
+                self._evicted_warmup_s += evicted.warmup_s
+            entry = self._captured[key] = Captured(self, run)
+        self._captured.move_to_end(key)
+        cache.check_room(entry.moved + entry.room)
+        entry.graph.replay()
+        cache.mirror(start + entry.moved)
+        return entry.outputs
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, prefix: int, pattern: torch.Tensor) -> torch.Tensor:
         """Logits (1, q, V); the tokens' keys/values are written, not committed."""
@@ -327,7 +370,7 @@ class Workspace:
                     self.adapter, self.cache, *key, use_graphs=self.use_graphs, compile=self.compile,
                     capture_stream=self.capture_stream,
                 )
-            return step(tokens, positions, prefix, pattern)
+            return step(tokens, positions, prefix, pattern, inline=self.inline)
         cache = self.cache
         q = pattern.shape[0]
         if q == 1 and prefix == cache.length and bool(pattern.all()):
@@ -335,3 +378,34 @@ class Workspace:
         else:
             mask = block_mask(prefix, pattern, cache.length + q, self.adapter.dtype, self.adapter.device)
         return self.adapter.step(tokens, positions, cache, mask)
+
+
+class Captured:
+    """One ``Workspace.captured`` graph: its outputs, how far it moves the cache's length, and the
+    room past that length its steps write into."""
+
+    def __init__(self, ws: Workspace, run):
+        cache = ws.cache
+        start = cache.length
+        t0 = time.perf_counter()
+        stream = ws.capture_stream
+        stream.wait_stream(torch.cuda.current_stream())
+        ws.inline = True
+        try:
+            with torch.cuda.stream(stream):  # warm-up (and compilation) off the capture
+                for _ in range(2):
+                    run()
+                    self.moved = cache.length - start
+                    cache.rollback(start)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=stream):
+                self.outputs = run()
+        finally:
+            ws.inline = False
+            cache.mirror(start)  # the capture moved the host's length only
+        cache.rollback(start)
+        torch.cuda.synchronize()
+        widest = max((step.q for step in ws._steps.values()), default=0)
+        self.room = widest
+        self.warmup_s = time.perf_counter() - t0

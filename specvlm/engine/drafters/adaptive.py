@@ -14,6 +14,8 @@ from specvlm.engine.sampling import SamplingConfig, probabilities
 
 
 class AdaptiveDrafter(ModelDrafter):
+    whole_graph = False  # keep_going reads the device after each level
+
     def __init__(self, adapter, threshold: float = 0.3):
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"the adaptive drafter's threshold is a probability in [0, 1], got {threshold}")

@@ -3,7 +3,9 @@ tokens (greedy) or independent draws from its distribution (sampling)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator
+from types import SimpleNamespace
 
 import torch
 
@@ -25,15 +27,41 @@ class ModelDrafter(Drafter):
     """Every level of the tree, one forward pass each (the last level is drafted, not run).
 
     Every pass has ``tree.draft_width`` rows (padding rows see only the prefix), so one compiled
-    step serves the whole tree; with a static cache a proposal reads nothing from the host but the
-    tree's shape (prefix, positions and commits are device values), the premise for capturing a
-    whole proposal as one graph. Nothing here waits for the device unless ``keep_going`` does. The
-    cache is left holding the pending tokens committed and the drafted levels written.
+    step serves the whole tree. On a GPU the whole proposal, every pass and every level's choice
+    of tokens, is one captured CUDA graph per (tree, pending tokens, sampling), replayed each cycle
+    from device buffers: the host launches one graph, not a few dozen kernels per level, and the
+    device runs the levels back to back. Nothing here waits for the device unless ``keep_going``
+    does (a drafter whose ``keep_going`` reads the device sets ``whole_graph = False``). The cache
+    is left holding the pending tokens committed and the drafted levels written.
     """
+
+    whole_graph = True
 
     def propose(self, tree: DraftTree, pending: list[int], root_position: int, sampling: SamplingConfig,
                 generator: torch.Generator | None) -> Proposal:  # fmt: skip
-        return finish(self.drafting(tree, pending, root_position, sampling, generator))
+        ws = self.workspace
+        if not (self.whole_graph and ws.graphs):
+            return finish(self.drafting(tree, pending, root_position, sampling, generator))
+        key = ("proposal", tree, len(pending), sampling)
+        inputs = ws.buffers.get(key)
+        if inputs is None:  # kept with the workspace, whose graph reads them
+            device = self.device
+            inputs = ws.buffers[key] = SimpleNamespace(
+                tree=tree,  # its device tensors are read by the graph
+                pending=torch.zeros(len(pending), dtype=torch.long, device=device),
+                root=torch.zeros((), dtype=torch.long, device=device),
+                noise=None if sampling.greedy else torch.empty(tree.num_nodes, self.adapter.vocab_size, device=device),
+            )  # fmt: skip
+        for i, t in enumerate(pending):
+            inputs.pending[i].fill_(t)
+        inputs.root.fill_(root_position)
+        if inputs.noise is not None:
+            draw_noise(inputs.noise, generator)
+        root_slot = ws.cache.length + len(pending) - 1
+        proposal = ws.captured(key, lambda: finish(self.drafting(tree, inputs.pending, inputs.root, sampling, None,
+                                                                 noise=inputs.noise)))  # fmt: skip
+        self.root_slot = root_slot
+        return dataclasses.replace(proposal)
 
     def drafting(self, tree: DraftTree, pending, root_position, sampling: SamplingConfig,
                  generator: torch.Generator | None, noise: torch.Tensor | None = None
