@@ -224,6 +224,12 @@ def test_api_prunes_by_default_and_draws_the_selection(tiny_pairs, video, tmp_pa
     assert uniform.scores is None and uniform.stats.draft_video_tokens == keep_budget(n, 0.5)
 
 
+def _engine_site() -> tuple[str, str]:
+    """(file name, function) of the innermost engine frame on the stack, ("?", "?") outside it."""
+    frames = [f for f in traceback.extract_stack() if "/specvlm/" in f.filename]
+    return (Path(frames[-1].filename).name, frames[-1].name) if frames else ("?", "?")
+
+
 class _HostReads(TorchDispatchMode):
     """Counts reads of a tensor's value on the host (``item()``, ``int(t)``, indexing with a 0-d
     tensor: on a GPU each waits for the device), by the innermost engine function that made them."""
@@ -234,8 +240,7 @@ class _HostReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten._local_scalar_dense.default:
-            frames = [f for f in traceback.extract_stack() if "/specvlm/" in f.filename]
-            self.sites[(Path(frames[-1].filename).name, frames[-1].name) if frames else ("?", "?")] += 1
+            self.sites[_engine_site()] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -269,8 +274,7 @@ class _Ops(TorchDispatchMode):
         self.ops = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        frames = [f for f in traceback.extract_stack() if "/specvlm/" in f.filename]
-        if not frames or Path(frames[-1].filename).name != "tree_attention.py":
+        if _engine_site()[0] != "tree_attention.py":
             flat = torch.utils._pytree.tree_leaves((args, kwargs or {}))
             self.ops.append((str(func), tuple(repr(a) for a in flat if not isinstance(a, torch.Tensor))))
         return func(*args, **(kwargs or {}))

@@ -395,8 +395,9 @@ class Captured:
             with torch.cuda.stream(stream):  # warm-up (and compilation) off the capture
                 for _ in range(2):
                     run()
-                    self.moved = cache.length - start
+                    moved = cache.length - start
                     cache.rollback(start)
+            self.moved = moved
             torch.cuda.current_stream().wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph, stream=stream):
@@ -406,6 +407,5 @@ class Captured:
             cache.mirror(start)  # the capture moved the host's length only
         cache.rollback(start)
         torch.cuda.synchronize()
-        widest = max((step.q for step in ws._steps.values()), default=0)
-        self.room = widest
+        self.room = max((step.q for step in ws._steps.values()), default=0)
         self.warmup_s = time.perf_counter() - t0
