@@ -181,7 +181,7 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False, grid_override=
     """The split-prefix kernel's tilings on the verification (and draft-level) shapes, all layers
     captured as one graph; the engine's ``kernel_config`` is chosen from these records. ``few_rows``:
     one-token steps and draft levels instead, over the parallelism (programs per SM) and KV tile.
-    ``grid``: the tilings (block_m or None for the engine's, block_n, warps, stages, per_sm) instead
+    ``grid``: the tilings (block_m or None for the engine's, block_n, warps, stages, per_sm[, fuse_tail]) instead
     of the full product; ``label``: written in each record (which kernel source ran, say)."""
 
     tree = DraftTree.default()
@@ -278,7 +278,8 @@ def resources(grid, out: Path | None) -> list[dict]:
             usage = subprocess.run([tools / "cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
             sass = subprocess.run([tools / "cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
         record = {"resources": True, "model": name, "q": q, "rows": rows, "triton": triton.__version__, "kernel": KERNEL,
-                  "config": {"block_m": block_m, "tail_m": tail_m, "block_n": bn, "num_warps": warps, "num_stages": stages},
+                  "config": {"block_m": block_m, "tail_m": tail_m, "block_n": bn, "num_warps": warps, "num_stages": stages,
+                             "fuse_tail": config.fuse_tail},
                   "pattern_rows_16_bytes_apart": padded, "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
                   "spilled_stores": sass.count("STL"), "shared_bytes": compiled.metadata.shared}  # fmt: skip
         print(json.dumps(record), flush=True)
@@ -291,9 +292,9 @@ def resources(grid, out: Path | None) -> list[dict]:
 
 def _tiling(text: str) -> tuple:
     values = [int(v) for v in text.split(",")]
-    if len(values) != 5 or any(v < 0 for v in values) or 0 in values[1:]:
-        raise argparse.ArgumentTypeError(f"a tiling is BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM, got {text!r}")
-    return (values[0] or None, *values[1:])
+    if len(values) not in (5, 6) or any(v < 0 for v in values) or 0 in values[1:5] or values[5:] not in ([], [0], [1]):
+        raise argparse.ArgumentTypeError(f"a tiling is BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM[,FUSE_TAIL 0|1], got {text!r}")
+    return (values[0] or None, *values[1:5], *(bool(v) for v in values[5:]))
 
 
 def main() -> None:

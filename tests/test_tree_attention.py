@@ -65,7 +65,10 @@ for prefix, rows_heads, q in ((0, 2, 26), (5, 7, 26), (300, 5, 26), (777, 7, 3),
     assert err < 1e-4 and (prefix > 200 or empty.any()), (prefix, rows_heads, err)
     assert torch.allclose(ta._merge(outs, lses), ref, atol=1e-4)
     # verification's 16-bit tilings (float32 takes 64-row tiles): 128-row tiles with a sized last one, 32-slot tiles
-    for config in (ta.KernelConfig(128, 64, 8, 3, 1), ta.KernelConfig(64, 32, 4, 3, 1)) if rows_heads * q > 64 else ():
+    # and a whole tile with the last one in one program (fuse_tail: 130 rows as 128 + 16, 77 as 64 + 16)
+    configs = (ta.KernelConfig(128, 64, 8, 3, 1), ta.KernelConfig(64, 32, 4, 3, 1),
+               ta.KernelConfig(128, 64, 8, 3, 1, fuse_tail=True), ta.KernelConfig(64, 32, 4, 3, 1, fuse_tail=True))
+    for config in configs if rows_heads * q > 64 else ():
         out = ta.launch(grouped.contiguous(), key, value, torch.tensor(prefix), pattern, 0.2, config)
         err = (out - ref).abs().max().item()
         assert err < 1e-4, (prefix, rows_heads, config, err)
@@ -89,6 +92,9 @@ def test_triton_kernel_compiles_for_hopper():
     for rows, hkv, dtype in ((7, 4, "bf16"), (130, 8, "bf16"), (182, 4, "bf16"), (182, 4, "fp32"), (77, 8, "bf16"), (56, 2, "bf16")):
         # one token (7B), verification (32B, 7B, 11 nodes for 32B), a 0.5B draft level
         assert compile_parts(rows, ta.kernel_config(rows, hkv, 4 if dtype == "fp32" else 2), dtype).asm.get("cubin")
+    for rows, config in ((130, ta.KernelConfig(128, 64, 8, 3, 1, fuse_tail=True)),
+                         (182, ta.KernelConfig(128, 32, 8, 3, 1, fuse_tail=True))):  # a whole tile and the last in one program
+        assert compile_parts(rows, config).asm.get("cubin")
     for parts, warps in ((34, 8), (64, 8), (2, 4)):  # verification, the most parts, a prefix of one part
         assert compile_merge(parts, warps).asm.get("cubin")
 

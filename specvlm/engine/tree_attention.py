@@ -35,13 +35,15 @@ except ImportError:  # pragma: no cover - torch ships triton wherever it has CUD
 @dataclass(frozen=True)
 class KernelConfig:
     """Tiling of one launch: rows and slots per program, warps, pipeline stages, and programs per SM
-    that the prefix's parts aim at (for each tile of rows)."""
+    that the prefix's parts aim at (for each tile of rows). ``fuse_tail``: rows that make one whole
+    tile and a smaller last one run in one program per part, each KV tile loaded once for both."""
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
     per_sm: int = 2
+    fuse_tail: bool = False
 
 
 def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConfig:
@@ -77,14 +79,9 @@ def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConf
 if triton is not None:
 
     @triton.jit
-    def _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, spn, n0, j0, end, rows, M, Q_LEN, qk_scale,
-              MODE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
-        """One KV tile of the online softmax. MODE 0: a whole tile of the prefix, loaded and scored
-        without a mask (every tile of a part but the prefix's last); 1: the prefix's last, partial
-        tile; 2: the pattern block, its columns from ``j0`` on (a multiple of BLOCK_N, so that with a
-        row stride ``spn`` of 16 bytes the pattern loads in whole vectors: a gather of single bytes
-        costs the kernel every register it has, and spills). Only 1 and 2 guard rows that have seen
-        nothing yet."""
+    def _kv(K, V, skn, svn, n0, end, MODE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+        """One KV tile from slot ``n0``: MODE 0 a whole tile, loaded without a mask; else the slots
+        before ``end`` (zeros past it)."""
         cols = n0 + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, D)
         if MODE == 0:
@@ -94,6 +91,19 @@ if triton is not None:
             valid = cols < end
             k = tl.load(K + cols[:, None] * skn + dims[None, :], mask=valid[:, None], other=0.0)
             v = tl.load(V + cols[:, None] * svn + dims[None, :], mask=valid[:, None], other=0.0)
+        return k, v
+
+    @triton.jit
+    def _update(acc, m_i, l_i, q, k, v, PATTERN, spn, n0, j0, end, rows, M, Q_LEN, qk_scale,
+                MODE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """One KV tile (``_kv``'s, from slot ``n0``) of the online softmax. MODE 0: a whole tile of the
+        prefix, scored without a mask (every tile of a part but the prefix's last); 1: the prefix's
+        last, partial tile; 2: the pattern block, its columns from ``j0`` on (a multiple of BLOCK_N, so
+        that with a row stride ``spn`` of 16 bytes the pattern loads in whole vectors: a gather of
+        single bytes costs the kernel every register it has, and spills). Only 1 and 2 guard rows
+        that have seen nothing yet."""
+        cols = n0 + tl.arange(0, BLOCK_N)
+        valid = cols < end
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if MODE == 1:
             s = tl.where(valid[None, :], s, float("-inf"))
@@ -113,6 +123,85 @@ if triton is not None:
         return acc, m_new, l_i
 
     @triton.jit
+    def _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, spn, n0, j0, end, rows, M, Q_LEN, qk_scale,
+              MODE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """One KV tile loaded and scored for one block of rows (see ``_update``)."""
+        k, v = _kv(K, V, skn, svn, n0, end, MODE, BLOCK_N, D)
+        return _update(acc, m_i, l_i, q, k, v, PATTERN, spn, n0, j0, end, rows, M, Q_LEN, qk_scale, MODE, BLOCK_N,
+                       PRECISION)  # fmt: skip
+
+    @triton.jit
+    def _tile2(acc, m_i, l_i, q, rows, acc2, m2, l2, q2, rows2, K, V, PATTERN, skn, svn, spn, n0, j0, end, M, Q_LEN,
+               qk_scale, MODE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+        """One KV tile loaded once and scored for two blocks of rows."""
+        k, v = _kv(K, V, skn, svn, n0, end, MODE, BLOCK_N, D)
+        acc, m_i, l_i = _update(acc, m_i, l_i, q, k, v, PATTERN, spn, n0, j0, end, rows, M, Q_LEN, qk_scale, MODE,
+                                BLOCK_N, PRECISION)  # fmt: skip
+        acc2, m2, l2 = _update(acc2, m2, l2, q2, k, v, PATTERN, spn, n0, j0, end, rows2, M, Q_LEN, qk_scale, MODE,
+                               BLOCK_N, PRECISION)  # fmt: skip
+        return acc, m_i, l_i, acc2, m2, l2
+
+    @triton.jit
+    def _finish(O, LSE, som, rows, M, acc, m_i, l_i, D: tl.constexpr):
+        """Write one block of rows' part output and base-2 log-sum-exp."""
+        dims = tl.arange(0, D)
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))  # base 2
+        keep = rows < M
+        # a part that saw nothing (past a short prefix's end) writes only its log-sum-exp, -inf, and
+        # the merge never reads its output: at 4k, half the parts of a 63-part split
+        tl.store(O + rows[:, None] * som + dims[None, :], out, mask=(keep & (l_i > 0.0))[:, None])
+        tl.store(LSE + rows, lse, mask=keep)
+
+    @triton.jit
+    def _bounds(prefix, part, SPLITS, BLOCK_N: tl.constexpr):
+        """A part's share of the prefix: ``start``, the end of its whole tiles, and its ``end``."""
+        blocks = tl.cdiv(prefix, BLOCK_N)
+        per = tl.cdiv(blocks, SPLITS)
+        start = part * per * BLOCK_N
+        end = tl.minimum(start + per * BLOCK_N, prefix)
+        whole = tl.maximum(end - end % BLOCK_N, start)
+        return start, whole, end
+
+    @triton.jit
+    def _rows2(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, part, prefix, M, Q_LEN, WIDTH, SPLITS, scale,
+               BM: tl.constexpr, BM2: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+               PRECISION: tl.constexpr):  # fmt: skip
+        """Every row of one KV head over one part: BM rows and the BM2 after them, each KV tile loaded
+        once for both (a whole tile and a small last one in one program: no program of the grid
+        holds only the few rows past the whole tiles)."""
+        rows = tl.arange(0, BM)
+        rows2 = BM + tl.arange(0, BM2)
+        dims = tl.arange(0, D)
+        q = tl.load(Q + rows[:, None] * sqm + dims[None, :], mask=rows[:, None] < M, other=0.0)
+        q2 = tl.load(Q + rows2[:, None] * sqm + dims[None, :], mask=rows2[:, None] < M, other=0.0)
+        m_i = tl.full([BM], float("-inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        acc = tl.zeros([BM, D], tl.float32)
+        m2 = tl.full([BM2], float("-inf"), tl.float32)
+        l2 = tl.zeros([BM2], tl.float32)
+        acc2 = tl.zeros([BM2, D], tl.float32)
+        qk_scale = scale * 1.4426950408889634  # exp2
+        if part < SPLITS:
+            start, whole, end = _bounds(prefix, part, SPLITS, BLOCK_N)
+            for n0 in range(start, whole, BLOCK_N):
+                acc, m_i, l_i, acc2, m2, l2 = _tile2(acc, m_i, l_i, q, rows, acc2, m2, l2, q2, rows2, K, V, PATTERN, skn,
+                                                     svn, spn, n0, 0, end, M, Q_LEN, qk_scale, 0, BLOCK_N, D,
+                                                     PRECISION)  # fmt: skip
+            if whole < end:
+                acc, m_i, l_i, acc2, m2, l2 = _tile2(acc, m_i, l_i, q, rows, acc2, m2, l2, q2, rows2, K, V, PATTERN, skn,
+                                                     svn, spn, whole, 0, end, M, Q_LEN, qk_scale, 1, BLOCK_N, D,
+                                                     PRECISION)  # fmt: skip
+        else:
+            for j0 in range(0, WIDTH, BLOCK_N):
+                acc, m_i, l_i, acc2, m2, l2 = _tile2(acc, m_i, l_i, q, rows, acc2, m2, l2, q2, rows2, K, V, PATTERN, skn,
+                                                     svn, spn, prefix + j0, j0, prefix + WIDTH, M, Q_LEN, qk_scale, 2,
+                                                     BLOCK_N, D, PRECISION)  # fmt: skip
+        _finish(O, LSE, som, rows, M, acc, m_i, l_i, D)
+        _finish(O, LSE, som, rows2, M, acc2, m2, l2, D)
+
+    @triton.jit
     def _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, row0, part, prefix, M, Q_LEN, WIDTH, SPLITS,
               scale, BM: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
         """BM rows from ``row0`` over one part (Q ... LSE already at this part's KV head)."""
@@ -124,11 +213,7 @@ if triton is not None:
         acc = tl.zeros([BM, D], tl.float32)
         qk_scale = scale * 1.4426950408889634  # exp2
         if part < SPLITS:  # a share of the prefix: whole tiles, then the prefix's partial last one
-            blocks = tl.cdiv(prefix, BLOCK_N)
-            per = tl.cdiv(blocks, SPLITS)
-            start = part * per * BLOCK_N
-            end = tl.minimum(start + per * BLOCK_N, prefix)
-            whole = tl.maximum(end - end % BLOCK_N, start)
+            start, whole, end = _bounds(prefix, part, SPLITS, BLOCK_N)
             for n0 in range(start, whole, BLOCK_N):
                 acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, spn, n0, 0, end, rows, M, Q_LEN,
                                       qk_scale, 0, BLOCK_N, D, PRECISION)  # fmt: skip
@@ -139,14 +224,7 @@ if triton is not None:
             for j0 in range(0, WIDTH, BLOCK_N):
                 acc, m_i, l_i = _tile(acc, m_i, l_i, q, K, V, PATTERN, skn, svn, spn, prefix + j0, j0, prefix + WIDTH,
                                       rows, M, Q_LEN, qk_scale, 2, BLOCK_N, D, PRECISION)  # fmt: skip
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        out = acc / l_safe[:, None]
-        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))  # base 2
-        keep = rows < M
-        # a part that saw nothing (past a short prefix's end) writes only its log-sum-exp, -inf, and
-        # the merge never reads its output: at 4k, half the parts of a 63-part split
-        tl.store(O + rows[:, None] * som + dims[None, :], out, mask=(keep & (l_i > 0.0))[:, None])
-        tl.store(LSE + rows, lse, mask=keep)
+        _finish(O, LSE, som, rows, M, acc, m_i, l_i, D)
 
     @triton.jit
     def _parts_kernel(
@@ -154,11 +232,12 @@ if triton is not None:
         sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, spn, sob, soh, sos, som, slb, slh, sls,
         HKV, M, Q_LEN, WIDTH, SPLITS, scale,
         D: tl.constexpr, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, FUSED: tl.constexpr,
     ):  # fmt: skip
         """Program (tile, part, batch x KV head): BLOCK_M rows of one part, the last tile TAIL_M
         rows (fewer when the rows overrun the whole tiles by a little: 130 rows are two tiles of 64
-        and one of 16, not three of 64)."""
+        and one of 16, not three of 64). FUSED (one whole tile and the last): one program per part
+        runs both, BLOCK_M + TAIL_M rows."""
         tile, part, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         b, h = bh // HKV, bh % HKV
         prefix = tl.load(PREFIX).to(tl.int32)
@@ -167,7 +246,10 @@ if triton is not None:
         V += b * svb + h * svh
         O += b * sob + h * soh + part * sos
         LSE += b * slb + h * slh + part * sls
-        if TAIL_M < BLOCK_M:
+        if FUSED:
+            _rows2(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, part, prefix, M, Q_LEN, WIDTH, SPLITS, scale,
+                   BLOCK_M, TAIL_M, BLOCK_N, D, PRECISION)  # fmt: skip
+        elif TAIL_M < BLOCK_M:
             if tile == tl.num_programs(0) - 1:
                 _rows(Q, K, V, PATTERN, O, LSE, sqm, skn, svn, spn, som, tile * BLOCK_M, part, prefix, M, Q_LEN, WIDTH,
                       SPLITS, scale, TAIL_M, BLOCK_N, D, PRECISION)  # fmt: skip
@@ -303,14 +385,15 @@ def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: Ker
         key, value = key.contiguous(), value.contiguous()
     if pattern.stride(-1) != 1:
         pattern = pattern.contiguous()
-    grid = (triton.cdiv(rows, block_m), splits + 1, b * hkv)
+    fused = config.fuse_tail and triton.cdiv(rows, block_m) == 2
+    grid = (1 if fused else triton.cdiv(rows, block_m), splits + 1, b * hkv)
     _parts_kernel[grid](
         grouped, key, value, prefix, pattern.view(torch.int8), outs, lses,  # bool as bytes, no copy
         grouped.stride(0), grouped.stride(1), grouped.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), pattern.stride(0), outs.stride(0), outs.stride(1), outs.stride(2),
         outs.stride(3), lses.stride(0), lses.stride(1), lses.stride(2),
         hkv, rows, q, width, splits, scale, D=d, BLOCK_M=block_m, TAIL_M=tail_m, BLOCK_N=config.block_n,
-        PRECISION=dot_precision(grouped.dtype),
+        PRECISION=dot_precision(grouped.dtype), FUSED=fused,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )  # fmt: skip
     return outs, lses
