@@ -97,6 +97,18 @@ def test_free_drafting_and_flat_verification_take_the_whole_budget():
     assert best_tree(acc, StepCosts(50.0, ((1, 5.0), (12, 5.0)))).tree.depth == 1
 
 
+def test_nodes_that_cannot_be_accepted_are_never_added():
+    """Top-1 acceptance only: side branches emit nothing, so the choice is a chain even where the
+    measured costs (noisy, or flat) make a larger tree verify no slower, or faster."""
+    acc = RankAcceptance.main_path((0.9, 0.8, 0.7))
+    for verify in (((1, 5.0), (12, 5.0)), ((1, 5.0), (12, 4.0))):
+        found = best_tree(acc, StepCosts(0.1, verify))
+        assert all(set(p) == {0} for p in found.tree.paths), found.tree.paths
+        assert found.tree.depth == 3
+    # a first node with no chance still makes a tree (of one node)
+    assert best_tree(RankAcceptance.main_path((0.0,)), StepCosts(0.1, ((1, 5.0), (4, 5.0)))).tree.num_nodes == 2
+
+
 def test_written_tree_reads_back(tmp_path):
     tree = DraftTree(((0,), (1,), (0, 0), (1, 0), (0, 0, 0)))
     write_tree(tree, tmp_path / "t.txt")

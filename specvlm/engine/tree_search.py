@@ -137,11 +137,15 @@ def best_tree(acceptance: RankAcceptance, costs: StepCosts, *, max_depth: int | 
 
 
 def _grown(acceptance: RankAcceptance, depth: int, max_paths: int):
-    """Trees of depth <= ``depth``, one more node each, best-first (ties: shallower, lower ranks)."""
+    """Trees of depth <= ``depth``, one more node each, best-first (ties: shallower, lower ranks).
+    A node whose path has no chance of acceptance is never added (beyond the first): it would cost
+    verification and emit nothing, however its cost was measured."""
     paths: list[tuple[int, ...]] = []
     frontier = [(-acceptance.at(1, 0), (0,))]
     while frontier and len(paths) < max_paths:
-        _, path = heapq.heappop(frontier)
+        chance, path = heapq.heappop(frontier)
+        if chance == 0 and paths:
+            return
         paths.append(path)
         yield DraftTree(tuple(paths))
         sibling = path[:-1] + (path[-1] + 1,)
