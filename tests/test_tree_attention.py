@@ -54,12 +54,11 @@ for prefix, rows_heads, q in ((0, 2, 26), (5, 7, 26), (300, 5, 26), (777, 7, 3),
     grouped = query.reshape(1, 2, rows_heads * q, 32)
     ref = ta._merge(*ta._parts_reference(grouped, key, value, prefix, pattern, 0.2))
     out = ta._tree_attention_op(grouped.contiguous(), key, value, torch.tensor(prefix), pattern, 0.2)
-    assert out.shape == (1, q, 2 * rows_heads, 32) and out.is_contiguous()  # (B, q, Hq, D): o_proj's layout
     if prefix == 300:  # what torch.compile traces (the fake) is what the kernel returns
         checks = torch.library.opcheck(ta._tree_attention_op, (grouped.contiguous(), key, value, torch.tensor(prefix),
                                                                pattern, 0.2))  # fmt: skip
         assert set(checks.values()) == {"SUCCESS"}, checks
-    err = (out.transpose(1, 2).reshape(grouped.shape) - ref).abs().max().item()
+    err = (out - ref).abs().max().item()
     assert err < 1e-4, (prefix, rows_heads, err)
     # parts past a short prefix's end write no output and the merge reads none: poisoned, no change
     outs, lses = ta.launch_parts(grouped.contiguous(), key, value, torch.tensor(prefix), pattern, 0.2,

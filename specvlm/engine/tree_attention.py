@@ -262,13 +262,12 @@ if triton is not None:
 
     @triton.jit
     def _merge_kernel(
-        O, LSE, OUT, sob, soh, sop, som, slb, slh, slp, sub, suh, sur, sui, HKV, P, Q_LEN,
+        O, LSE, OUT, sob, soh, sop, som, slb, slh, slp, sub, suh, sum_, HKV, P,
         D: tl.constexpr, BLOCK_P: tl.constexpr,
     ):  # fmt: skip
         """One launch for the merge: each program weighs every part of one row of one KV head by
         its log-sum-exp, all parts loaded at once (a loop over them waits on each load in turn,
-        which made the merge cost more than the parts), and writes the row in the output's dtype,
-        row r * Q_LEN + i (query head r of the KV head, token i) at ``r * sur + i * sui``."""
+        which made the merge cost more than the parts), and writes the row in the output's dtype."""
         row, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // HKV, bh % HKV
         parts = tl.arange(0, BLOCK_P)
@@ -283,8 +282,7 @@ if triton is not None:
         o = tl.load(O + b * sob + h * soh + parts[:, None] * sop + row * som + dims[None, :], mask=seen[:, None],
                     other=0.0)  # fmt: skip
         out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)
-        at = OUT + b * sub + h * suh + (row // Q_LEN) * sur + (row % Q_LEN) * sui
-        tl.store(at + dims, out.to(OUT.dtype.element_ty))
+        tl.store(OUT + b * sub + h * suh + row * sum_ + dims, out.to(OUT.dtype.element_ty))
 
 
 @lru_cache(maxsize=None)
@@ -361,23 +359,18 @@ def tree_attention(query, key, value, prefix: torch.Tensor, pattern: torch.Tenso
     if query.device.type != "cuda" or triton is None:
         outs, lses = _parts_reference(grouped, key, value, int(prefix), pattern, scale)
         return _merge(outs, lses).to(query.dtype).view(b, hq, q, d)
-    # the kernel writes (B, q, Hq, D), the layout the attention's output projection reads: no copy after
-    return _tree_attention_op(grouped.contiguous(), key, value, prefix, pattern, scale).transpose(1, 2)
+    return _tree_attention_op(grouped.contiguous(), key, value, prefix, pattern, scale).view(b, hq, q, d)
 
 
 @torch.library.custom_op("specvlm::tree_attention", mutates_args=())
 def _tree_attention_op(grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: torch.Tensor,
                        pattern: torch.Tensor, scale: float) -> torch.Tensor:  # fmt: skip
-    """(B, q, Hq, D)."""
-    config = kernel_config(grouped.shape[2], grouped.shape[1], grouped.element_size())
-    return launch(grouped, key, value, prefix, pattern, scale, config, tokens=pattern.shape[0])
+    return launch(grouped, key, value, prefix, pattern, scale, kernel_config(grouped.shape[2], grouped.shape[1], grouped.element_size()))
 
 
-def launch(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig, *,
-           tokens: int | None = None) -> torch.Tensor:  # fmt: skip
-    """The GPU kernel on grouped rows (B, Hkv, rows, D) with a given tiling, and the merge (its
-    output as ``merge`` lays it out)."""
-    return merge(*launch_parts(grouped, key, value, prefix, pattern, scale, config), grouped.dtype, tokens=tokens)
+def launch(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig) -> torch.Tensor:
+    """The GPU kernel on grouped rows (B, Hkv, rows, D) with a given tiling, and the merge."""
+    return merge(*launch_parts(grouped, key, value, prefix, pattern, scale, config), grouped.dtype)
 
 
 def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig):
@@ -406,29 +399,20 @@ def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: Ker
     return outs, lses
 
 
-def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype, *, tokens: int | None = None) -> torch.Tensor:
+def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``_merge`` in one GPU launch (the PyTorch form is a dozen kernels over every part, which cost
-    more than the parts themselves at short prefixes): outs (B, Hkv, P, M, D) fp32 -> (B, Hkv, M, D),
-    or, given ``tokens`` (q: row r * q + i is query head r of its KV head at token i), (B, q, Hq, D)."""
+    more than the parts themselves at short prefixes): outs (B, Hkv, P, M, D) fp32 -> (B, Hkv, M, D)."""
     b, hkv, parts, rows, d = outs.shape
-    if tokens is None:
-        out = torch.empty(b, hkv, rows, d, dtype=dtype, device=outs.device)
-        strides, q = (out.stride(0), out.stride(1), 0, out.stride(2)), rows
-    else:
-        q = tokens
-        out = torch.empty(b, q, hkv, rows // q, d, dtype=dtype, device=outs.device)
-        strides = (out.stride(0), out.stride(2), out.stride(3), out.stride(1))
+    out = torch.empty(b, hkv, rows, d, dtype=dtype, device=outs.device)
     block_p = triton.next_power_of_2(parts)
     _merge_kernel[(rows, b * hkv)](
         outs, lses, out, outs.stride(0), outs.stride(1), outs.stride(2), outs.stride(3), lses.stride(0),
-        lses.stride(1), lses.stride(2), *strides, hkv, parts, q,
+        lses.stride(1), lses.stride(2), out.stride(0), out.stride(1), out.stride(2), hkv, parts,
         D=d, BLOCK_P=block_p, num_warps=4 if block_p * d <= 4096 else 8,
     )  # fmt: skip
-    return out if tokens is None else out.view(b, q, hkv * (rows // q), d)
+    return out
 
 
 @_tree_attention_op.register_fake
 def _(grouped, key, value, prefix, pattern, scale):
-    b, hkv, rows, d = grouped.shape
-    q = pattern.shape[0]
-    return grouped.new_empty(b, q, hkv * (rows // q), d)
+    return torch.empty_like(grouped)
