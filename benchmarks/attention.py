@@ -221,7 +221,8 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False, grid_override=
                     ms = err = None
                     fail = f"{type(e).__name__}: {str(e)[:160]}"
                 record = {"sweep": True, "model": name, "q": q, "rows": hq // hkv * q, "context": context,
-                          "capacity": capacity, "config": config.__dict__, "ms": ms, "max_err": err,
+                          "capacity": capacity, "config": config.__dict__, "fused_tail": ta.fused_tail(hq // hkv * q, config),
+                          "ms": ms, "max_err": err,
                           "floor_ms": 1000 * kv / bandwidth, "error": fail, "label": label, "kernel": KERNEL,
                           "device": torch.cuda.get_device_name(0)}  # fmt: skip
                 with out.open("a") as f:
@@ -279,7 +280,7 @@ def resources(grid, out: Path | None) -> list[dict]:
             sass = subprocess.run([tools / "cuobjdump", "-sass", f.name], capture_output=True, text=True).stdout
         record = {"resources": True, "model": name, "q": q, "rows": rows, "triton": triton.__version__, "kernel": KERNEL,
                   "config": {"block_m": block_m, "tail_m": tail_m, "block_n": bn, "num_warps": warps, "num_stages": stages,
-                             "fuse_tail": config.fuse_tail},
+                             "fused_tail": ta.fused_tail(rows, config)},
                   "pattern_rows_16_bytes_apart": padded, "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
                   "spilled_stores": sass.count("STL"), "shared_bytes": compiled.metadata.shared}  # fmt: skip
         print(json.dumps(record), flush=True)

@@ -307,6 +307,12 @@ def row_tiles(rows: int, block_m: int) -> tuple[int, int]:
     return (tail, tail) if tiles == 1 else (block_m, tail)
 
 
+def fused_tail(rows: int, config: KernelConfig) -> bool:
+    """Whether ``config`` runs ``rows`` rows as one program per part: asked for (``fuse_tail``), and
+    the rows make exactly one whole tile and a last one."""
+    return config.fuse_tail and -(-rows // config.block_m) == 2
+
+
 def pattern_buffer(q: int, width: int, device) -> torch.Tensor:
     """A (q, width) bool buffer for a step's pattern whose rows start 16 bytes apart (a view of a
     wider one): the kernel then loads its pattern tiles in whole vectors. Compiled for sm_90 (Triton
@@ -385,7 +391,7 @@ def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: Ker
         key, value = key.contiguous(), value.contiguous()
     if pattern.stride(-1) != 1:
         pattern = pattern.contiguous()
-    fused = config.fuse_tail and triton.cdiv(rows, block_m) == 2
+    fused = fused_tail(rows, config)
     grid = (1 if fused else triton.cdiv(rows, block_m), splits + 1, b * hkv)
     _parts_kernel[grid](
         grouped, key, value, prefix, pattern.view(torch.int8), outs, lses,  # bool as bytes, no copy

@@ -22,9 +22,8 @@ def compile_parts(rows: int, config: ta.KernelConfig, dtype: str = "bf16", d: in
                 "O": "*fp32", "LSE": "*fp32"}  # fmt: skip
     block_m, tail_m = ta.row_tiles(rows, config.block_m)
     precision = ta.dot_precision(torch.float32 if dtype == "fp32" else torch.bfloat16)
-    fused = config.fuse_tail and -(-rows // config.block_m) == 2
     constants = {"D": d, "BLOCK_M": block_m, "TAIL_M": tail_m, "BLOCK_N": config.block_n, "PRECISION": precision,
-                 "FUSED": fused}  # fmt: skip
+                 "FUSED": ta.fused_tail(rows, config)}  # fmt: skip
     signature = {n: pointers.get(n) or ("constexpr" if n in constants else "fp32" if n == "scale" else "i32")
                  for n in names}  # fmt: skip
     aligned = [n for n in names if n in pointers or (n.startswith("s") and n != "scale" and (pattern_aligned or n != "spn"))]
