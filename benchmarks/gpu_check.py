@@ -10,6 +10,8 @@
    match rate, and for a mismatch the first divergent token and the target's top-1 - top-2 logit
    margin there (16-bit multi-token and one-token forwards round differently: a near-tie can flip).
    Every drafting rule of ``--drafters`` (the overlapped one drafts on a second CUDA stream).
+   With ``--rows-out``, each row is written as it is measured and a rerun measures only the rows
+   missing there (carry the file to the next device session to finish a check cut short).
    Sampled: the first two tokens of many generations against the target-only joint (total variation).
 2. Device map: with two or more GPUs, each tiny target split layer-wise over cuda:0 and cuda:1;
    target-only decoding must equal the model's own generate, speculative output must equal both.
@@ -71,18 +73,39 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 WIDE_TREE = DraftTree(tuple((i,) for i in range(8)) + tuple((i, j) for i in range(8) for j in range(8)))
 
 
+TREES = {"chain3": DraftTree.chain(3), "default": DraftTree.default(), "wide73": WIDE_TREE}
+DRAFTS = ("independent", "independent-specvlm-90", "self", "self-pruned-90")
+
+
+def _row_key(row: dict) -> tuple:
+    return tuple(row[k] for k in ("family", "compiled", "dtype", "seed", "tree", "draft", "drafter"))
+
+
 def lossless(root: Path, compiled_families: list[str], families: list[str], sink: Path | None,
-             drafters=("model",), seeds: int = 3) -> list[dict]:  # fmt: skip
-    """Every row is appended to ``sink`` (JSON lines) as soon as it is measured."""
+             drafters=("model",), seeds: int = 3, trees=tuple(TREES), device: str = "cuda") -> list[dict]:  # fmt: skip
+    """Every row is appended to ``sink`` (JSON lines) as soon as it is measured; the rows already
+    there are kept and not measured again (a rerun resumes: a device session cut short loses
+    nothing). Returns the sink's earlier rows and the new ones."""
     rows = []
-    trees = {"chain3": DraftTree.chain(3), "default": DraftTree.default(), "wide73": WIDE_TREE}
+    if sink is not None and sink.exists():
+        rows = [json.loads(line) for line in sink.read_text().splitlines() if line.strip()]
+    done = {_row_key(r) for r in rows}
     for family in families:
-        target_dir, draft_dir = build_tiny_pair(family, root / family)
         compile = family in compiled_families
+        todo = {(dtype, seed): [(t, d, r) for t, d, r in itertools.product(trees, DRAFTS, drafters)
+                                if (family, compile, str(dtype).removeprefix("torch."), seed, t, d, r) not in done]
+                for dtype in (torch.float32, torch.bfloat16) for seed in range(seeds)}  # fmt: skip
+        if not any(todo.values()):
+            continue
+        target_dir, draft_dir = build_tiny_pair(family, root / family)
         for dtype in (torch.float32, torch.bfloat16):
-            target = load_adapter(str(target_dir), dtype=dtype, device="cuda")
-            draft = load_adapter(str(draft_dir), dtype=dtype, device="cuda")
+            if not any(todo[dtype, seed] for seed in range(seeds)):
+                continue
+            target = load_adapter(str(target_dir), dtype=dtype, device=device)
+            draft = load_adapter(str(draft_dir), dtype=dtype, device=device)
             for seed in range(seeds):
+                if not todo[dtype, seed]:
+                    continue
                 clip = load_video(frames(8, seed))
                 features = target.build_inputs(clip, PROMPT)
                 full = target.prepare(features)
@@ -94,37 +117,37 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
                     "self": (target, full, None),
                     "self-pruned-90": (target, target.drop_video_tokens(full, torch.arange(0, len(full.video), 10)), None),
                 }
-                for tree_name, tree in trees.items():
-                    for (draft_name, (d, d_inputs, prune)), drafter in itertools.product(drafts.items(), drafters):
-                        out = speculative_decode(
-                            target,
-                            d,
-                            full,
-                            d_inputs,
-                            max_new_tokens=48,
-                            compile=compile,
-                            config=SpecConfig(tree=tree, prune=prune, drafter=drafter),
-                        )  # fmt: skip
-                        div = first_divergence(out.token_ids, reference)
-                        rows.append(
-                            {
-                                "family": family,
-                                "compiled": compile,
-                                "dtype": str(dtype).removeprefix("torch."),
-                                "seed": seed,
-                                "tree": tree_name,
-                                "draft": draft_name,
-                                "drafter": drafter,
-                                "overlapped_cycles": out.stats.overlapped_cycles,
-                                "match": div is None,
-                                "first_divergence": div,
-                                "margin": None if div is None else margin_at(target, full, reference, div),
-                                "tau": out.stats.tau,
-                            }
-                        )
-                        if sink is not None:
-                            with sink.open("a") as f:
-                                f.write(json.dumps(rows[-1]) + "\n")
+                for tree_name, draft_name, drafter in todo[dtype, seed]:
+                    tree, (d, d_inputs, prune) = TREES[tree_name], drafts[draft_name]
+                    out = speculative_decode(
+                        target,
+                        d,
+                        full,
+                        d_inputs,
+                        max_new_tokens=48,
+                        compile=compile,
+                        config=SpecConfig(tree=tree, prune=prune, drafter=drafter),
+                    )  # fmt: skip
+                    div = first_divergence(out.token_ids, reference)
+                    rows.append(
+                        {
+                            "family": family,
+                            "compiled": compile,
+                            "dtype": str(dtype).removeprefix("torch."),
+                            "seed": seed,
+                            "tree": tree_name,
+                            "draft": draft_name,
+                            "drafter": drafter,
+                            "overlapped_cycles": out.stats.overlapped_cycles,
+                            "match": div is None,
+                            "first_divergence": div,
+                            "margin": None if div is None else margin_at(target, full, reference, div),
+                            "tau": out.stats.tau,
+                        }
+                    )
+                    if sink is not None:
+                        with sink.open("a") as f:
+                            f.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
@@ -274,12 +297,16 @@ def main() -> None:
     parser.add_argument("--compiled-families", nargs="*", default=["qwen2_5_vl"], choices=list(FAMILIES),
                         help="families whose lossless runs use compiled steps (compiling costs ~10 s per shape)")
     parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--rows-out", type=Path, default=None, help="lossless rows as JSON lines, written as measured")
+    parser.add_argument("--rows-out", type=Path, default=None,
+                        help="lossless rows as JSON lines, written as measured; rows already there are not run again")
+    parser.add_argument("--trees", nargs="+", default=list(TREES), choices=list(TREES), help="draft trees checked")
+    parser.add_argument("--device", default="cuda", help="the lossless rows' device (cpu: a smoke test of this script)")
     parser.add_argument("--drafters", nargs="+", default=["model", "overlap"], help="drafting rules checked")
     parser.add_argument("--seeds", type=int, default=3, help="inputs per family and dtype")
     parser.add_argument("--sampled-runs", type=int, default=600, help="generations per drafter in the sampled check")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
+    gpus = torch.cuda.device_count()
+    print(f"torch {torch.__version__}, {gpus} x {torch.cuda.get_device_name(0) if gpus else 'no GPU'}")
     import transformers
 
     print(f"transformers {transformers.__version__}")
@@ -287,13 +314,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if "lossless" not in args.skip:
-            rows = lossless(root, args.compiled_families, args.families, args.rows_out, args.drafters, args.seeds)
+            rows = lossless(root, args.compiled_families, args.families, args.rows_out, args.drafters, args.seeds,
+                            args.trees, args.device)  # fmt: skip
             results["lossless"] = rows
-            print("\n## Lossless on the GPU (48 new tokens, 3 inputs per family)")
+            print(f"\n## Lossless on {args.device} (48 new tokens, {args.seeds} inputs per family)")
             print("| family | compiled | dtype | drafter | match rate | mismatches: (first divergence, target margin) |")
             print("|---|---|---|---|---|---|")
             for family, dtype, drafter in itertools.product(args.families, ("float32", "bfloat16"), args.drafters):
                 sel = [r for r in rows if (r["family"], r["dtype"], r["drafter"]) == (family, dtype, drafter)]
+                if not sel:
+                    continue
                 bad = [(r["first_divergence"], round(r["margin"], 4)) for r in sel if not r["match"]]
                 print(f"| {family} | {sel[0]['compiled']} | {dtype} | {drafter} | {sum(r['match'] for r in sel)}/{len(sel)} | {bad or '-'} |")
         if "sampled" not in args.skip:

@@ -1,0 +1,24 @@
+"""benchmarks/gpu_check.py's lossless rows, run on the CPU: a rerun resumes from the rows written."""
+
+from __future__ import annotations
+
+import json
+
+
+def test_lossless_rows_resume_from_what_was_written(tmp_path, benchmark_script):
+    check = benchmark_script("gpu_check")
+    sink = tmp_path / "rows.jsonl"
+    args = {"compiled_families": [], "families": ["llava_onevision"], "sink": sink, "drafters": ("model",),
+            "seeds": 1, "trees": ("chain3",), "device": "cpu"}
+    rows = check.lossless(tmp_path / "a", **args)
+    keys = [check._row_key(r) for r in rows]
+    assert len(rows) == len(set(keys)) == 2 * len(check.DRAFTS)  # float32 and bfloat16, every draft
+    assert all(r["match"] for r in rows)
+    # a session cut short: the last rows were never written; the rerun measures those only
+    lines = sink.read_text().splitlines()
+    sink.write_text("\n".join(lines[:-3]) + "\n")
+    again = check.lossless(tmp_path / "b", **args)
+    assert [check._row_key(r) for r in again] == keys
+    assert [json.loads(line) for line in sink.read_text().splitlines()][:-3] == rows[:-3]
+    # nothing left to run: nothing is built or loaded
+    assert check.lossless(tmp_path / "c", **args) == again and not (tmp_path / "c").exists()
