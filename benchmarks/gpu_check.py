@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -41,6 +42,9 @@ from specvlm.pruning import PruneConfig
 from specvlm.testing.shapes import random_adapter
 from specvlm.testing.tiny import FAMILIES, build_tiny_pair
 from specvlm.video import load_video
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from e2e import engine_digest  # which engine source a row measured
 
 PROMPT = "Describe the video."
 
@@ -78,22 +82,25 @@ DRAFTS = ("independent", "independent-specvlm-90", "self", "self-pruned-90")
 
 
 def _row_key(row: dict) -> tuple:
-    return tuple(row[k] for k in ("family", "compiled", "dtype", "seed", "tree", "draft", "drafter"))
+    return tuple(row.get(k) for k in ("engine", "family", "compiled", "dtype", "seed", "tree", "draft", "drafter"))
 
 
 def lossless(root: Path, compiled_families: list[str], families: list[str], sink: Path | None,
              drafters=("model",), seeds: int = 3, trees=tuple(TREES), device: str = "cuda") -> list[dict]:  # fmt: skip
     """Every row is appended to ``sink`` (JSON lines) as soon as it is measured; the rows already
-    there are kept and not measured again (a rerun resumes: a device session cut short loses
-    nothing). Returns the sink's earlier rows and the new ones."""
+    there for the same engine source are not measured again (a rerun resumes: a device session
+    cut short loses nothing). Returns the sink's earlier rows of this engine and the new ones."""
+    engine = engine_digest()
     rows = []
     if sink is not None and sink.exists():
         rows = [json.loads(line) for line in sink.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if r.get("engine") == engine]
     done = {_row_key(r) for r in rows}
     for family in families:
         compile = family in compiled_families
         todo = {(dtype, seed): [(t, d, r) for t, d, r in itertools.product(trees, DRAFTS, drafters)
-                                if (family, compile, str(dtype).removeprefix("torch."), seed, t, d, r) not in done]
+                                if (engine, family, compile, str(dtype).removeprefix("torch."), seed, t, d, r)
+                                not in done]
                 for dtype in (torch.float32, torch.bfloat16) for seed in range(seeds)}  # fmt: skip
         if not any(todo.values()):
             continue
@@ -131,6 +138,7 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
                     div = first_divergence(out.token_ids, reference)
                     rows.append(
                         {
+                            "engine": engine,
                             "family": family,
                             "compiled": compile,
                             "dtype": str(dtype).removeprefix("torch."),

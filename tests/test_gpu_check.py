@@ -22,3 +22,7 @@ def test_lossless_rows_resume_from_what_was_written(tmp_path, benchmark_script):
     assert [json.loads(line) for line in sink.read_text().splitlines()][:-3] == rows[:-3]
     # nothing left to run: nothing is built or loaded
     assert check.lossless(tmp_path / "c", **args) == again and not (tmp_path / "c").exists()
+    # rows another engine source measured count for nothing: all are measured again
+    sink.write_text("".join(json.dumps({**r, "engine": "0123456789"}) + "\n" for r in again))
+    assert [check._row_key(r) for r in check.lossless(tmp_path / "d", **args)] == keys
+    assert len(sink.read_text().splitlines()) == 2 * len(keys)
