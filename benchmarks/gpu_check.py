@@ -79,6 +79,7 @@ WIDE_TREE = DraftTree(tuple((i,) for i in range(8)) + tuple((i, j) for i in rang
 
 TREES = {"chain3": DraftTree.chain(3), "default": DraftTree.default(), "wide73": WIDE_TREE}
 DRAFTS = ("independent", "independent-specvlm-90", "self", "self-pruned-90")
+DTYPES = ("float32", "bfloat16")
 
 
 def _row_key(row: dict) -> tuple:
@@ -99,17 +100,16 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
     for family in families:
         compile = family in compiled_families
         todo = {(dtype, seed): [(t, d, r) for t, d, r in itertools.product(trees, DRAFTS, drafters)
-                                if (engine, family, compile, str(dtype).removeprefix("torch."), seed, t, d, r)
-                                not in done]
-                for dtype in (torch.float32, torch.bfloat16) for seed in range(seeds)}  # fmt: skip
+                                if (engine, family, compile, dtype, seed, t, d, r) not in done]
+                for dtype in DTYPES for seed in range(seeds)}  # fmt: skip
         if not any(todo.values()):
             continue
         target_dir, draft_dir = build_tiny_pair(family, root / family)
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in DTYPES:
             if not any(todo[dtype, seed] for seed in range(seeds)):
                 continue
-            target = load_adapter(str(target_dir), dtype=dtype, device=device)
-            draft = load_adapter(str(draft_dir), dtype=dtype, device=device)
+            target = load_adapter(str(target_dir), dtype=getattr(torch, dtype), device=device)
+            draft = load_adapter(str(draft_dir), dtype=getattr(torch, dtype), device=device)
             for seed in range(seeds):
                 if not todo[dtype, seed]:
                     continue
@@ -124,6 +124,7 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
                     "self": (target, full, None),
                     "self-pruned-90": (target, target.drop_video_tokens(full, torch.arange(0, len(full.video), 10)), None),
                 }
+                assert tuple(drafts) == DRAFTS  # the names a rerun resumes by
                 for tree_name, draft_name, drafter in todo[dtype, seed]:
                     tree, (d, d_inputs, prune) = TREES[tree_name], drafts[draft_name]
                     out = speculative_decode(
@@ -141,7 +142,7 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
                             "engine": engine,
                             "family": family,
                             "compiled": compile,
-                            "dtype": str(dtype).removeprefix("torch."),
+                            "dtype": dtype,
                             "seed": seed,
                             "tree": tree_name,
                             "draft": draft_name,
@@ -328,7 +329,7 @@ def main() -> None:
             print(f"\n## Lossless on {args.device} (48 new tokens, {args.seeds} inputs per family)")
             print("| family | compiled | dtype | drafter | match rate | mismatches: (first divergence, target margin) |")
             print("|---|---|---|---|---|---|")
-            for family, dtype, drafter in itertools.product(args.families, ("float32", "bfloat16"), args.drafters):
+            for family, dtype, drafter in itertools.product(args.families, DTYPES, args.drafters):
                 sel = [r for r in rows if (r["family"], r["dtype"], r["drafter"]) == (family, dtype, drafter)]
                 if not sel:
                     continue
