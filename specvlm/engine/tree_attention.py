@@ -54,7 +54,10 @@ def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConf
       program per SM (2.40 / 1.02 / 0.66 against 2.64 / 1.23 / 0.76 at two per SM, 3.01 / 1.22 /
       0.86 for 128-row tiles; fewer, longer parts write fewer partial outputs);
     - verification with 8 KV heads (32B, 130 rows): 128-row tiles of 8 warps, 3 stages, one program
-      per SM (11.4 / 3.64 / 1.82; 12.2 / 4.85 / 2.80 at two per SM);
+      per SM (11.4 / 3.64 / 1.82; 12.2 / 4.85 / 2.80 at two per SM); a last tile of 16 rows runs in
+      the same program as the whole one (``fuse_tail``; label ``fused``, kernel ``d606145b14``: 9.45
+      / 3.47 against 11.39 / 3.66 at 64k / 16k, one H100). A larger tail stays apart: fused, 7B's
+      128 + 64 rows took 2.82 / 1.24 against 2.36 / 1.04 for its 64-row tiles;
     - a draft level (17-64 rows, one tile of 64, the 0.5B draft's 56): 4 warps, 3 stages, one
       program per SM (0.55 / 0.30 / 0.23 against 0.61 / 0.32 / 0.25 with 8 warps);
     - one token (16 rows or fewer): kept from the previous kernel's sweep (H200); on this kernel its
@@ -73,7 +76,8 @@ def kernel_config(rows: int, kv_heads: int, element_size: int = 2) -> KernelConf
         return KernelConfig(block_m=64, block_n=64, num_stages=3, per_sm=1)
     if kv_heads <= 4:
         return KernelConfig(block_m=64, block_n=32, num_stages=3, per_sm=1)
-    return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, per_sm=1)
+    small_tail = row_tiles(rows, 128)[1] <= 16
+    return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, per_sm=1, fuse_tail=small_tail)
 
 
 if triton is not None:
