@@ -83,6 +83,7 @@ DTYPES = ("float32", "bfloat16")
 
 
 def _row_key(row: dict) -> tuple:
+    """What a lossless row measured: a rerun skips the rows whose key is already written."""
     return tuple(row.get(k) for k in ("engine", "family", "compiled", "dtype", "seed", "tree", "draft", "drafter"))
 
 
@@ -100,7 +101,8 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
     for family in families:
         compile = family in compiled_families
         todo = {(dtype, seed): [(t, d, r) for t, d, r in itertools.product(trees, DRAFTS, drafters)
-                                if (engine, family, compile, dtype, seed, t, d, r) not in done]
+                                if _row_key({"engine": engine, "family": family, "compiled": compile, "dtype": dtype,
+                                             "seed": seed, "tree": t, "draft": d, "drafter": r}) not in done]
                 for dtype in DTYPES for seed in range(seeds)}  # fmt: skip
         if not any(todo.values()):
             continue
