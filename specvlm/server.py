@@ -699,9 +699,11 @@ def create_app(pair, settings: ServeSettings):
             ticket = engine.admit()  # refused before decoding media, streamed or not
             clip = await within(job.deadline, "reading the video", asyncio.to_thread(load_clip, job, settings))
             await within(job.deadline, "preparing the prompt", asyncio.to_thread(engine.check_context, job, clip))
-        except RequestError as error:
+        except BaseException as error:  # whatever failed, the place in the queue is given back
             if ticket is not None:
                 ticket.release()
+            if not isinstance(error, RequestError):
+                raise
             return error_response(error, endpoint)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         stops = StopText(job.stop)

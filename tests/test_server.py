@@ -428,6 +428,14 @@ def test_hostile_values_get_a_4xx_quickly_and_bounded(hostile, media, what, body
     assert time.monotonic() - t0 < 20 and grown < 1.0
 
 
+def test_requests_failing_while_prepared_give_back_their_queue_place(hostile, media):
+    """The queue holds two here; requests that failed after admission used to keep their place."""
+    for text, url in [("What is <video>?", str(media / "clip.mp4")), ("Describe.", "http://[::1/v.mp4")] * 2:
+        code, reply, _ = hostile.post({"model": "bundled", "messages": messages(url, text), "max_tokens": 4})
+        assert code != 503, reply
+    assert _answer(hostile, media)[0] == 200
+
+
 def test_the_largest_clip_the_budget_allows_stays_under_a_gib(hostile, media):
     body = {"model": "bundled", "messages": messages(data_url(media / "edge.mp4")), "max_tokens": 4}
     (code, reply, _), grown = _rss_growth(lambda: hostile.post(body))
