@@ -450,6 +450,9 @@ class Engine:
         self.pair, self.settings, self.metrics = pair, settings, metrics
         self.lock = asyncio.Lock()
         self.pending = 0  # admitted and not finished: waiting or running
+        processor = pair.target.processor  # its media placeholders: in a client's text they break the prompt
+        self.placeholders = tuple(t for t in (getattr(processor, "video_token", None),
+                                              getattr(processor, "image_token", None)) if isinstance(t, str) and t)  # fmt: skip
 
     @property
     def waiting(self) -> int:
@@ -521,6 +524,15 @@ class Engine:
         if on_text is not None and (piece := deltas.rest(out.text)):
             on_text(piece)
         return out
+
+    def check_text(self, job: ChatJob) -> None:
+        """Refuse text that holds the processor's video or image placeholder (only the server places them)."""
+        for i, message in enumerate(job.messages):
+            for part in message["content"]:
+                for token in self.placeholders:
+                    if part["type"] == "text" and token in part["text"]:
+                        raise RequestError(400, f"messages[{i}] holds {token!r}, the model's own placeholder for "
+                                           "media: send the video as a video_url part", param=f"messages[{i}]")  # fmt: skip
 
     def check_context(self, job: ChatJob, clip) -> None:
         from specvlm.models import PromptTooLongError
@@ -695,6 +707,7 @@ def create_app(pair, settings: ServeSettings):
             deadline = started + settings.timeout_s  # a body sent slowly counts against it too
             body = parse_json(await within(deadline, "reading the request body", read_body(request, settings.body_limit)))
             job = parse_request(body, settings)
+            engine.check_text(job)
             job.deadline = deadline
             ticket = engine.admit()  # refused before decoding media, streamed or not
             clip = await within(job.deadline, "reading the video", asyncio.to_thread(load_clip, job, settings))

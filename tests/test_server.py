@@ -407,6 +407,10 @@ HOSTILE = [
     ("a folder", "folder", 400, "not a regular file"),
     ("a decompression bomb", "bomb", 413, "--max-video-pixels"),
     ("an over-long stop string", {"stop": ["x" * 10_000]}, 400, "'stop' strings must be at most"),
+    ("the video placeholder in the text", {"messages": [{"role": "user", "content": "What is <video>?"}]},
+     400, "the model's own placeholder"),
+    ("the image placeholder in the text", {"messages": [{"role": "user", "content": "What is <image>?"}]},
+     400, "the model's own placeholder"),
 ]
 
 
