@@ -330,12 +330,16 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
         path = workdir / ("video" + MEDIA_SUFFIX.get(header[11:-7], ".mp4"))
         path.write_bytes(data)
         return path
-    scheme = urllib.parse.urlparse(url).scheme
+    try:
+        parsed = urllib.parse.urlparse(url)
+    except ValueError as error:  # "Invalid IPv6 URL", a bad port...
+        raise RequestError(400, f"the video URL does not parse ({error})", param="video_url") from None
+    scheme = parsed.scheme
     if scheme in ("http", "https"):
         if not settings.allow_remote_media:
             raise RequestError(403, "remote video URLs are not fetched (start the server with --allow-remote-media)",
                                param="video_url", code="remote_media_refused")  # fmt: skip
-        path = workdir / ("video" + (Path(urllib.parse.urlparse(url).path).suffix or ".mp4"))
+        path = workdir / ("video" + (Path(parsed.path).suffix or ".mp4"))
         try:
             with urllib.request.urlopen(url, timeout=30) as response:
                 data = response.read(limit + 1)
@@ -348,7 +352,7 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
     if scheme not in ("", "file"):
         raise RequestError(400, f"unsupported video URL scheme {scheme!r}: use a data: URL or a local path",
                            param="video_url")  # fmt: skip
-    local = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path) if scheme == "file" else url)
+    local = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else url)
     allowed = settings.allowed_media_dir
     refused = RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
                            param="video_url", code="media_path_refused")  # fmt: skip
