@@ -61,6 +61,7 @@ ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")  # metric
 MAX_JSON_DEPTH = 32
 MAX_FPS = 240.0
 MAX_STOP_CHARS = 256
+MIN_SAMPLING = 1e-6  # the least positive temperature / top_p: smaller ones underflow the float32 sampler
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 MEDIA_SUFFIX = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "matroska": ".mkv", "quicktime": ".mov",
@@ -179,7 +180,10 @@ def parse_request(body: Any, settings: ServeSettings) -> ChatJob:
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     max_new = _number({name: max_tokens}, name, int, low=1, high=2**31, default=settings.max_new_tokens)
     temperature = _number(body, "temperature", float, low=0, high=2, default=0.0)
-    top_p = _number(body, "top_p", float, low=0, high=1, low_open=True)
+    if 0 < temperature < MIN_SAMPLING:
+        raise RequestError(400, f"'temperature' must be 0 (greedy) or at least {MIN_SAMPLING:g}, got {temperature!r}",
+                           param="temperature")  # fmt: skip
+    top_p = _number(body, "top_p", float, low=MIN_SAMPLING, high=1)
     if top_p == 1.0:
         top_p = None
     seed = _number(body, "seed", int, low=SEED_RANGE[0], high=SEED_RANGE[1])

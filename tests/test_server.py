@@ -407,6 +407,8 @@ HOSTILE = [
     ("a folder", "folder", 400, "not a regular file"),
     ("a decompression bomb", "bomb", 413, "--max-video-pixels"),
     ("an over-long stop string", {"stop": ["x" * 10_000]}, 400, "'stop' strings must be at most"),
+    ("a temperature below float32", {"temperature": 1e-39}, 400, "'temperature' must be 0 (greedy) or at least"),
+    ("a top_p below float32", {"temperature": 1, "top_p": 1e-46}, 400, "'top_p' must be in"),
     ("the video placeholder in the text", {"messages": [{"role": "user", "content": "What is <video>?"}]},
      400, "the model's own placeholder"),
     ("the image placeholder in the text", {"messages": [{"role": "user", "content": "What is <image>?"}]},
