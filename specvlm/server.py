@@ -59,6 +59,7 @@ from specvlm.pruning import STRATEGIES
 log = logging.getLogger("specvlm.server")
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")  # metric labels: these or "other"
 MAX_JSON_DEPTH = 32
+MAX_JSON_VALUES = 2**20  # counted (over) from the body's commas and brackets before it is parsed
 MAX_FPS = 240.0
 MAX_STOP_CHARS = 256
 MIN_SAMPLING = 1e-6  # the least positive temperature / top_p: smaller ones underflow the float32 sampler
@@ -286,7 +287,11 @@ def _refuse_constant(name: str):
 
 def parse_json(raw: bytes) -> Any:
     """The body as JSON, or a RequestError: strict UTF-8, no NaN / Infinity, at most MAX_JSON_DEPTH
-    levels of nesting, no lone surrogates in strings."""
+    levels of nesting, at most MAX_JSON_VALUES values, no lone surrogates in strings."""
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")  # every value past the first needs one
+    if values > MAX_JSON_VALUES:  # a few bytes each, tens of bytes each parsed: refused unparsed
+        raise RequestError(400, f"the request body holds too many JSON values ({values:,} commas and brackets, "
+                           f"more than the server's {MAX_JSON_VALUES:,})")  # fmt: skip
     try:
         text = raw.decode("utf-8")
         value = json.loads(text, parse_constant=_refuse_constant)

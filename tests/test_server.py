@@ -443,6 +443,19 @@ def test_requests_failing_while_prepared_give_back_their_queue_place(hostile, me
     assert _answer(hostile, media)[0] == 200
 
 
+def test_a_body_of_many_tiny_values_is_refused_unparsed(pair):
+    """24 MiB of ``{},`` parse to 8 M dicts: GiBs and tens of seconds with the event loop held."""
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", max_body_mb=32)))
+    try:
+        raw = b'{"messages": [' + b"{}," * (8 * 2**20) + b"{}]}"
+        t0 = time.monotonic()
+        (code, reply, _), grown = _rss_growth(lambda: live.post(None, raw=raw))
+        assert code == 400 and "too many JSON values" in reply["error"]["message"], reply
+        assert time.monotonic() - t0 < 5 and grown < 0.5, grown
+    finally:
+        live.close()
+
+
 def test_the_largest_clip_the_budget_allows_stays_under_a_gib(hostile, media):
     body = {"model": "bundled", "messages": messages(data_url(media / "edge.mp4")), "max_tokens": 4}
     (code, reply, _), grown = _rss_growth(lambda: hostile.post(body))
