@@ -842,9 +842,25 @@ def serve(pair, settings: ServeSettings, host: str = "127.0.0.1", port: int = 80
 
 def uvicorn_config(app, settings: ServeSettings, host: str, port: int, log_level: str = "info"):
     import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        """uvicorn's HTTP/1.1 with a deadline on the request head: a connection that has not sent a
+        whole one within ``timeout_keep_alive`` of opening (or of its last answer) is closed. uvicorn's
+        own timer starts only after a first answer and any byte stops it, so connections that sent
+        nothing, or a head a byte at a time, held places under ``limit_concurrency`` for good."""
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+        def data_received(self, data: bytes) -> None:  # the timer stops at a whole head (handle_events), not here
+            self.conn.receive_data(data)
+            self.handle_events()
 
     limit = 2 * (settings.max_queue + 1) + 16  # requests in flight at once, /health and /metrics included
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5)
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5,
+                          http=HeadDeadline)  # fmt: skip
 
 
 def api_key_from_env(value: str | None) -> str | None:

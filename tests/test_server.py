@@ -525,6 +525,29 @@ def test_connections_past_the_limit_get_503(pair, media):
         live.close()
 
 
+def test_connections_without_a_whole_request_head_are_closed(pair, media):
+    """Sockets that send nothing, or part of a head, used to hold their place under the connection
+    limit for good (uvicorn's idle timer starts only after a first answer, and any byte stops it)."""
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allowed_media_dir=media, max_queue=1)))
+    live.server.config.timeout_keep_alive = 1  # read per connection: 5 s in service
+    held = []
+    try:
+        for i in range(30):
+            sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+            if i % 2:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            held.append(sock)
+        time.sleep(0.3)
+        assert live.get("/health")[0] == 503  # 30 connections, past the limit of 20
+        time.sleep(1.5)
+        assert all(sock.recv(4096) == b"" for sock in held)  # closed by the server
+        assert live.get("/health")[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+        live.close()
+
+
 def test_a_non_streamed_request_stops_when_its_client_leaves(hostile, media):
     body = json.dumps({"model": "bundled", "messages": messages(str(media / "clip.mp4")), "max_tokens": 1024}).encode()
 
