@@ -34,6 +34,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import http.client
 import json
 import logging
 import math
@@ -323,8 +324,9 @@ def parse_json(raw: bytes) -> Any:
 # --------------------------------------------------------------------------------------- media
 
 
-def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
-    """A local file holding the requested video, or a RequestError naming why not."""
+def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: float | None = None) -> Path:
+    """A local file holding the requested video, or a RequestError naming why not; a remote one is
+    read no longer than until ``deadline`` (a ``time.monotonic()`` value)."""
     limit = int(settings.max_media_mb * 2**20)
     if url.startswith("data:"):
         header, _, payload = url.partition(",")
@@ -349,11 +351,16 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
             raise RequestError(403, "remote video URLs are not fetched (start the server with --allow-remote-media)",
                                param="video_url", code="remote_media_refused")  # fmt: skip
         path = workdir / ("video" + (Path(parsed.path).suffix or ".mp4"))
+        remaining = lambda: math.inf if deadline is None else deadline - time.monotonic()
         try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                data = response.read(limit + 1)
-        except OSError as error:
-            raise RequestError(400, f"cannot fetch the video: {error}", param="video_url") from None
+            with urllib.request.urlopen(url, timeout=max(min(30, remaining()), 0.1)) as response:
+                data = b""
+                while len(data) <= limit and (piece := response.read1(limit + 1 - len(data))):  # one recv each
+                    data += piece
+                    if remaining() < 0:  # a server sending slowly: stop here, not when it is done
+                        raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout")
+        except (OSError, ValueError, http.client.HTTPException) as error:  # refused, a bad port or reply...
+            raise RequestError(400, f"cannot fetch the video: {error}"[:300], param="video_url") from None
         if len(data) > limit:
             raise _media_too_large(settings)
         path.write_bytes(data)
@@ -404,7 +411,7 @@ def load_clip(job: ChatJob, settings: ServeSettings):
     if job.video_url is None:
         return None
     with tempfile.TemporaryDirectory(prefix="specvlm-media-") as tmp:
-        path = fetch_video(job.video_url, settings, Path(tmp))
+        path = fetch_video(job.video_url, settings, Path(tmp), job.deadline)
         try:
             return load_video(path, num_frames=job.num_frames, fps=job.fps, max_frames=settings.max_frames,
                               max_pixels=settings.max_video_pixels, deadline=job.deadline)  # fmt: skip

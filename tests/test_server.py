@@ -548,6 +548,57 @@ def test_connections_without_a_whole_request_head_are_closed(pair, media):
         live.close()
 
 
+class SlowVideoHost:
+    """A local HTTP host for --allow-remote-media: answers garbage, or a video a byte at a time,
+    noting when the server stopped reading it."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port, self.dropped = self.listener.getsockname()[1], threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn):
+        with conn:
+            path = conn.recv(65536).split(b" ")[1]
+            if path == b"/garbage.mp4":
+                conn.sendall(b"NOT HTTP\r\n\r\n")
+                return
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+                for _ in range(300):
+                    conn.sendall(b"x")
+                    time.sleep(0.05)
+            except OSError:
+                self.dropped.set()
+
+    def close(self):
+        self.listener.close()
+
+
+def test_remote_media_failures_are_4xx_and_slow_hosts_are_dropped_at_the_timeout(pair, media):
+    host = SlowVideoHost()
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allow_remote_media=True, timeout_s=1)))
+    try:
+        url = f"http://127.0.0.1:{host.port}"
+        for bad in [url + "/garbage.mp4", "http://127.0.0.1:port/v.mp4"]:  # a bad status line, a bad port
+            code, reply, _ = live.post({"model": "bundled", "messages": messages(bad), "max_tokens": 4})
+            assert code == 400 and "cannot fetch the video" in reply["error"]["message"], reply
+        code, reply, _ = live.post({"model": "bundled", "messages": messages(url + "/slow.mp4"), "max_tokens": 4})
+        assert code == 504 and reply["error"]["code"] == "timeout"
+        assert host.dropped.wait(5)  # the worker thread stopped reading too, instead of reading on for 15 s
+    finally:
+        live.close()
+        host.close()
+
+
 def test_a_non_streamed_request_stops_when_its_client_leaves(hostile, media):
     body = json.dumps({"model": "bundled", "messages": messages(str(media / "clip.mp4")), "max_tokens": 1024}).encode()
 
