@@ -848,6 +848,7 @@ def serve(pair, settings: ServeSettings, host: str = "127.0.0.1", port: int = 80
 
 
 def uvicorn_config(app, settings: ServeSettings, host: str, port: int, log_level: str = "info"):
+    import h11
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -861,9 +862,11 @@ def uvicorn_config(app, settings: ServeSettings, host: str, port: int, log_level
             super().connection_made(transport)
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
-        def data_received(self, data: bytes) -> None:  # the timer stops at a whole head (handle_events), not here
+        def data_received(self, data: bytes) -> None:  # the timer stops at a whole head, not at any byte
             self.conn.receive_data(data)
             self.handle_events()
+            if self.conn.their_state is not h11.IDLE:  # a whole head came: the request's own deadline takes over
+                self._unset_keepalive_if_required()
 
     limit = 2 * (settings.max_queue + 1) + 16  # requests in flight at once, /health and /metrics included
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5,
