@@ -34,6 +34,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import http.client
 import json
 import logging
 import math
@@ -59,8 +60,10 @@ from specvlm.pruning import STRATEGIES
 log = logging.getLogger("specvlm.server")
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")  # metric labels: these or "other"
 MAX_JSON_DEPTH = 32
+MAX_JSON_VALUES = 2**20  # counted (over) from the body's commas and brackets before it is parsed
 MAX_FPS = 240.0
 MAX_STOP_CHARS = 256
+MIN_SAMPLING = 1e-6  # the least positive temperature / top_p: smaller ones underflow the float32 sampler
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 MEDIA_SUFFIX = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "matroska": ".mkv", "quicktime": ".mov",
@@ -179,7 +182,10 @@ def parse_request(body: Any, settings: ServeSettings) -> ChatJob:
     name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     max_new = _number({name: max_tokens}, name, int, low=1, high=2**31, default=settings.max_new_tokens)
     temperature = _number(body, "temperature", float, low=0, high=2, default=0.0)
-    top_p = _number(body, "top_p", float, low=0, high=1, low_open=True)
+    if 0 < temperature < MIN_SAMPLING:
+        raise RequestError(400, f"'temperature' must be 0 (greedy) or at least {MIN_SAMPLING:g}, got {temperature!r}",
+                           param="temperature")  # fmt: skip
+    top_p = _number(body, "top_p", float, low=MIN_SAMPLING, high=1)
     if top_p == 1.0:
         top_p = None
     seed = _number(body, "seed", int, low=SEED_RANGE[0], high=SEED_RANGE[1])
@@ -282,7 +288,11 @@ def _refuse_constant(name: str):
 
 def parse_json(raw: bytes) -> Any:
     """The body as JSON, or a RequestError: strict UTF-8, no NaN / Infinity, at most MAX_JSON_DEPTH
-    levels of nesting, no lone surrogates in strings."""
+    levels of nesting, at most MAX_JSON_VALUES values, no lone surrogates in strings."""
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")  # every value past the first needs one
+    if values > MAX_JSON_VALUES:  # a few bytes each, tens of bytes each parsed: refused unparsed
+        raise RequestError(400, f"the request body holds too many JSON values ({values:,} commas and brackets, "
+                           f"more than the server's {MAX_JSON_VALUES:,})")  # fmt: skip
     try:
         text = raw.decode("utf-8")
         value = json.loads(text, parse_constant=_refuse_constant)
@@ -314,8 +324,9 @@ def parse_json(raw: bytes) -> Any:
 # --------------------------------------------------------------------------------------- media
 
 
-def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
-    """A local file holding the requested video, or a RequestError naming why not."""
+def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: float | None = None) -> Path:
+    """A local file holding the requested video, or a RequestError naming why not; a remote one is
+    read no longer than until ``deadline`` (a ``time.monotonic()`` value)."""
     limit = int(settings.max_media_mb * 2**20)
     if url.startswith("data:"):
         header, _, payload = url.partition(",")
@@ -330,17 +341,26 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
         path = workdir / ("video" + MEDIA_SUFFIX.get(header[11:-7], ".mp4"))
         path.write_bytes(data)
         return path
-    scheme = urllib.parse.urlparse(url).scheme
+    try:
+        parsed = urllib.parse.urlparse(url)
+    except ValueError as error:  # "Invalid IPv6 URL", a bad port...
+        raise RequestError(400, f"the video URL does not parse ({error})", param="video_url") from None
+    scheme = parsed.scheme
     if scheme in ("http", "https"):
         if not settings.allow_remote_media:
             raise RequestError(403, "remote video URLs are not fetched (start the server with --allow-remote-media)",
                                param="video_url", code="remote_media_refused")  # fmt: skip
-        path = workdir / ("video" + (Path(urllib.parse.urlparse(url).path).suffix or ".mp4"))
+        path = workdir / ("video" + (Path(parsed.path).suffix or ".mp4"))
+        remaining = lambda: math.inf if deadline is None else deadline - time.monotonic()
         try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                data = response.read(limit + 1)
-        except OSError as error:
-            raise RequestError(400, f"cannot fetch the video: {error}", param="video_url") from None
+            with urllib.request.urlopen(url, timeout=max(min(30, remaining()), 0.1)) as response:
+                data = b""
+                while len(data) <= limit and (piece := response.read1(limit + 1 - len(data))):  # one recv each
+                    data += piece
+                    if remaining() < 0:  # a server sending slowly: stop here, not when it is done
+                        raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout")
+        except (OSError, ValueError, http.client.HTTPException) as error:  # refused, a bad port or reply...
+            raise RequestError(400, f"cannot fetch the video: {error}"[:300], param="video_url") from None
         if len(data) > limit:
             raise _media_too_large(settings)
         path.write_bytes(data)
@@ -348,7 +368,7 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path) -> Path:
     if scheme not in ("", "file"):
         raise RequestError(400, f"unsupported video URL scheme {scheme!r}: use a data: URL or a local path",
                            param="video_url")  # fmt: skip
-    local = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path) if scheme == "file" else url)
+    local = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else url)
     allowed = settings.allowed_media_dir
     refused = RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",
                            param="video_url", code="media_path_refused")  # fmt: skip
@@ -391,7 +411,7 @@ def load_clip(job: ChatJob, settings: ServeSettings):
     if job.video_url is None:
         return None
     with tempfile.TemporaryDirectory(prefix="specvlm-media-") as tmp:
-        path = fetch_video(job.video_url, settings, Path(tmp))
+        path = fetch_video(job.video_url, settings, Path(tmp), job.deadline)
         try:
             return load_video(path, num_frames=job.num_frames, fps=job.fps, max_frames=settings.max_frames,
                               max_pixels=settings.max_video_pixels, deadline=job.deadline)  # fmt: skip
@@ -450,6 +470,9 @@ class Engine:
         self.pair, self.settings, self.metrics = pair, settings, metrics
         self.lock = asyncio.Lock()
         self.pending = 0  # admitted and not finished: waiting or running
+        processor = pair.target.processor  # its media placeholders: in a client's text they break the prompt
+        self.placeholders = tuple(t for t in (getattr(processor, "video_token", None),
+                                              getattr(processor, "image_token", None)) if isinstance(t, str) and t)  # fmt: skip
 
     @property
     def waiting(self) -> int:
@@ -521,6 +544,15 @@ class Engine:
         if on_text is not None and (piece := deltas.rest(out.text)):
             on_text(piece)
         return out
+
+    def check_text(self, job: ChatJob) -> None:
+        """Refuse text that holds the processor's video or image placeholder (only the server places them)."""
+        for i, message in enumerate(job.messages):
+            for part in message["content"]:
+                for token in self.placeholders:
+                    if part["type"] == "text" and token in part["text"]:
+                        raise RequestError(400, f"messages[{i}] holds {token!r}, the model's own placeholder for "
+                                           "media: send the video as a video_url part", param=f"messages[{i}]")  # fmt: skip
 
     def check_context(self, job: ChatJob, clip) -> None:
         from specvlm.models import PromptTooLongError
@@ -695,13 +727,16 @@ def create_app(pair, settings: ServeSettings):
             deadline = started + settings.timeout_s  # a body sent slowly counts against it too
             body = parse_json(await within(deadline, "reading the request body", read_body(request, settings.body_limit)))
             job = parse_request(body, settings)
+            engine.check_text(job)
             job.deadline = deadline
             ticket = engine.admit()  # refused before decoding media, streamed or not
             clip = await within(job.deadline, "reading the video", asyncio.to_thread(load_clip, job, settings))
             await within(job.deadline, "preparing the prompt", asyncio.to_thread(engine.check_context, job, clip))
-        except RequestError as error:
+        except BaseException as error:  # whatever failed, the place in the queue is given back
             if ticket is not None:
                 ticket.release()
+            if not isinstance(error, RequestError):
+                raise
             return error_response(error, endpoint)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         stops = StopText(job.stop)
@@ -813,10 +848,29 @@ def serve(pair, settings: ServeSettings, host: str = "127.0.0.1", port: int = 80
 
 
 def uvicorn_config(app, settings: ServeSettings, host: str, port: int, log_level: str = "info"):
+    import h11
     import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadDeadline(H11Protocol):
+        """uvicorn's HTTP/1.1 with a deadline on the request head: a connection that has not sent a
+        whole one within ``timeout_keep_alive`` of opening (or of its last answer) is closed. uvicorn's
+        own timer starts only after a first answer and any byte stops it, so connections that sent
+        nothing, or a head a byte at a time, held places under ``limit_concurrency`` for good."""
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+        def data_received(self, data: bytes) -> None:  # the timer stops at a whole head, not at any byte
+            self.conn.receive_data(data)
+            self.handle_events()
+            if self.conn.their_state is not h11.IDLE:  # a whole head came: the request's own deadline takes over
+                self._unset_keepalive_if_required()
 
     limit = 2 * (settings.max_queue + 1) + 16  # requests in flight at once, /health and /metrics included
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5)
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5,
+                          http=HeadDeadline)  # fmt: skip
 
 
 def api_key_from_env(value: str | None) -> str | None:

@@ -407,6 +407,13 @@ HOSTILE = [
     ("a folder", "folder", 400, "not a regular file"),
     ("a decompression bomb", "bomb", 413, "--max-video-pixels"),
     ("an over-long stop string", {"stop": ["x" * 10_000]}, 400, "'stop' strings must be at most"),
+    ("a temperature below float32", {"temperature": 1e-39}, 400, "'temperature' must be 0 (greedy) or at least"),
+    ("a top_p below float32", {"temperature": 1, "top_p": 1e-46}, 400, "'top_p' must be in"),
+    ("the video placeholder in the text", {"messages": [{"role": "user", "content": "What is <video>?"}]},
+     400, "the model's own placeholder"),
+    ("the image placeholder in the text", {"messages": [{"role": "user", "content": "What is <image>?"}]},
+     400, "the model's own placeholder"),
+    ("a URL that does not parse", "ipv6", 400, "the video URL does not parse"),
 ]
 
 
@@ -414,7 +421,7 @@ HOSTILE = [
 def test_hostile_values_get_a_4xx_quickly_and_bounded(hostile, media, what, body, status, words):
     names = {"nul": str(media / "clip\x00.mp4"), "long": str(media / ("x" * 5000 + ".mp4")), "loop": str(media / "loop-a"),
              "fifo": str(media / "fifo.mp4"), "folder": str(media / "folder.mp4"),
-             "bomb": data_url(media / "bomb.mp4")}  # fmt: skip
+             "bomb": data_url(media / "bomb.mp4"), "ipv6": "file://[x/clip.mp4"}  # fmt: skip
     if isinstance(body, str) and body in names:
         raw = json.dumps({"model": "bundled", "messages": messages(names[body]), "max_tokens": 8}).encode()
     elif isinstance(body, dict):
@@ -426,6 +433,27 @@ def test_hostile_values_get_a_4xx_quickly_and_bounded(hostile, media, what, body
     assert code == status and words in reply["error"]["message"], reply
     assert set(reply["error"]) >= {"message", "type", "param", "code"}
     assert time.monotonic() - t0 < 20 and grown < 1.0
+
+
+def test_requests_failing_while_prepared_give_back_their_queue_place(hostile, media):
+    """The queue holds two here; requests that failed after admission used to keep their place."""
+    for text, url in [("What is <video>?", str(media / "clip.mp4")), ("Describe.", "http://[::1/v.mp4")] * 2:
+        code, reply, _ = hostile.post({"model": "bundled", "messages": messages(url, text), "max_tokens": 4})
+        assert code != 503, reply
+    assert _answer(hostile, media)[0] == 200
+
+
+def test_a_body_of_many_tiny_values_is_refused_unparsed(pair):
+    """24 MiB of ``{},`` parse to 8 M dicts: GiBs and tens of seconds with the event loop held."""
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", max_body_mb=32)))
+    try:
+        raw = b'{"messages": [' + b"{}," * (8 * 2**20) + b"{}]}"
+        t0 = time.monotonic()
+        (code, reply, _), grown = _rss_growth(lambda: live.post(None, raw=raw))
+        assert code == 400 and "too many JSON values" in reply["error"]["message"], reply
+        assert time.monotonic() - t0 < 5 and grown < 0.5, grown
+    finally:
+        live.close()
 
 
 def test_the_largest_clip_the_budget_allows_stays_under_a_gib(hostile, media):
@@ -495,6 +523,80 @@ def test_connections_past_the_limit_get_503(pair, media):
         assert live.get("/health")[0] == 200
     finally:
         live.close()
+
+
+def test_connections_without_a_whole_request_head_are_closed(pair, media):
+    """Sockets that send nothing, or part of a head, used to hold their place under the connection
+    limit for good (uvicorn's idle timer starts only after a first answer, and any byte stops it)."""
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allowed_media_dir=media, max_queue=1)))
+    live.server.config.timeout_keep_alive = 1  # read per connection: 5 s in service
+    held = []
+    try:
+        for i in range(30):
+            sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+            if i % 2:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            held.append(sock)
+        time.sleep(0.3)
+        assert live.get("/health")[0] == 503  # 30 connections, past the limit of 20
+        time.sleep(1.5)
+        assert all(sock.recv(4096) == b"" for sock in held)  # closed by the server
+        assert live.get("/health")[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+        live.close()
+
+
+class SlowVideoHost:
+    """A local HTTP host for --allow-remote-media: answers garbage, or a video a byte at a time,
+    noting when the server stopped reading it."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port, self.dropped = self.listener.getsockname()[1], threading.Event()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn):
+        with conn:
+            path = conn.recv(65536).split(b" ")[1]
+            if path == b"/garbage.mp4":
+                conn.sendall(b"NOT HTTP\r\n\r\n")
+                return
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+                for _ in range(300):
+                    conn.sendall(b"x")
+                    time.sleep(0.05)
+            except OSError:
+                self.dropped.set()
+
+    def close(self):
+        self.listener.close()
+
+
+def test_remote_media_failures_are_4xx_and_slow_hosts_are_dropped_at_the_timeout(pair, media):
+    host = SlowVideoHost()
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allow_remote_media=True, timeout_s=1)))
+    try:
+        url = f"http://127.0.0.1:{host.port}"
+        for bad in [url + "/garbage.mp4", "http://127.0.0.1:port/v.mp4"]:  # a bad status line, a bad port
+            code, reply, _ = live.post({"model": "bundled", "messages": messages(bad), "max_tokens": 4})
+            assert code == 400 and "cannot fetch the video" in reply["error"]["message"], reply
+        code, reply, _ = live.post({"model": "bundled", "messages": messages(url + "/slow.mp4"), "max_tokens": 4})
+        assert code == 504 and reply["error"]["code"] == "timeout"
+        assert host.dropped.wait(5)  # the worker thread stopped reading too, instead of reading on for 15 s
+    finally:
+        live.close()
+        host.close()
 
 
 def test_a_non_streamed_request_stops_when_its_client_leaves(hostile, media):
