@@ -367,6 +367,7 @@ _port = _number(int, lambda v: 0 <= v <= 65535, "a port number in [0, 65535]")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
 _positive_float = _number(float, lambda v: v > 0, "> 0")
 _count = _number(int, lambda v: v >= 0, ">= 0")
+_seed = _number(int, lambda v: -(2**63) <= v <= 2**64 - 1, "in [-2^63, 2^64 - 1] (what torch takes as a seed)")
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -382,6 +383,12 @@ def _shard(text: str) -> tuple[int, int]:
 def _prompt(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty: ask something about the video")
+    return text
+
+
+def _stop(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty: give the text that ends the answer")
     return text
 
 
@@ -438,7 +445,7 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
                    help="share of the video tokens removed (default 0.9)")
     p.add_argument("--stage1-mass", type=_fraction, default=0.4, metavar="P",
                    help="Stage I attention mass (default 0.4)")
-    p.add_argument("--prune-seed", type=int, default=0, metavar="SEED", help="seed of the random strategy")
+    p.add_argument("--prune-seed", type=_seed, default=0, metavar="SEED", help="seed of the random strategy")
 
 
 def _add_speculation(p: argparse.ArgumentParser) -> None:
@@ -493,8 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=_temperature, default=0.0, metavar="T", help="0 = greedy (default)")
     g.add_argument("--top-p", type=_top_p, metavar="P", help="nucleus sampling mass, in (0, 1]")
     g.add_argument("--top-k", type=_positive_int, metavar="K", help="sample from the k most likely tokens")
-    g.add_argument("--seed", type=int, metavar="SEED", help="seed of the sampling generator")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    g.add_argument("--seed", type=_seed, metavar="SEED", help="seed of the sampling generator")
+    g.add_argument("--stop", type=_stop, action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     _add_prune(g)
     g.add_argument("--no-speculative", action="store_true", help="decode with the target alone (the baseline)")
     g.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, stats) instead")

@@ -186,10 +186,11 @@ def _numeric_options():
         for action in parser._actions:
             kind = action.type
             if kind is None or not action.option_strings or kind in (str,) or getattr(kind, "__name__", "") in (
-                "_tree", "_prompt"
+                "_tree", "_prompt", "_stop"
             ):
                 continue
-            yield command, action.option_strings[0], ["abc", "-1"] if kind not in (int, float) else ["abc", "1.5x"]
+            bad = ["abc", "1.5x"] if kind in (int, float) else ["abc", str(2**64)] if "seed" in action.dest else ["abc", "-1"]
+            yield command, action.option_strings[0], bad
 
 
 NUMERIC = list(_numeric_options())
@@ -216,6 +217,9 @@ def test_every_numeric_option_refuses_bad_values_in_one_line(command, flag, bad,
     (["--top-k", "0"], ">= 1"),
     (["--prompt", ""], "must not be empty"),
     (["--prompt", "   "], "must not be empty"),
+    (["--stop", ""], "must not be empty"),
+    (["--seed", str(2**64)], "in [-2^63, 2^64 - 1]"),
+    (["--prune-seed", str(-(2**63) - 1)], "in [-2^63, 2^64 - 1]"),
 ])  # fmt: skip
 def test_sampling_values_and_empty_prompts_are_refused(args, words, capsys):
     code, _, err = run(["generate", *args], capsys)
