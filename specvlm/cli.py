@@ -187,6 +187,18 @@ def _device_map(value: str | None):
     return device_map
 
 
+def check_attn(value: str | None) -> None:
+    """Refuse an --attn that transformers has no attention for (it would say so only at loading).
+    Hub kernels (org/repo[:name]) are left to transformers."""
+    from transformers import AttentionInterface
+
+    if value is None or "/" in value:
+        return
+    known = ["eager", *(n for n in AttentionInterface._global_mapping if not n.startswith("specvlm_"))]
+    if value not in known and value.split("|")[-1] not in known:
+        raise CLIError(f"--attn {value}: not an attention implementation: one of {', '.join(known)}")
+
+
 def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
     """The (target, draft) of the model flags, after every check that needs no weight: devices torch
     sees here, checkpoints that are there and supported, one family for both, a tensor-parallel size
@@ -194,6 +206,7 @@ def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
     for flag in ("--device", "--draft-device"):
         if (value := getattr(args, flag[2:].replace("-", "_"), None)) is not None:
             check_device(flag, value)
+    check_attn(getattr(args, "attn", None))
     device_map = _device_map(getattr(args, "device_map", None))
     if isinstance(device_map, dict):
         for where in device_map.values():

@@ -414,6 +414,13 @@ def test_checkpoint_names_say_what_is_missing(unloadable, places, tmp_path, vide
     assert "Repo id" not in line
 
 
+def test_an_unknown_attention_is_refused_before_loading(unloadable, video, capsys):
+    code, _, err = run(["generate", "--target", unloadable[0], "--draft", unloadable[1], "--video", video,
+                        "--attn", "bogus"], capsys)  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    assert "--attn bogus: not an attention implementation: one of eager, " in err and "sdpa" in err
+
+
 def test_family_mismatch_names_the_model_type(unloadable, tmp_path, video):
     from transformers import Qwen2VLConfig, Qwen3VLConfig
 
