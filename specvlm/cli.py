@@ -234,6 +234,8 @@ def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
 
 def load_pair(args, *, prune=None):
     """A SpeculativeVLM from the command's model flags (checked first by check_models)."""
+    from safetensors import SafetensorError
+
     from specvlm.api import SpeculativeVLM
 
     target, draft = resolve_pair(args.target, args.draft)
@@ -255,10 +257,14 @@ def load_pair(args, *, prune=None):
         )
     except OSError as error:  # a file missing from a checkpoint folder, a hub id that does not resolve
         raise CLIError(f"cannot load the models: {_one_line(error)}") from None
+    except SafetensorError as error:  # a truncated or damaged weights file
+        raise CLIError(f"cannot load the models: a damaged .safetensors file: {_one_line(error)}") from None
 
 
 def load_target(args):
     """The target's adapter alone (visualize needs no draft; checked first by check_models)."""
+    from safetensors import SafetensorError
+
     from specvlm.models import load_adapter
 
     target, _ = resolve_pair(args.target, None, need_draft=False)
@@ -269,6 +275,8 @@ def load_target(args):
         )
     except OSError as error:
         raise CLIError(f"cannot load the model: {_one_line(error)}") from None
+    except SafetensorError as error:
+        raise CLIError(f"cannot load the model: a damaged .safetensors file: {_one_line(error)}") from None
 
 
 # ------------------------------------------------------------------------------ outputs and inputs

@@ -421,6 +421,17 @@ def test_an_unknown_attention_is_refused_before_loading(unloadable, video, capsy
     assert "--attn bogus: not an attention implementation: one of eager, " in err and "sdpa" in err
 
 
+def test_a_truncated_weights_file_is_one_line(pair, video, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "target"
+    shutil.copytree(pair[0], damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert_refused(cli("generate", "--target", str(damaged), "--draft", pair[1], "--video", video, *RUN),
+                   "cannot load the models: a damaged .safetensors file")  # fmt: skip
+
+
 def test_family_mismatch_names_the_model_type(unloadable, tmp_path, video):
     from transformers import Qwen2VLConfig, Qwen3VLConfig
 
