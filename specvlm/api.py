@@ -13,6 +13,7 @@ Greedy output is the target's own, token for token; sampled output follows the t
 
 from __future__ import annotations
 
+import numbers
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -75,6 +76,27 @@ class TextDeltas:
         """What the final answer ``text`` holds past the pieces handed out."""
         piece, self.shown = text[self.shown :], max(self.shown, len(text))
         return piece
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_generate_args(max_new_tokens, seed, stop_strings, prune) -> None:
+    """ValueError naming the argument, for what ``generate`` cannot take. A max_new_tokens that is no
+    integer would otherwise size the reused cache with a float and break every later call."""
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got max_new_tokens={max_new_tokens!r}")
+    if seed is not None and not (_is_int(seed) and SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1] (what torch takes), got seed={seed!r}")
+    stops = (stop_strings,) if isinstance(stop_strings, str) else stop_strings  # one string is one stop string
+    if not isinstance(stops, (tuple, list)) or not all(isinstance(s, str) and s for s in stops):
+        raise ValueError(f"stop_strings must be a tuple of non-empty strings, got stop_strings={stop_strings!r}")
+    if not (prune is None or prune == "default" or isinstance(prune, PruneConfig)):
+        raise ValueError(f"prune must be a PruneConfig, None (no pruning) or 'default', got prune={prune!r}")
 
 
 class SpeculativeVLM:
@@ -196,6 +218,7 @@ class SpeculativeVLM:
         ``inputs``: the processor's output for this clip and prompt (``self.inputs(clip, prompt)``)
         when the caller already built it, so the processor does not run twice.
         """
+        check_generate_args(max_new_tokens, seed, stop_strings, prune)  # before any work (and any workspace)
         prune = self.prune if prune == "default" else prune
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         clip = video if video is None or isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)

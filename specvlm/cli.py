@@ -187,6 +187,19 @@ def _device_map(value: str | None):
     return device_map
 
 
+def check_attn(value: str | None) -> None:
+    """Refuse an --attn that transformers has no attention for (it would say so only at loading).
+    Hub kernels (org/repo[:name]) are left to transformers."""
+    from transformers import AttentionInterface
+
+    mapping = getattr(AttentionInterface, "_global_mapping", None)  # its registry, where this version has one
+    if value is None or "/" in value or mapping is None:
+        return
+    known = ["eager", *(n for n in mapping if not n.startswith("specvlm_"))]
+    if value not in known and value.split("|")[-1] not in known:
+        raise CLIError(f"--attn {value}: not an attention implementation: one of {', '.join(known)}")
+
+
 def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
     """The (target, draft) of the model flags, after every check that needs no weight: devices torch
     sees here, checkpoints that are there and supported, one family for both, a tensor-parallel size
@@ -194,6 +207,7 @@ def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
     for flag in ("--device", "--draft-device"):
         if (value := getattr(args, flag[2:].replace("-", "_"), None)) is not None:
             check_device(flag, value)
+    check_attn(getattr(args, "attn", None))
     device_map = _device_map(getattr(args, "device_map", None))
     if isinstance(device_map, dict):
         for where in device_map.values():
@@ -221,6 +235,8 @@ def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
 
 def load_pair(args, *, prune=None):
     """A SpeculativeVLM from the command's model flags (checked first by check_models)."""
+    from safetensors import SafetensorError
+
     from specvlm.api import SpeculativeVLM
 
     target, draft = resolve_pair(args.target, args.draft)
@@ -242,10 +258,14 @@ def load_pair(args, *, prune=None):
         )
     except OSError as error:  # a file missing from a checkpoint folder, a hub id that does not resolve
         raise CLIError(f"cannot load the models: {_one_line(error)}") from None
+    except SafetensorError as error:  # a truncated or damaged weights file
+        raise CLIError(f"cannot load the models: a damaged .safetensors file: {_one_line(error)}") from None
 
 
 def load_target(args):
     """The target's adapter alone (visualize needs no draft; checked first by check_models)."""
+    from safetensors import SafetensorError
+
     from specvlm.models import load_adapter
 
     target, _ = resolve_pair(args.target, None, need_draft=False)
@@ -256,6 +276,8 @@ def load_target(args):
         )
     except OSError as error:
         raise CLIError(f"cannot load the model: {_one_line(error)}") from None
+    except SafetensorError as error:
+        raise CLIError(f"cannot load the model: a damaged .safetensors file: {_one_line(error)}") from None
 
 
 # ------------------------------------------------------------------------------ outputs and inputs
@@ -367,6 +389,7 @@ _port = _number(int, lambda v: 0 <= v <= 65535, "a port number in [0, 65535]")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
 _positive_float = _number(float, lambda v: v > 0, "> 0")
 _count = _number(int, lambda v: v >= 0, ">= 0")
+_seed = _number(int, lambda v: -(2**63) <= v <= 2**64 - 1, "in [-2^63, 2^64 - 1] (what torch takes as a seed)")
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -382,6 +405,12 @@ def _shard(text: str) -> tuple[int, int]:
 def _prompt(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty: ask something about the video")
+    return text
+
+
+def _stop(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty: give the text that ends the answer")
     return text
 
 
@@ -438,7 +467,7 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
                    help="share of the video tokens removed (default 0.9)")
     p.add_argument("--stage1-mass", type=_fraction, default=0.4, metavar="P",
                    help="Stage I attention mass (default 0.4)")
-    p.add_argument("--prune-seed", type=int, default=0, metavar="SEED", help="seed of the random strategy")
+    p.add_argument("--prune-seed", type=_seed, default=0, metavar="SEED", help="seed of the random strategy")
 
 
 def _add_speculation(p: argparse.ArgumentParser) -> None:
@@ -493,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=_temperature, default=0.0, metavar="T", help="0 = greedy (default)")
     g.add_argument("--top-p", type=_top_p, metavar="P", help="nucleus sampling mass, in (0, 1]")
     g.add_argument("--top-k", type=_positive_int, metavar="K", help="sample from the k most likely tokens")
-    g.add_argument("--seed", type=int, metavar="SEED", help="seed of the sampling generator")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    g.add_argument("--seed", type=_seed, metavar="SEED", help="seed of the sampling generator")
+    g.add_argument("--stop", type=_stop, action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     _add_prune(g)
     g.add_argument("--no-speculative", action="store_true", help="decode with the target alone (the baseline)")
     g.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, stats) instead")

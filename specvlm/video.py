@@ -28,7 +28,8 @@ What this module promises:
 * Every problem with the input raises :class:`VideoInputError` (a
   ``ValueError``) with a message naming the offending path/argument; a
   missing path raises :class:`VideoNotFoundError`, which is both a
-  ``VideoInputError`` and a ``FileNotFoundError``. Raw PyAV exceptions do not
+  ``VideoInputError`` and a ``FileNotFoundError``; a path that is neither a
+  regular file nor a folder (a FIFO, a device) is refused before it is opened. Raw PyAV exceptions do not
   escape ``load_video``.
 
 Not handled: display-matrix rotation metadata (frames are returned as
@@ -609,6 +610,11 @@ def load_video(
             raise VideoNotFoundError(f"video path does not exist: {path}")
         if os.path.isdir(path):
             return _from_folder(path, num_frames, fps, max_frames)
+        if not os.path.isfile(path):  # opening a FIFO waits for a writer; a device never ends
+            raise VideoInputError(
+                f"not a regular file: {path} (a FIFO, socket or device); the video is read twice "
+                f"(to count frames, then to decode), so give a file"
+            )
         return _from_file(path, num_frames, fps, max_frames, _Budget(path, max_pixels, deadline))
     raise VideoInputError(
         f"unsupported video source of type {type(source).__name__}; expected a path, "

@@ -186,10 +186,11 @@ def _numeric_options():
         for action in parser._actions:
             kind = action.type
             if kind is None or not action.option_strings or kind in (str,) or getattr(kind, "__name__", "") in (
-                "_tree", "_prompt"
+                "_tree", "_prompt", "_stop"
             ):
                 continue
-            yield command, action.option_strings[0], ["abc", "-1"] if kind not in (int, float) else ["abc", "1.5x"]
+            bad = ["abc", "1.5x"] if kind in (int, float) else ["abc", str(2**64)] if "seed" in action.dest else ["abc", "-1"]
+            yield command, action.option_strings[0], bad
 
 
 NUMERIC = list(_numeric_options())
@@ -216,6 +217,9 @@ def test_every_numeric_option_refuses_bad_values_in_one_line(command, flag, bad,
     (["--top-k", "0"], ">= 1"),
     (["--prompt", ""], "must not be empty"),
     (["--prompt", "   "], "must not be empty"),
+    (["--stop", ""], "must not be empty"),
+    (["--seed", str(2**64)], "in [-2^63, 2^64 - 1]"),
+    (["--prune-seed", str(-(2**63) - 1)], "in [-2^63, 2^64 - 1]"),
 ])  # fmt: skip
 def test_sampling_values_and_empty_prompts_are_refused(args, words, capsys):
     code, _, err = run(["generate", *args], capsys)
@@ -408,6 +412,24 @@ def test_checkpoint_names_say_what_is_missing(unloadable, places, tmp_path, vide
     line = assert_refused(cli("generate", "--target", "no-org/no-such-model", *draft, HF_HOME=str(tmp_path)),
                           "--target no-org/no-such-model", "nor a hub id in the local Hugging Face cache")  # fmt: skip
     assert "Repo id" not in line
+
+
+def test_an_unknown_attention_is_refused_before_loading(unloadable, video, capsys):
+    code, _, err = run(["generate", "--target", unloadable[0], "--draft", unloadable[1], "--video", video,
+                        "--attn", "bogus"], capsys)  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    assert "--attn bogus: not an attention implementation: one of eager, " in err and "sdpa" in err
+
+
+def test_a_truncated_weights_file_is_one_line(pair, video, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "target"
+    shutil.copytree(pair[0], damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert_refused(cli("generate", "--target", str(damaged), "--draft", pair[1], "--video", video, *RUN),
+                   "cannot load the models: a damaged .safetensors file")  # fmt: skip
 
 
 def test_family_mismatch_names_the_model_type(unloadable, tmp_path, video):

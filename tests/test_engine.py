@@ -203,6 +203,27 @@ def test_api_generate_and_stream(tiny_pairs, video):
         vlm.generate(video, "Describe the video.", num_frames=8, temperature=-1.0)
 
 
+def test_api_refuses_bad_arguments_first_and_stays_usable(tiny_pairs, video):
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", tree="chain:2")
+    missing = "/nonexistent/clip.mp4"  # the arguments are refused before the video is looked at
+    for kwargs, message in [
+        ({"max_new_tokens": 1.5}, r"max_new_tokens must be an integer >= 1, got max_new_tokens=1.5"),
+        ({"max_new_tokens": None}, r"max_new_tokens must be an integer >= 1, got max_new_tokens=None"),
+        ({"max_new_tokens": 0}, r"max_new_tokens must be an integer >= 1"),
+        ({"seed": 2**64, "temperature": 1.0}, r"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\]"),
+        ({"stop_strings": ("",)}, "stop_strings must be a tuple of non-empty strings"),
+        ({"stop_strings": None}, "stop_strings must be a tuple of non-empty strings"),
+        ({"prune": "specvlm"}, "prune must be a PruneConfig, None"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            vlm.generate(missing, "Describe the video.", **kwargs)
+    # A float max_new_tokens once sized the pair's reused cache and broke every later call.
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        vlm.generate(video, "Describe the video.", num_frames=4, max_new_tokens=2.0)
+    assert len(vlm.generate(video, "Describe the video.", num_frames=4, max_new_tokens=3).token_ids) == 3
+
+
 def test_api_prunes_by_default_and_draws_the_selection(tiny_pairs, video, tmp_path):
     from PIL import Image
 

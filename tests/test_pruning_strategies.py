@@ -307,6 +307,8 @@ def test_config_errors_name_the_problem():
         PruneConfig(stage1_mass=-0.1)
     with pytest.raises(ValueError, match="seed"):
         PruneConfig(seed=1.5)
+    with pytest.raises(ValueError, match=r"seed must be in \[-2\*\*63, 2\*\*64 - 1\]"):
+        PruneConfig(strategy="random", seed=2**64)  # torch's manual_seed would fail at the selection
 
 
 @pytest.mark.parametrize("strategy", ["specvlm", "attention", "reversed-attention"])

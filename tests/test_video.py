@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -260,6 +261,29 @@ def test_missing_path(tmp_path):
         load_video(str(missing))
     with pytest.raises(VideoNotFoundError):
         load_video(missing)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_fifo_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            load_video(fifo, num_frames=4)
+            outcome.append(None)
+        except BaseException as error:
+            outcome.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # blocked in open(), waiting for a writer: let it go, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+        pytest.fail("load_video waited on a FIFO instead of refusing it")
+    assert isinstance(outcome[0], VideoInputError) and "not a regular file" in str(outcome[0])
 
 
 def test_text_file_named_mp4(tmp_path):

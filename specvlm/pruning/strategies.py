@@ -100,6 +100,8 @@ class PruneConfig:
         _check_fraction("stage1_mass", self.stage1_mass)
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got seed={self.seed!r}")
+        if not -(2**63) <= self.seed <= 2**64 - 1:  # what torch.Generator.manual_seed takes
+            raise ValueError(f"seed must be in [-2**63, 2**64 - 1] (what torch takes), got seed={self.seed!r}")
 
 
 @dataclass(frozen=True)
