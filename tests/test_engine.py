@@ -114,6 +114,13 @@ def test_pairs_are_checked(tiny_pairs, pair, tmp_path):
         check_pair(target, changed)
 
 
+def test_a_tree_wider_than_the_vocabulary_is_refused_before_any_work(pair):
+    target, draft, full, reduced = pair
+    wide = DraftTree(tuple((i,) for i in range(draft.vocab_size + 1)))
+    with pytest.raises(ValueError, match=f"{draft.vocab_size + 1} children, more than the draft's vocabulary"):
+        speculative_decode(target, draft, full, reduced, max_new_tokens=4, config=SpecConfig(tree=wide))
+
+
 def test_a_draft_with_a_padded_head_shares_the_vocabulary(pair, tmp_path, video):
     """Like Qwen2.5-VL-3B (151936 rows) drafting for -7B (152064): same tokenizer, other head size."""
     target, _, full, _ = pair

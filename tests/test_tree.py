@@ -172,11 +172,18 @@ def test_bad_paths(paths, match):
         DraftTree(paths)
 
 
+def test_tree_size_is_bounded():
+    assert DraftTree.chain(1023).num_nodes == 1024
+    with pytest.raises(ValueError, match="at most 1023 nodes besides the root, got 1024"):
+        DraftTree(tuple((i,) for i in range(1024)))
+
+
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("chain:0", "k >= 1"),
-        ("chain:-2", "k >= 1"),
+        ("chain:0", "1 to 1023 draft tokens, got 0"),
+        ("chain:-2", "1 to 1023 draft tokens, got -2"),
+        ("chain:100000", "1 to 1023 draft tokens, got 100000"),  # refused at once, not built
         ("chain:x", "chain:K with an integer K"),
         ("chain:", "chain:K with an integer K"),
         ("no/such/tree.txt", "not 'default', 'chain:K' or an existing file"),
@@ -196,6 +203,14 @@ def test_bad_files(tmp_path):
     garbage.write_text("0\n0 x\n")
     with pytest.raises(ValueError, match=r"garbage.txt:2: bad tree path '0 x'"):
         DraftTree.parse(str(garbage))
+    many = tmp_path / "many.txt"  # a file of more paths than a tree may have: refused as it is read
+    many.write_text("".join(f"{i}\n" for i in range(3000)))
+    with pytest.raises(ValueError, match="more than 1023 tree paths"):
+        DraftTree.parse(str(many))
+    big = tmp_path / "big.txt"
+    big.write_text("0 " * 2**20)
+    with pytest.raises(ValueError, match="more than a tree file"):
+        DraftTree.parse(str(big))
     orphan = tmp_path / "orphan.txt"
     orphan.write_text("0\n1 0\n")
     with pytest.raises(ValueError, match=r"\[1, 0\] has no parent path \[1\]"):

@@ -187,6 +187,9 @@ def speculative_decode(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     tree, sampling = config.tree_for(target_inputs.length), config.sampling
+    if tree.max_children > draft.vocab_size:  # a node's children are distinct tokens of the draft's vocabulary
+        raise ValueError(f"the draft tree gives a node {tree.max_children} children, more than the draft's "
+                         f"vocabulary of {draft.vocab_size} tokens")  # fmt: skip
     stop = StopRule(target.eos_token_ids, max_new_tokens, stop_strings, target.tokenizer)
     stats = SpecStats(tree_depth=tree.depth, reached_depth=[0] * (tree.depth + 1))
     pair = prefill_pair(target, make_drafter(config.drafter, draft), target_inputs, draft_inputs, stats,

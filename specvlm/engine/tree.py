@@ -27,6 +27,10 @@ DEFAULT_TREE_PATHS: tuple[tuple[int, ...], ...] = (
 )  # fmt: skip
 
 
+MAX_TREE_NODES = 1024  # the root included: one verification pass scores every node (the default tree has 26)
+MAX_TREE_FILE_BYTES = 2**20
+
+
 @dataclass(frozen=True)
 class DraftTree:
     """A compiled draft tree. Every tensor field is indexed by node (root = 0)."""
@@ -34,24 +38,27 @@ class DraftTree:
     paths: tuple[tuple[int, ...], ...]  # node i >= 1 is paths[i - 1] after sorting
 
     def __post_init__(self):
+        if len(self.paths) > MAX_TREE_NODES - 1:  # before any per-path work
+            raise ValueError(f"a draft tree has at most {MAX_TREE_NODES - 1} nodes besides the root, got {len(self.paths)}")
         paths = tuple(tuple(int(r) for r in p) for p in self.paths)
         if not paths:
             raise ValueError("a draft tree needs at least one path")
-        if len(set(paths)) != len(paths):
+        known = set(paths)
+        if len(known) != len(paths):
             raise ValueError("draft tree paths must be unique")
         for p in paths:
             if not p or min(p) < 0:
                 raise ValueError(f"a tree path is a non-empty list of child ranks >= 0, got {list(p)}")
-            if len(p) > 1 and p[:-1] not in paths:
+            if len(p) > 1 and p[:-1] not in known:
                 raise ValueError(f"tree path {list(p)} has no parent path {list(p[:-1])}")
-            if p[-1] > 0 and p[:-1] + (p[-1] - 1,) not in paths:
+            if p[-1] > 0 and p[:-1] + (p[-1] - 1,) not in known:
                 raise ValueError(f"tree path {list(p)} skips rank {p[-1] - 1}: siblings must be ranks 0..n-1")
         object.__setattr__(self, "paths", tuple(sorted(paths, key=lambda p: (len(p), p))))
 
     @classmethod
     def chain(cls, k: int) -> "DraftTree":
-        if k < 1:
-            raise ValueError(f"a chain needs k >= 1 draft tokens, got {k}")
+        if not 1 <= k < MAX_TREE_NODES:
+            raise ValueError(f"a chain needs 1 to {MAX_TREE_NODES - 1} draft tokens, got {k}")
         return cls(tuple((0,) * d for d in range(1, k + 1)))
 
     @classmethod
@@ -72,11 +79,16 @@ class DraftTree:
         path = Path(spec)
         if not path.is_file():
             raise ValueError(f"bad tree spec {spec!r}: not 'default', 'chain:K' or an existing file of paths")
+        if path.stat().st_size > MAX_TREE_FILE_BYTES:
+            raise ValueError(f"{spec}: {path.stat().st_size:,} bytes, more than a tree file of at most "
+                             f"{MAX_TREE_NODES - 1} paths needs ({MAX_TREE_FILE_BYTES:,})")  # fmt: skip
         paths = []
         for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
             line = raw.split("#", 1)[0].strip().strip("[](),")
             if not line:
                 continue
+            if len(paths) == MAX_TREE_NODES - 1:
+                raise ValueError(f"{spec}: more than {MAX_TREE_NODES - 1} tree paths (a tree's nodes besides the root)")
             try:
                 paths.append(tuple(int(x) for x in line.replace(",", " ").split()))
             except ValueError:
