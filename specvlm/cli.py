@@ -31,6 +31,7 @@ from pathlib import Path
 from specvlm.bench.datasets import DATASETS
 from specvlm.pruning import STRATEGIES
 
+MIN_TEMPERATURE = 1e-6  # as specvlm.api's (not imported here: it loads torch)
 DEFAULT_FRAMES = 32  # when neither --frames nor --fps is given (every frame of a long video won't fit)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -383,7 +384,8 @@ def _number(kind, check, rule: str):
 
 
 _fraction = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
-_temperature = _number(float, lambda v: 0 <= v <= 100, "in [0, 100] (0 = greedy)")
+_temperature = _number(float, lambda v: v == 0 or MIN_TEMPERATURE <= v <= 100,
+                       f"in [0, 100] (0 = greedy; a positive one at least {MIN_TEMPERATURE:g})")
 _top_p = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 _port = _number(int, lambda v: 0 <= v <= 65535, "a port number in [0, 65535]")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")

@@ -224,6 +224,39 @@ def test_api_refuses_bad_arguments_first_and_stays_usable(tiny_pairs, video):
     assert len(vlm.generate(video, "Describe the video.", num_frames=4, max_new_tokens=3).token_ids) == 3
 
 
+def test_api_refuses_bad_prompts_and_sampling_values_by_name(tiny_pairs, video):
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", tree="chain:2")
+    missing = "/nonexistent/clip.mp4"  # refused before the video is looked at
+    for prompt, message in [
+        (None, r"prompt must be a string or a list of chat messages, got prompt=None"),
+        (3, r"prompt must be a string or a list of chat messages, got prompt=3"),
+        ("", r"prompt must not be empty"),
+        ("  \n", r"prompt must not be empty"),
+        ([], r"prompt must not be empty"),
+        (["Describe the video."], r"prompt as a list must hold chat messages"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            vlm.generate(missing, prompt)
+    for kwargs, message in [
+        ({"temperature": float("inf")}, r"temperature must be >= 0 and finite \(0 = greedy\), got temperature=inf"),
+        ({"temperature": float("nan")}, r"temperature must be >= 0 and finite .*temperature=nan"),
+        ({"temperature": -1.0}, r"temperature must be >= 0"),  # SamplingConfig's words
+        ({"temperature": "0.7"}, r"temperature must be >= 0 .*temperature='0.7'"),
+        ({"temperature": 1e-300}, r"temperature must be 0 \(greedy\) or at least 1e-06"),
+        ({"temperature": 1.0, "top_k": 0}, r"top_k must be >= 1"),
+        ({"temperature": 1.0, "top_k": 2.5}, r"top_k must be >= 1 \(an integer\) or None, got top_k=2.5"),
+        ({"temperature": 1.0, "top_p": 0.0}, r"top_p must lie in \(0, 1\]"),
+        ({"temperature": 1.0, "top_p": float("nan")}, r"top_p must lie in \(0, 1\] or be None, got top_p=nan"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            vlm.generate(missing, "Describe the video.", **kwargs)
+    # a text-only chat (no video) still answers, from a string or from chat messages
+    assert len(vlm.generate(None, "Say something.", max_new_tokens=3).token_ids) == 3
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Say something."}]}]
+    assert len(vlm.generate(None, chat, max_new_tokens=3, temperature=1.0, top_k=5, seed=0).token_ids) == 3
+
+
 def test_api_prunes_by_default_and_draws_the_selection(tiny_pairs, video, tmp_path):
     from PIL import Image
 
