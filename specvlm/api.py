@@ -32,7 +32,7 @@ from specvlm.engine.tree import DraftTree, TreeSchedule
 from specvlm.models import load_adapter
 from specvlm.models.base import Prompt, VideoLMAdapter
 from specvlm.pruning import PruneConfig
-from specvlm.video import VideoClip, load_video
+from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, VideoClip, load_video
 
 
 @dataclass
@@ -125,7 +125,7 @@ def check_sampling_args(temperature, top_k, top_p) -> None:
 
 
 def check_generate_args(max_new_tokens, seed, stop_strings, prune, *, temperature=0.0, top_k=None,
-                        top_p=None) -> None:  # fmt: skip
+                        top_p=None, max_video_pixels=None) -> None:  # fmt: skip
     """ValueError naming the argument, for what ``generate`` cannot take. A max_new_tokens that is no
     integer would otherwise size the reused cache with a float and break every later call."""
     if not _is_int(max_new_tokens) or max_new_tokens < 1:
@@ -138,6 +138,9 @@ def check_generate_args(max_new_tokens, seed, stop_strings, prune, *, temperatur
         raise ValueError(f"stop_strings must be a tuple of non-empty strings, got stop_strings={stop_strings!r}")
     if not (prune is None or prune == "default" or isinstance(prune, PruneConfig)):
         raise ValueError(f"prune must be a PruneConfig, None (no pruning) or 'default', got prune={prune!r}")
+    if max_video_pixels is not None and not (_is_int(max_video_pixels) and max_video_pixels >= 1):
+        raise ValueError(f"max_video_pixels must be an integer >= 1 (frames x height x width) or None (no bound), "
+                         f"got max_video_pixels={max_video_pixels!r}"[:300])  # fmt: skip
 
 
 class SpeculativeVLM:
@@ -239,6 +242,7 @@ class SpeculativeVLM:
         *,
         num_frames: int | None = None,
         fps: float | None = None,
+        max_video_pixels: int | None = DEFAULT_MAX_VIDEO_PIXELS,
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -254,16 +258,24 @@ class SpeculativeVLM:
         """Answer ``prompt`` about ``video`` (a path, a folder of frames, an array or a VideoClip; None
         for a text-only chat, which the draft then sees whole).
 
+        A video given by path (a file or a folder of frames) is refused with a VideoBudgetError
+        before its frames are decoded when ``num_frames`` / ``fps`` would hold more than
+        ``max_video_pixels`` frames x height x width (default 2**26: 32 frames of 1080p; None: no
+        bound).
+
         ``speculative=False`` decodes with the target alone (the baseline). ``on_tokens`` receives
         token ids as they are accepted. ``prune`` overrides the pair's pruning for this call.
         ``inputs``: the processor's output for this clip and prompt (``self.inputs(clip, prompt)``)
         when the caller already built it, so the processor does not run twice.
         """
         check_prompt(prompt)  # the arguments before any work (and any workspace)
-        check_generate_args(max_new_tokens, seed, stop_strings, prune, temperature=temperature, top_k=top_k, top_p=top_p)
+        check_generate_args(max_new_tokens, seed, stop_strings, prune, temperature=temperature, top_k=top_k, top_p=top_p,
+                            max_video_pixels=max_video_pixels)  # fmt: skip
         prune = self.prune if prune == "default" else prune
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        clip = video if video is None or isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
+        clip = video
+        if video is not None and not isinstance(video, VideoClip):
+            clip = load_video(video, num_frames=num_frames, fps=fps, max_pixels=max_video_pixels)
         features = self.inputs(clip, prompt) if inputs is None else inputs
         self.check_context(features["input_ids"], max_new_tokens, speculative=speculative)  # before any work
         target_inputs = self.target.prepare(features)

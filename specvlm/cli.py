@@ -30,6 +30,7 @@ from pathlib import Path
 
 from specvlm.bench.datasets import DATASETS
 from specvlm.pruning import STRATEGIES
+from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS
 
 MIN_TEMPERATURE = 1e-6  # as specvlm.api's (not imported here: it loads torch)
 DEFAULT_FRAMES = 32  # when neither --frames nor --fps is given (every frame of a long video won't fit)
@@ -329,11 +330,15 @@ def _check_input_folder(flag: str, value: str, what: str) -> None:
 def load_clip(args):
     """The --video clip (default: a bundled sample) sampled as the frame flags say; a notice on
     stderr when it has fewer frames than --frames asked for (load_video then takes them all)."""
-    from specvlm.video import VideoInputError, load_video
+    from specvlm.video import VideoBudgetError, VideoInputError, load_video
 
     _default_video_and_prompt(args)
     try:
-        clip = load_video(args.video, **_frames(args))
+        clip = load_video(args.video, **_frames(args), max_pixels=args.max_video_pixels)
+    except VideoBudgetError as error:
+        if args.debug:
+            raise
+        raise CLIError(budget_message(args.video, error)) from None
     except VideoInputError as error:
         if args.debug:
             raise
@@ -343,6 +348,14 @@ def load_clip(args):
         print(f"specvlm {args.command}: note: --frames {args.frames}, but {args.video} has {clip.num_frames} "
               f"frames: using all {clip.num_frames}", file=sys.stderr)
     return clip
+
+
+def budget_message(video, error) -> str:
+    """A VideoBudgetError in the command line's terms."""
+    width, height = error.size
+    return (f"--video {video}: {error.frames} frames of {width}x{height} are {error.pixels:,} pixels, more than "
+            f"--max-video-pixels {error.limit}: ask for fewer --frames or a lower --fps (or raise --max-video-pixels "
+            "where the memory is there)")
 
 
 def frame_options(num_frames: int | None, fps: float | None, max_frames: int | None) -> dict:
@@ -453,6 +466,9 @@ def _add_frames(p: argparse.ArgumentParser) -> None:
                           help=f"sample N frames uniformly (default {DEFAULT_FRAMES})")
     sampling.add_argument("--fps", type=_positive_float, metavar="F", help="or one frame every 1/F seconds")
     p.add_argument("--max-frames", type=_positive_int, metavar="N", help="cap the sampled frames (useful with --fps)")
+    p.add_argument("--max-video-pixels", type=_positive_int, default=DEFAULT_MAX_VIDEO_PIXELS, metavar="N",
+                   help="most decoded pixels (frames x height x width) a video may hold, checked before decoding "
+                        f"(default 2^{DEFAULT_MAX_VIDEO_PIXELS.bit_length() - 1}: 32 frames of 1080p)")
 
 
 def _add_video(p: argparse.ArgumentParser) -> None:
@@ -595,8 +611,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allowed-media-dir", metavar="DIR", help="serve local video paths under DIR (default: none)")
     s.add_argument("--max-media-mb", type=_positive_float, default=64.0, metavar="MB",
                    help="largest video a request may carry (default 64)")
-    s.add_argument("--max-video-pixels", type=_positive_int, default=2**26, metavar="N",
-                   help="most decoded pixels (frames x height x width) a request's video may hold (default 2^26)")
     s.add_argument("--max-body-mb", type=_positive_float, metavar="MB",
                    help="largest request body (default: what --max-media-mb needs as base64, plus 1 MiB)")
     s.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) video URLs (default: refused)")
@@ -766,7 +780,7 @@ def cmd_bench(args) -> int:
     settings = BenchSettings(
         target=target, draft=draft, num_frames=frames["num_frames"], fps=frames["fps"],
         max_frames=frames["max_frames"], max_new_tokens=args.max_new_tokens, tree=args.tree,
-        reindex=args.reindex, stage1_mass=args.stage1_mass, dtype=args.dtype,
+        reindex=args.reindex, stage1_mass=args.stage1_mass, dtype=args.dtype, max_video_pixels=args.max_video_pixels,
     )
     methods = method_list(args.methods, args.prune, args.prune_ratios, stage1_mass=args.stage1_mass,
                           hf_assisted=args.hf_assisted)

@@ -257,6 +257,29 @@ def test_api_refuses_bad_prompts_and_sampling_values_by_name(tiny_pairs, video):
     assert len(vlm.generate(None, chat, max_new_tokens=3, temperature=1.0, top_k=5, seed=0).token_ids) == 3
 
 
+def test_api_bounds_the_decoded_pixels_of_a_video_by_default(tiny_pairs, video):
+    import inspect
+
+    from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, VideoBudgetError
+
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", tree="chain:2")
+    assert inspect.signature(vlm.generate).parameters["max_video_pixels"].default == DEFAULT_MAX_VIDEO_PIXELS == 2**26
+    # 4 frames of 64x64 are 16,384 pixels
+    with pytest.raises(VideoBudgetError, match="4 frames of 64x64 .* 16,384 pixels, more than the limit of 16,383"):
+        vlm.generate(video, "Describe the video.", num_frames=4, max_video_pixels=16383, max_new_tokens=2)
+    with pytest.raises(VideoBudgetError, match="more than the limit of 16,383"):
+        list(vlm.stream(video, "Describe the video.", num_frames=4, max_video_pixels=16383, max_new_tokens=2))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=rf"max_video_pixels must be an integer >= 1 .*got max_video_pixels={bad}"):
+            vlm.generate("/nonexistent/clip.mp4", "Describe the video.", max_video_pixels=bad)
+    for bound in (16384, None):  # at the bound, and unbounded
+        out = vlm.generate(video, "Describe the video.", num_frames=4, max_video_pixels=bound, max_new_tokens=2)
+        assert len(out.token_ids) == 2
+    with pytest.raises(VideoBudgetError, match="more than the limit of 16,383"):  # the adapter's loader too
+        vlm.target.build_inputs(video, "Describe the video.", num_frames=4, max_pixels=16383)
+
+
 def test_api_prunes_by_default_and_draws_the_selection(tiny_pairs, video, tmp_path):
     from PIL import Image
 
