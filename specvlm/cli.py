@@ -202,10 +202,24 @@ def check_attn(value: str | None) -> None:
         raise CLIError(f"--attn {value}: not an attention implementation: one of {', '.join(known)}")
 
 
+def check_tokenizer_files(flag: str, name: str | None) -> None:
+    """Refuse a checkpoint folder whose tokenizer is missing (loading the tokenizer alone takes no
+    weight); hub checkpoints are checked when they load."""
+    if name is None or not Path(name).expanduser().is_dir():
+        return
+    from specvlm.models import MissingTokenizerError, load_processor
+
+    try:
+        load_processor(name, tokenizer_only=True)
+    except MissingTokenizerError as error:
+        raise CLIError(f"{flag} {_one_line(error)}") from None
+
+
 def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
     """The (target, draft) of the model flags, after every check that needs no weight: devices torch
-    sees here, checkpoints that are there and supported, one family for both, a tensor-parallel size
-    the target can take. (The tokenizer check needs the tokenizers: it runs when the pair is built.)"""
+    sees here, checkpoints that are there and supported, one family for both, a tokenizer in each
+    checkpoint folder, a tensor-parallel size the target can take. (Whether the two tokenizers agree is
+    checked when the pair is built.)"""
     for flag in ("--device", "--draft-device"):
         if (value := getattr(args, flag[2:].replace("-", "_"), None)) is not None:
             check_device(flag, value)
@@ -224,6 +238,8 @@ def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
             raise CLIError(
                 f"target and draft must be of one family: --target {target} is {t_name}, --draft {draft} is {d_name}"
             )
+    for flag, name in (("--target", target), ("--draft", draft)):
+        check_tokenizer_files(flag, name)
     tp = getattr(args, "tp", None)
     if tp is not None:
         from specvlm.models import check_tensor_parallel

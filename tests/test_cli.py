@@ -202,6 +202,26 @@ def test_bench_skips_a_video_past_the_pixel_bound(pair, video, tmp_path, capsys)
     assert json.loads((out / "run.json").read_text())["max_video_pixels"] == 16383
 
 
+@pytest.mark.parametrize("deleted", [("tokenizer.json",), ("tokenizer.json", "tokenizer_config.json")])
+def test_a_checkpoint_without_its_tokenizer_is_named(tiny_pairs, video, tmp_path, deleted, capsys):
+    import shutil
+
+    target, draft = (str(p) for p in tiny_pairs("llava_onevision"))
+    broken = tmp_path / "target"
+    shutil.copytree(target, broken)
+    for name in deleted:
+        (broken / name).unlink()
+    # once "target and draft tokenizers differ (2 vs 645 tokens)", or a transformers traceback
+    for argv in (["generate", "--target", str(broken), "--draft", draft, "--video", video, *RUN],
+                 ["generate", "--target", draft, "--draft", str(broken), "--video", video, *RUN],
+                 ["visualize", "--target", str(broken), "--video", video, "--out", str(tmp_path / "p.png")]):
+        code, out, err = run(argv, capsys)
+        flag = "--draft" if argv[4] == str(broken) else "--target"
+        assert_user_error(code, err, f"{flag} {broken}: the checkpoint has no tokenizer", "tokenizer.json",
+                          "copy the tokenizer files")
+        assert "differ" not in err and out == ""
+
+
 def test_error_out_of_memory_names_the_knobs(pair, video, monkeypatch, capsys):
     def oom(args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

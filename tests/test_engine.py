@@ -114,6 +114,20 @@ def test_pairs_are_checked(tiny_pairs, pair, tmp_path):
         check_pair(target, changed)
 
 
+def test_a_checkpoint_without_its_tokenizer_is_named_when_loaded(tiny_pairs, tmp_path):
+    import shutil
+
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    broken = tmp_path / "target"
+    shutil.copytree(target_dir, broken)
+    (broken / "tokenizer.json").unlink()  # transformers then builds a tokenizer of the special tokens alone
+    with pytest.raises(FileNotFoundError, match=rf"{broken}: the checkpoint has no tokenizer \(none of .*tokenizer.json"):
+        SpeculativeVLM.from_pretrained(str(broken), str(draft_dir), dtype="float32")  # a MissingTokenizerError
+    (broken / "tokenizer_config.json").unlink()  # transformers then fails to build one
+    with pytest.raises(FileNotFoundError, match=rf"{broken}: the checkpoint has no tokenizer"):
+        load_adapter(str(broken), dtype="float32")
+
+
 def test_a_draft_with_a_padded_head_shares_the_vocabulary(pair, tmp_path, video):
     """Like Qwen2.5-VL-3B (151936 rows) drafting for -7B (152064): same tokenizer, other head size."""
     target, _, full, _ = pair
