@@ -203,8 +203,8 @@ def check_attn(value: str | None) -> None:
 
 
 def check_tokenizer_files(flag: str, name: str | None) -> None:
-    """Refuse a checkpoint folder whose tokenizer is missing (loading the tokenizer alone takes no
-    weight); hub checkpoints are checked when they load."""
+    """Refuse a checkpoint folder whose tokenizer is missing (loading the tokenizer alone reads no
+    weight), after the cheaper input checks; hub checkpoints are checked as they load."""
     if name is None or not Path(name).expanduser().is_dir():
         return
     from specvlm.models import MissingTokenizerError, load_processor
@@ -217,9 +217,9 @@ def check_tokenizer_files(flag: str, name: str | None) -> None:
 
 def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
     """The (target, draft) of the model flags, after every check that needs no weight: devices torch
-    sees here, checkpoints that are there and supported, one family for both, a tokenizer in each
-    checkpoint folder, a tensor-parallel size the target can take. (Whether the two tokenizers agree is
-    checked when the pair is built.)"""
+    sees here, checkpoints that are there and supported, one family for both, a tensor-parallel size
+    the target can take. (The tokenizers are checked as the models load, before any weight:
+    check_tokenizer_files, then whether the two agree when the pair is built.)"""
     for flag in ("--device", "--draft-device"):
         if (value := getattr(args, flag[2:].replace("-", "_"), None)) is not None:
             check_device(flag, value)
@@ -238,8 +238,6 @@ def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
             raise CLIError(
                 f"target and draft must be of one family: --target {target} is {t_name}, --draft {draft} is {d_name}"
             )
-    for flag, name in (("--target", target), ("--draft", draft)):
-        check_tokenizer_files(flag, name)
     tp = getattr(args, "tp", None)
     if tp is not None:
         from specvlm.models import check_tensor_parallel
@@ -258,6 +256,8 @@ def load_pair(args, *, prune=None):
     from specvlm.api import SpeculativeVLM
 
     target, draft = resolve_pair(args.target, args.draft)
+    check_tokenizer_files("--target", target)  # both, before the target's weights are read
+    check_tokenizer_files("--draft", draft)
     try:
         return SpeculativeVLM.from_pretrained(
             target,
@@ -287,6 +287,7 @@ def load_target(args):
     from specvlm.models import load_adapter
 
     target, _ = resolve_pair(args.target, None, need_draft=False)
+    check_tokenizer_files("--target", target)
     try:
         return load_adapter(
             target, dtype=args.dtype, device=args.device, device_map=_device_map(args.device_map),
