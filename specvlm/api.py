@@ -13,6 +13,7 @@ Greedy output is the target's own, token for token; sampled output follows the t
 
 from __future__ import annotations
 
+import math
 import numbers
 import queue
 import threading
@@ -31,7 +32,7 @@ from specvlm.engine.tree import DraftTree, TreeSchedule
 from specvlm.models import load_adapter
 from specvlm.models.base import Prompt, VideoLMAdapter
 from specvlm.pruning import PruneConfig
-from specvlm.video import VideoClip, load_video
+from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, VideoClip, load_video
 
 
 @dataclass
@@ -79,17 +80,57 @@ class TextDeltas:
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
+MIN_TEMPERATURE = 1e-6  # the least positive temperature: logits / a smaller one overflow the float32 sampler
 
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_generate_args(max_new_tokens, seed, stop_strings, prune) -> None:
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_prompt(prompt) -> None:
+    """ValueError unless ``prompt`` is a non-blank string or a non-empty list of chat messages
+    (dicts): None, a number or an empty prompt would otherwise fail deep in the processor, or
+    answer nothing in particular."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"prompt must not be empty: ask something (got prompt={prompt!r})")
+        return
+    if isinstance(prompt, list):
+        if not prompt:
+            raise ValueError("prompt must not be empty: give a string or a non-empty list of chat messages, got []")
+        bad = next((m for m in prompt if not isinstance(m, dict)), None)
+        if bad is not None:
+            raise ValueError(f"prompt as a list must hold chat messages (dicts with 'role' and 'content'), "
+                             f"got an item {bad!r}"[:300])  # fmt: skip
+        return
+    raise ValueError(f"prompt must be a string or a list of chat messages, got prompt={prompt!r}"[:300])
+
+
+def check_sampling_args(temperature, top_k, top_p) -> None:
+    """ValueError naming the argument; the same rules as SamplingConfig (temperature >= 0, top_k >= 1,
+    top_p in (0, 1]), plus what it lets through: NaN or infinite values, non-numbers, a fractional
+    top_k, and a positive temperature so small that sampling would divide the logits into infinities."""
+    if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got temperature={temperature!r}"[:300])
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got temperature={temperature!r}")
+    if top_k is not None and not (_is_int(top_k) and top_k >= 1):
+        raise ValueError(f"top_k must be >= 1 (an integer) or None, got top_k={top_k!r}"[:300])
+    if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):  # NaN fails the comparison
+        raise ValueError(f"top_p must lie in (0, 1] or be None, got top_p={top_p!r}"[:300])
+
+
+def check_generate_args(max_new_tokens, seed, stop_strings, prune, *, temperature=0.0, top_k=None,
+                        top_p=None, max_video_pixels=None) -> None:  # fmt: skip
     """ValueError naming the argument, for what ``generate`` cannot take. A max_new_tokens that is no
     integer would otherwise size the reused cache with a float and break every later call."""
     if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got max_new_tokens={max_new_tokens!r}")
+    check_sampling_args(temperature, top_k, top_p)
     if seed is not None and not (_is_int(seed) and SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
         raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1] (what torch takes), got seed={seed!r}")
     stops = (stop_strings,) if isinstance(stop_strings, str) else stop_strings  # one string is one stop string
@@ -97,6 +138,9 @@ def check_generate_args(max_new_tokens, seed, stop_strings, prune) -> None:
         raise ValueError(f"stop_strings must be a tuple of non-empty strings, got stop_strings={stop_strings!r}")
     if not (prune is None or prune == "default" or isinstance(prune, PruneConfig)):
         raise ValueError(f"prune must be a PruneConfig, None (no pruning) or 'default', got prune={prune!r}")
+    if max_video_pixels is not None and not (_is_int(max_video_pixels) and max_video_pixels >= 1):
+        raise ValueError(f"max_video_pixels must be an integer >= 1 (frames x height x width) or None (no bound), "
+                         f"got max_video_pixels={max_video_pixels!r}"[:300])  # fmt: skip
 
 
 class SpeculativeVLM:
@@ -198,6 +242,7 @@ class SpeculativeVLM:
         *,
         num_frames: int | None = None,
         fps: float | None = None,
+        max_video_pixels: int | None = DEFAULT_MAX_VIDEO_PIXELS,
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -213,15 +258,24 @@ class SpeculativeVLM:
         """Answer ``prompt`` about ``video`` (a path, a folder of frames, an array or a VideoClip; None
         for a text-only chat, which the draft then sees whole).
 
+        A video given by path (a file or a folder of frames) is refused with a VideoBudgetError
+        before its frames are decoded when ``num_frames`` / ``fps`` would hold more than
+        ``max_video_pixels`` frames x height x width (default 2**26: 32 frames of 1080p; None: no
+        bound).
+
         ``speculative=False`` decodes with the target alone (the baseline). ``on_tokens`` receives
         token ids as they are accepted. ``prune`` overrides the pair's pruning for this call.
         ``inputs``: the processor's output for this clip and prompt (``self.inputs(clip, prompt)``)
         when the caller already built it, so the processor does not run twice.
         """
-        check_generate_args(max_new_tokens, seed, stop_strings, prune)  # before any work (and any workspace)
+        check_prompt(prompt)  # the arguments before any work (and any workspace)
+        check_generate_args(max_new_tokens, seed, stop_strings, prune, temperature=temperature, top_k=top_k, top_p=top_p,
+                            max_video_pixels=max_video_pixels)  # fmt: skip
         prune = self.prune if prune == "default" else prune
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        clip = video if video is None or isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
+        clip = video
+        if video is not None and not isinstance(video, VideoClip):
+            clip = load_video(video, num_frames=num_frames, fps=fps, max_pixels=max_video_pixels)
         features = self.inputs(clip, prompt) if inputs is None else inputs
         self.check_context(features["input_ids"], max_new_tokens, speculative=speculative)  # before any work
         target_inputs = self.target.prepare(features)

@@ -30,7 +30,9 @@ from pathlib import Path
 
 from specvlm.bench.datasets import DATASETS
 from specvlm.pruning import STRATEGIES
+from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS
 
+MIN_TEMPERATURE = 1e-6  # as specvlm.api's (not imported here: it loads torch)
 DEFAULT_FRAMES = 32  # when neither --frames nor --fps is given (every frame of a long video won't fit)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -200,10 +202,24 @@ def check_attn(value: str | None) -> None:
         raise CLIError(f"--attn {value}: not an attention implementation: one of {', '.join(known)}")
 
 
+def check_tokenizer_files(flag: str, name: str | None) -> None:
+    """Refuse a checkpoint folder whose tokenizer is missing (loading the tokenizer alone reads no
+    weight), after the cheaper input checks; hub checkpoints are checked as they load."""
+    if name is None or not Path(name).expanduser().is_dir():
+        return
+    from specvlm.models import MissingTokenizerError, load_processor
+
+    try:
+        load_processor(name, tokenizer_only=True)
+    except MissingTokenizerError as error:
+        raise CLIError(f"{flag} {_one_line(error)}") from None
+
+
 def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
     """The (target, draft) of the model flags, after every check that needs no weight: devices torch
     sees here, checkpoints that are there and supported, one family for both, a tensor-parallel size
-    the target can take. (The tokenizer check needs the tokenizers: it runs when the pair is built.)"""
+    the target can take. (The tokenizers are checked as the models load, before any weight:
+    check_tokenizer_files, then whether the two agree when the pair is built.)"""
     for flag in ("--device", "--draft-device"):
         if (value := getattr(args, flag[2:].replace("-", "_"), None)) is not None:
             check_device(flag, value)
@@ -240,6 +256,8 @@ def load_pair(args, *, prune=None):
     from specvlm.api import SpeculativeVLM
 
     target, draft = resolve_pair(args.target, args.draft)
+    check_tokenizer_files("--target", target)  # both, before the target's weights are read
+    check_tokenizer_files("--draft", draft)
     try:
         return SpeculativeVLM.from_pretrained(
             target,
@@ -269,6 +287,7 @@ def load_target(args):
     from specvlm.models import load_adapter
 
     target, _ = resolve_pair(args.target, None, need_draft=False)
+    check_tokenizer_files("--target", target)
     try:
         return load_adapter(
             target, dtype=args.dtype, device=args.device, device_map=_device_map(args.device_map),
@@ -328,11 +347,15 @@ def _check_input_folder(flag: str, value: str, what: str) -> None:
 def load_clip(args):
     """The --video clip (default: a bundled sample) sampled as the frame flags say; a notice on
     stderr when it has fewer frames than --frames asked for (load_video then takes them all)."""
-    from specvlm.video import VideoInputError, load_video
+    from specvlm.video import VideoBudgetError, VideoInputError, load_video
 
     _default_video_and_prompt(args)
     try:
-        clip = load_video(args.video, **_frames(args))
+        clip = load_video(args.video, **_frames(args), max_pixels=args.max_video_pixels)
+    except VideoBudgetError as error:
+        if args.debug:
+            raise
+        raise CLIError(budget_message(args.video, error)) from None
     except VideoInputError as error:
         if args.debug:
             raise
@@ -342,6 +365,14 @@ def load_clip(args):
         print(f"specvlm {args.command}: note: --frames {args.frames}, but {args.video} has {clip.num_frames} "
               f"frames: using all {clip.num_frames}", file=sys.stderr)
     return clip
+
+
+def budget_message(video, error) -> str:
+    """A VideoBudgetError in the command line's terms."""
+    width, height = error.size
+    return (f"--video {video}: {error.frames} frames of {width}x{height} are {error.pixels:,} pixels, more than "
+            f"--max-video-pixels {error.limit}: ask for fewer --frames or a lower --fps (or raise --max-video-pixels "
+            "where the memory is there)")
 
 
 def frame_options(num_frames: int | None, fps: float | None, max_frames: int | None) -> dict:
@@ -383,7 +414,8 @@ def _number(kind, check, rule: str):
 
 
 _fraction = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
-_temperature = _number(float, lambda v: 0 <= v <= 100, "in [0, 100] (0 = greedy)")
+_temperature = _number(float, lambda v: v == 0 or MIN_TEMPERATURE <= v <= 100,
+                       f"in [0, 100] (0 = greedy; a positive one at least {MIN_TEMPERATURE:g})")
 _top_p = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 _port = _number(int, lambda v: 0 <= v <= 65535, "a port number in [0, 65535]")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
@@ -451,6 +483,9 @@ def _add_frames(p: argparse.ArgumentParser) -> None:
                           help=f"sample N frames uniformly (default {DEFAULT_FRAMES})")
     sampling.add_argument("--fps", type=_positive_float, metavar="F", help="or one frame every 1/F seconds")
     p.add_argument("--max-frames", type=_positive_int, metavar="N", help="cap the sampled frames (useful with --fps)")
+    p.add_argument("--max-video-pixels", type=_positive_int, default=DEFAULT_MAX_VIDEO_PIXELS, metavar="N",
+                   help="most decoded pixels (frames x height x width) a video may hold, checked before decoding "
+                        f"(default 2^{DEFAULT_MAX_VIDEO_PIXELS.bit_length() - 1}: 32 frames of 1080p)")
 
 
 def _add_video(p: argparse.ArgumentParser) -> None:
@@ -593,8 +628,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allowed-media-dir", metavar="DIR", help="serve local video paths under DIR (default: none)")
     s.add_argument("--max-media-mb", type=_positive_float, default=64.0, metavar="MB",
                    help="largest video a request may carry (default 64)")
-    s.add_argument("--max-video-pixels", type=_positive_int, default=2**26, metavar="N",
-                   help="most decoded pixels (frames x height x width) a request's video may hold (default 2^26)")
     s.add_argument("--max-body-mb", type=_positive_float, metavar="MB",
                    help="largest request body (default: what --max-media-mb needs as base64, plus 1 MiB)")
     s.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) video URLs (default: refused)")
@@ -764,7 +797,7 @@ def cmd_bench(args) -> int:
     settings = BenchSettings(
         target=target, draft=draft, num_frames=frames["num_frames"], fps=frames["fps"],
         max_frames=frames["max_frames"], max_new_tokens=args.max_new_tokens, tree=args.tree,
-        reindex=args.reindex, stage1_mass=args.stage1_mass, dtype=args.dtype,
+        reindex=args.reindex, stage1_mass=args.stage1_mass, dtype=args.dtype, max_video_pixels=args.max_video_pixels,
     )
     methods = method_list(args.methods, args.prune, args.prune_ratios, stage1_mass=args.stage1_mass,
                           hf_assisted=args.hf_assisted)

@@ -57,6 +57,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
+    "DEFAULT_MAX_VIDEO_PIXELS",
     "IMAGE_EXTENSIONS",
     "VideoClip",
     "VideoBudgetError",
@@ -68,6 +69,11 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+# The bound on decoded frames x height x width that the server, the command line and
+# SpeculativeVLM.generate apply unless told otherwise (64 Mpx: 32 frames of 1080p, 192 MiB of RGB).
+# load_video itself applies none unless given max_pixels.
+DEFAULT_MAX_VIDEO_PIXELS = 2**26
 
 VideoSource = Union[str, "os.PathLike[str]", np.ndarray, Sequence[Image.Image]]
 
@@ -162,6 +168,16 @@ class VideoClip:
 
 # --------------------------------------------------------------------------
 # argument validation and index selection
+
+
+def _check_max_pixels(max_pixels: object) -> None:
+    if max_pixels is not None and (
+        isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1
+    ):
+        raise VideoInputError(
+            f"max_pixels must be an integer >= 1 (frames x height x width) or None (no bound), "
+            f"got max_pixels={max_pixels!r}"
+        )
 
 
 def _check_args(num_frames: object, fps: object, max_frames: object) -> None:
@@ -313,7 +329,7 @@ def _natural_key(name: str) -> tuple:
 
 
 def _from_folder(folder: str, num_frames: int | None, fps: float | None,
-                 max_frames: int | None) -> VideoClip:
+                 max_frames: int | None, max_pixels: int | None = None) -> VideoClip:
     accepted = ", ".join(IMAGE_EXTENSIONS)
     try:
         with os.scandir(folder) as it:
@@ -332,12 +348,17 @@ def _from_folder(folder: str, num_frames: int | None, fps: float | None,
         raise _no_timing_error("folder of images")
     names.sort(key=_natural_key)
     sel = _select(len(names), None, num_frames, fps, max_frames)
+    budget = _Budget(folder, max_pixels, None)
     frames: list[np.ndarray] = []
     for i in sel:
         path = os.path.join(folder, names[i])
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # reads the header only: the size is known before decoding
+                if not frames:  # the first image's size is every frame's (others are refused below)
+                    budget.check_pixels(len(sel), img.size[0], img.size[1], f"(as {names[i]} declares)")
                 arr = _pil_to_rgb(img)
+        except VideoBudgetError:
+            raise
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise VideoInputError(f"cannot read image {path} ({e})") from e
         if frames and arr.shape != frames[0].shape:
@@ -592,12 +613,14 @@ def load_video(
     (``IMAGE_EXTENSIONS``, natural name order so ``frame2`` < ``frame10``), a
     ``(T, H, W, 3)`` / ``(H, W, 3)`` uint8 array, or a list/tuple of PIL
     images of equal size. Give at most one of ``num_frames`` / ``fps``;
-    ``max_frames`` caps the result by uniform subsampling. For video files, ``max_pixels`` bounds
-    frames x height x width of the result (checked from the container's metadata before decoding,
-    and again on the frames as they decode) and ``deadline`` (a ``time.monotonic()`` value) bounds
-    the time spent; past either, :class:`VideoBudgetError`.
+    ``max_frames`` caps the result by uniform subsampling. For video files and folders of images,
+    ``max_pixels`` bounds frames x height x width of the result (checked from the container's
+    metadata or the images' headers before decoding, and for files again on the frames as they
+    decode); for video files ``deadline`` (a ``time.monotonic()`` value) bounds the time spent; past
+    either, :class:`VideoBudgetError`. Arrays and PIL images are already in memory: not bounded.
     """
     _check_args(num_frames, fps, max_frames)
+    _check_max_pixels(max_pixels)
     if isinstance(source, np.ndarray):
         return _from_array(source, num_frames, fps, max_frames)
     if isinstance(source, (list, tuple)):
@@ -609,7 +632,7 @@ def load_video(
         if not os.path.exists(path):
             raise VideoNotFoundError(f"video path does not exist: {path}")
         if os.path.isdir(path):
-            return _from_folder(path, num_frames, fps, max_frames)
+            return _from_folder(path, num_frames, fps, max_frames, max_pixels)
         if not os.path.isfile(path):  # opening a FIFO waits for a writer; a device never ends
             raise VideoInputError(
                 f"not a regular file: {path} (a FIFO, socket or device); the video is read twice "

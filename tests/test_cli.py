@@ -165,6 +165,63 @@ def test_error_prompt_longer_than_the_context(pair, video, capsys):
     assert out == ""  # nothing decoded
 
 
+def test_decoded_pixels_are_bounded_before_any_model_loads(pair, video, tmp_path, monkeypatch, capsys):
+    def no_models(args, **kwargs):
+        raise AssertionError("the models loaded before the video was refused")
+
+    monkeypatch.setattr("specvlm.cli.load_pair", no_models)
+    # 4 frames of 64x64 are 16,384 pixels
+    code, out, err = run(generate_args(pair, video, "--max-video-pixels", "16383"), capsys)
+    assert_user_error(code, err, f"--video {video}: 4 frames of 64x64 are 16,384 pixels",
+                      "more than --max-video-pixels 16383", "--frames", "--fps")
+    assert out == ""
+    for bad in ("0", "-5"):
+        code, _, err = run(generate_args(pair, video, "--max-video-pixels", bad), capsys)
+        assert code == 2 and "--max-video-pixels" in err and "must be >= 1" in err and "Traceback" not in err
+    from specvlm.cli import build_parser
+    from specvlm.server import ServeSettings
+
+    for command in ("generate", "bench", "visualize", "serve"):  # one default for every command and the server
+        args = build_parser().parse_args([command] + (["--out", "x"] if command in ("bench", "visualize") else []))
+        assert args.max_video_pixels == ServeSettings(model_name="m").max_video_pixels == 2**26
+
+
+def test_bench_skips_a_video_past_the_pixel_bound(pair, video, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "clip.mp4").write_bytes(Path(video).read_bytes())
+    out = tmp_path / "run"
+    code, _, err = run(["bench", "--target", pair[0], "--draft", pair[1], "--videos", str(videos), "--prompt", PROMPT,
+                        *RUN, "--warmup", "0", "--no-progress", "--max-video-pixels", "16383", "--out", str(out)],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    assert "0 new records, 1 samples skipped" in err
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [s["reason"] for s in skipped] == ["video too large"]
+    assert "16,384 pixels, more than the limit of 16,383" in skipped[0]["error"]
+    assert json.loads((out / "run.json").read_text())["max_video_pixels"] == 16383
+
+
+@pytest.mark.parametrize("deleted", [("tokenizer.json",), ("tokenizer.json", "tokenizer_config.json")])
+def test_a_checkpoint_without_its_tokenizer_is_named(tiny_pairs, video, tmp_path, deleted, capsys):
+    import shutil
+
+    target, draft = (str(p) for p in tiny_pairs("llava_onevision"))
+    broken = tmp_path / "target"
+    shutil.copytree(target, broken)
+    for name in deleted:
+        (broken / name).unlink()
+    # once "target and draft tokenizers differ (2 vs 645 tokens)", or a transformers traceback
+    for argv in (["generate", "--target", str(broken), "--draft", draft, "--video", video, *RUN],
+                 ["generate", "--target", draft, "--draft", str(broken), "--video", video, *RUN],
+                 ["visualize", "--target", str(broken), "--video", video, "--out", str(tmp_path / "p.png")]):
+        code, out, err = run(argv, capsys)
+        flag = "--draft" if argv[4] == str(broken) else "--target"
+        assert_user_error(code, err, f"{flag} {broken}: the checkpoint has no tokenizer", "tokenizer.json",
+                          "copy the tokenizer files")
+        assert "differ" not in err and out == ""
+
+
 def test_error_out_of_memory_names_the_knobs(pair, video, monkeypatch, capsys):
     def oom(args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -212,6 +269,7 @@ def test_every_numeric_option_refuses_bad_values_in_one_line(command, flag, bad,
 
 @pytest.mark.parametrize("args, words", [
     (["--temperature", "-1"], "must be in [0, 100]"),
+    (["--temperature", "1e-300"], "a positive one at least 1e-06"),  # it would divide the logits into infinities
     (["--top-p", "0"], "in (0, 1]"),
     (["--top-p", "1.5"], "in (0, 1]"),
     (["--top-k", "0"], ">= 1"),

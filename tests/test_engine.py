@@ -121,6 +121,20 @@ def test_a_tree_wider_than_the_vocabulary_is_refused_before_any_work(pair):
         speculative_decode(target, draft, full, reduced, max_new_tokens=4, config=SpecConfig(tree=wide))
 
 
+def test_a_checkpoint_without_its_tokenizer_is_named_when_loaded(tiny_pairs, tmp_path):
+    import shutil
+
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    broken = tmp_path / "target"
+    shutil.copytree(target_dir, broken)
+    (broken / "tokenizer.json").unlink()  # transformers then builds a tokenizer of the special tokens alone
+    with pytest.raises(FileNotFoundError, match=rf"{broken}: the checkpoint has no tokenizer \(none of .*tokenizer.json"):
+        SpeculativeVLM.from_pretrained(str(broken), str(draft_dir), dtype="float32")  # a MissingTokenizerError
+    (broken / "tokenizer_config.json").unlink()  # transformers then fails to build one
+    with pytest.raises(FileNotFoundError, match=rf"{broken}: the checkpoint has no tokenizer"):
+        load_adapter(str(broken), dtype="float32")
+
+
 def test_a_draft_with_a_padded_head_shares_the_vocabulary(pair, tmp_path, video):
     """Like Qwen2.5-VL-3B (151936 rows) drafting for -7B (152064): same tokenizer, other head size."""
     target, _, full, _ = pair
@@ -229,6 +243,62 @@ def test_api_refuses_bad_arguments_first_and_stays_usable(tiny_pairs, video):
     with pytest.raises(ValueError, match="max_new_tokens"):
         vlm.generate(video, "Describe the video.", num_frames=4, max_new_tokens=2.0)
     assert len(vlm.generate(video, "Describe the video.", num_frames=4, max_new_tokens=3).token_ids) == 3
+
+
+def test_api_refuses_bad_prompts_and_sampling_values_by_name(tiny_pairs, video):
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", tree="chain:2")
+    missing = "/nonexistent/clip.mp4"  # refused before the video is looked at
+    for prompt, message in [
+        (None, r"prompt must be a string or a list of chat messages, got prompt=None"),
+        (3, r"prompt must be a string or a list of chat messages, got prompt=3"),
+        ("", r"prompt must not be empty"),
+        ("  \n", r"prompt must not be empty"),
+        ([], r"prompt must not be empty"),
+        (["Describe the video."], r"prompt as a list must hold chat messages"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            vlm.generate(missing, prompt)
+    for kwargs, message in [
+        ({"temperature": float("inf")}, r"temperature must be >= 0 and finite \(0 = greedy\), got temperature=inf"),
+        ({"temperature": float("nan")}, r"temperature must be >= 0 and finite .*temperature=nan"),
+        ({"temperature": -1.0}, r"temperature must be >= 0"),  # SamplingConfig's words
+        ({"temperature": "0.7"}, r"temperature must be >= 0 .*temperature='0.7'"),
+        ({"temperature": 1e-300}, r"temperature must be 0 \(greedy\) or at least 1e-06"),
+        ({"temperature": 1.0, "top_k": 0}, r"top_k must be >= 1"),
+        ({"temperature": 1.0, "top_k": 2.5}, r"top_k must be >= 1 \(an integer\) or None, got top_k=2.5"),
+        ({"temperature": 1.0, "top_p": 0.0}, r"top_p must lie in \(0, 1\]"),
+        ({"temperature": 1.0, "top_p": float("nan")}, r"top_p must lie in \(0, 1\] or be None, got top_p=nan"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            vlm.generate(missing, "Describe the video.", **kwargs)
+    # a text-only chat (no video) still answers, from a string or from chat messages
+    assert len(vlm.generate(None, "Say something.", max_new_tokens=3).token_ids) == 3
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Say something."}]}]
+    assert len(vlm.generate(None, chat, max_new_tokens=3, temperature=1.0, top_k=5, seed=0).token_ids) == 3
+
+
+def test_api_bounds_the_decoded_pixels_of_a_video_by_default(tiny_pairs, video):
+    import inspect
+
+    from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, VideoBudgetError
+
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", tree="chain:2")
+    assert inspect.signature(vlm.generate).parameters["max_video_pixels"].default == DEFAULT_MAX_VIDEO_PIXELS == 2**26
+    # 4 frames of 64x64 are 16,384 pixels
+    with pytest.raises(VideoBudgetError, match="4 frames of 64x64 .* 16,384 pixels, more than the limit of 16,383"):
+        vlm.generate(video, "Describe the video.", num_frames=4, max_video_pixels=16383, max_new_tokens=2)
+    with pytest.raises(VideoBudgetError, match="more than the limit of 16,383"):
+        list(vlm.stream(video, "Describe the video.", num_frames=4, max_video_pixels=16383, max_new_tokens=2))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=rf"max_video_pixels must be an integer >= 1 .*got max_video_pixels={bad}"):
+            vlm.generate("/nonexistent/clip.mp4", "Describe the video.", max_video_pixels=bad)
+    for bound in (16384, None):  # at the bound, and unbounded
+        out = vlm.generate(video, "Describe the video.", num_frames=4, max_video_pixels=bound, max_new_tokens=2)
+        assert len(out.token_ids) == 2
+    with pytest.raises(VideoBudgetError, match="more than the limit of 16,383"):  # the adapter's loader too
+        vlm.target.build_inputs(video, "Describe the video.", num_frames=4, max_pixels=16383)
 
 
 def test_api_prunes_by_default_and_draws_the_selection(tiny_pairs, video, tmp_path):

@@ -491,6 +491,27 @@ def test_pixel_budget_holds_while_decoding_when_the_metadata_lies(videos, monkey
         load_video(videos["mp4"], num_frames=4, max_pixels=4 * h * w - 1)
 
 
+def test_pixel_budget_bounds_a_folder_of_frames_from_the_image_headers(tmp_path, monkeypatch):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(grey_frames(6)):
+        Image.fromarray(frame).save(folder / f"frame_{i}.png")
+    converted = []
+    real = video_mod._pil_to_rgb
+    monkeypatch.setattr(video_mod, "_pil_to_rgb", lambda img: converted.append(1) or real(img))
+    with pytest.raises(video_mod.VideoBudgetError, match=r"4 frames of 32x32 \(as frame_0.png declares\) are "
+                                                         r"4,096 pixels, more than the limit of 4,095"):
+        load_video(folder, num_frames=4, max_pixels=4 * SIZE * SIZE - 1)
+    assert not converted  # refused before any image was decoded
+    assert load_video(folder, num_frames=4, max_pixels=4 * SIZE * SIZE).num_frames == 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "64"])
+def test_max_pixels_must_be_a_positive_integer(videos, bad):
+    with pytest.raises(VideoInputError, match=rf"max_pixels must be an integer >= 1 .*got max_pixels={bad!r}"):
+        load_video(videos["mp4"], num_frames=2, max_pixels=bad)
+
+
 def test_deadline_stops_reading(videos):
     with pytest.raises(video_mod.VideoTimeoutError, match="time limit"):
         load_video(videos["mp4"], deadline=time.monotonic() - 1)

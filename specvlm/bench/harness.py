@@ -55,6 +55,7 @@ import torch
 
 from specvlm.models.base import PromptTooLongError
 from specvlm.pruning import PruneConfig
+from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS
 
 SAMPLES_FILE = "samples.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
@@ -134,6 +135,8 @@ class BenchSettings:
     reindex: bool
     stage1_mass: float
     dtype: str
+    # decoded frames x height x width a sample's video may hold; a larger one is skipped as too large
+    max_video_pixels: int | None = DEFAULT_MAX_VIDEO_PIXELS
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -468,12 +471,16 @@ class Bench:
         )
 
     def _prepare(self, sample) -> _Prepared | None:
-        from specvlm.video import VideoInputError, load_video
+        from specvlm.video import VideoBudgetError, VideoInputError, load_video
 
         target, draft = self.pair.target, self.pair.draft
         s = self.settings
         try:
-            clip = load_video(sample.video, num_frames=s.num_frames, fps=s.fps, max_frames=s.max_frames)
+            clip = load_video(sample.video, num_frames=s.num_frames, fps=s.fps, max_frames=s.max_frames,
+                              max_pixels=s.max_video_pixels)  # fmt: skip
+        except VideoBudgetError as error:  # refused before its frames were decoded
+            self._skip(sample, "video too large", error)
+            return None
         except VideoInputError as error:
             self._skip(sample, "unreadable video", error)
             return None

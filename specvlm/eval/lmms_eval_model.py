@@ -43,7 +43,7 @@ from specvlm.api import SpeculativeVLM
 from specvlm.cli import DTYPES, frame_options
 from specvlm.engine.tree import parse_tree
 from specvlm.pruning import STRATEGIES, PruneConfig
-from specvlm.video import IMAGE_EXTENSIONS, load_video
+from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, IMAGE_EXTENSIONS, load_video
 
 # ------------------------------------------------------------------------------------ model args
 
@@ -70,6 +70,7 @@ class ModelArgs:
     num_frames: int | None = None  # --frames (default 32 when no fps is given)
     fps: float | None = None  # --fps
     max_frames: int | None = None  # --max-frames
+    max_video_pixels: int | None = DEFAULT_MAX_VIDEO_PIXELS  # --max-video-pixels (none: no bound)
     max_new_tokens: int = 256  # --max-new-tokens, when the task's generation_kwargs do not say
     speculative: bool = True  # false: --no-speculative, the target alone (the baseline)
     seed: int | None = None  # --seed of sampling, when a task samples
@@ -184,6 +185,7 @@ _CONVERT = {
     "num_frames": _number(int, lambda v: v >= 1, "an integer >= 1", optional=True),
     "fps": _number(float, lambda v: v > 0, "a number > 0", optional=True),
     "max_frames": _number(int, lambda v: v >= 1, "an integer >= 1", optional=True),
+    "max_video_pixels": _number(int, lambda v: v >= 1, "an integer >= 1", optional=True),
     "max_new_tokens": _number(int, lambda v: v >= 1, "an integer >= 1"),
     "speculative": _flag,
     "seed": _number(int, lambda v: True, "an integer", optional=True),
@@ -388,7 +390,7 @@ class SpecVLM(lmms):
             jobs.append((context, gen_kwargs, video, generation_options(gen_kwargs, self.args.max_new_tokens)))
         answers, measured = [], []
         for i, (context, gen_kwargs, video, options) in enumerate(tqdm(jobs, desc=f"specvlm ({self.mode})")):
-            clip = None if video is None else load_video(video, **self.args.frames())
+            clip = None if video is None else load_video(video, **self.args.frames(), max_pixels=self.args.max_video_pixels)
             # A process's first calls pay one-off costs (CPU kernels' first use, CUDA graphs, compiling
             # where warmup_s misses it): the first request is answered untimed first, in both modes.
             for _ in range(self.args.warmup if i == 0 else 0):

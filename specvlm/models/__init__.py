@@ -16,6 +16,7 @@ ADAPTERS: tuple[type[VideoLMAdapter], ...] = (LlavaOnevisionAdapter, Qwen2_5_VLA
 
 __all__ = [
     "ADAPTERS",
+    "MissingTokenizerError",
     "PreparedInputs",
     "PromptTooLongError",
     "UnsupportedModelError",
@@ -23,7 +24,9 @@ __all__ = [
     "VideoTokenLayout",
     "adapter_class",
     "adapter_for",
+    "check_tokenizer",
     "load_adapter",
+    "load_processor",
     "supported_model_types",
 ]
 
@@ -39,6 +42,57 @@ def adapter_class(model_type: str) -> type[VideoLMAdapter]:
     raise UnsupportedModelError(
         f"unsupported model type {model_type!r}; supported families: {', '.join(supported_model_types())}"
     )
+
+
+# What a tokenizer is read from: the fast tokenizers' file, and the slow ones' vocabulary files
+# (BPE as Qwen2's: vocab.json + merges.txt; sentencepiece; WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "vocab.txt")
+
+
+class MissingTokenizerError(FileNotFoundError):
+    """A checkpoint without its tokenizer's files: transformers then fails to build one, or builds one
+    that knows only the special tokens (and the pair check would report two different tokenizers)."""
+
+
+def _missing_tokenizer(name_or_path: str, files, why: str = "") -> MissingTokenizerError:
+    return MissingTokenizerError(
+        f"{name_or_path}: the checkpoint has no tokenizer ({why or 'none of ' + ', '.join(files) + ' is there'}): "
+        "copy the tokenizer files of the model it was made from into it"
+    )
+
+
+def check_tokenizer(name_or_path: str, tokenizer) -> None:
+    """MissingTokenizerError when ``tokenizer`` (loaded from ``name_or_path``) has no vocabulary
+    beyond its added special tokens: what transformers builds when the vocabulary files are gone."""
+    from pathlib import Path
+
+    n_special = len(tokenizer.get_added_vocab())
+    if len(tokenizer.get_vocab()) > n_special:
+        return
+    files = list(dict.fromkeys(getattr(type(tokenizer), "vocab_files_names", {}).values())) or list(TOKENIZER_FILES)
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir() and not any((folder / f).is_file() for f in files):
+        raise _missing_tokenizer(name_or_path, files)
+    raise _missing_tokenizer(name_or_path, files, f"its tokenizer knows only {n_special} special tokens, no "
+                             f"vocabulary from {', '.join(files)}")  # fmt: skip
+
+
+def load_processor(name_or_path: str, *, tokenizer_only: bool = False):
+    """The checkpoint's processor (or its tokenizer alone: no image processor, quick), with a
+    MissingTokenizerError naming the checkpoint when its tokenizer files are missing."""
+    from pathlib import Path
+
+    from transformers import AutoProcessor, AutoTokenizer
+
+    try:
+        loaded = (AutoTokenizer if tokenizer_only else AutoProcessor).from_pretrained(name_or_path)
+    except ValueError:  # e.g. "Couldn't instantiate the backend tokenizer": say which files are missing
+        folder = Path(name_or_path).expanduser()
+        if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            raise _missing_tokenizer(name_or_path, TOKENIZER_FILES) from None
+        raise
+    check_tokenizer(name_or_path, getattr(loaded, "tokenizer", loaded))
+    return loaded
 
 
 def adapter_for(model, processor) -> VideoLMAdapter:
@@ -61,7 +115,7 @@ def load_adapter(
     ``torchrun --nproc-per-node N``) shards the model over the N ranks by transformers' own
     tensor-parallel plan (``tp_plan="auto"``: NCCL on GPUs, one per rank; gloo on CPUs).
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     if device is not None and device_map is not None:
         raise ValueError("give either device or device_map, not both")
@@ -71,6 +125,7 @@ def load_adapter(
     cls = adapter_class(config.model_type)
     if tensor_parallel is not None:
         check_tensor_parallel(config, tensor_parallel)
+    processor = load_processor(name_or_path)  # before the weights: a checkpoint without a tokenizer fails fast
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     extra = {} if tensor_parallel is None else {"tp_plan": "auto"}
@@ -80,7 +135,6 @@ def load_adapter(
     if device is not None:
         model = model.to(device)
     model.eval()
-    processor = AutoProcessor.from_pretrained(name_or_path)
     adapter = cls(model, processor)
     adapter.tensor_parallel = tensor_parallel is not None
     return adapter

@@ -29,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from specvlm.attention import install as install_attention
 from specvlm.cache import KVCache
 from specvlm.layout import VideoTokenLayout
-from specvlm.video import VideoClip, load_video
+from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, VideoClip, load_video
 
 Prompt = str | list[dict[str, Any]]
 
@@ -168,15 +168,18 @@ class VideoLMAdapter(ABC):
             raise ValueError(f"the chat messages must hold {wanted}, found {n_videos}")
         return prompt
 
-    def build_inputs(self, video, prompt: Prompt, *, num_frames: int | None = None, fps: float | None = None):
+    def build_inputs(self, video, prompt: Prompt, *, num_frames: int | None = None, fps: float | None = None,
+                     max_pixels: int | None = DEFAULT_MAX_VIDEO_PIXELS):  # fmt: skip
         """Processor features (input_ids, pixel values, grids...) for one video (or ``None``: a
-        text-only chat) and one prompt."""
+        text-only chat) and one prompt. A video given by path is loaded within ``max_pixels``
+        (decoded frames x height x width; None: no bound)."""
         if video is None:
             text = self.processor.apply_chat_template(
                 self.messages(prompt, with_video=False), add_generation_prompt=True, tokenize=False
             )
             return self.processor(text=[text], return_tensors="pt")
-        clip = video if isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps)
+        clip = video if isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps,
+                                                                     max_pixels=max_pixels)
         text = self.processor.apply_chat_template(
             self.messages(prompt), add_generation_prompt=True, tokenize=False
         )
