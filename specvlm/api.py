@@ -260,7 +260,7 @@ class SpeculativeVLM:
 
         A video given by path (a file or a folder of frames) is refused with a VideoBudgetError
         before its frames are decoded when ``num_frames`` / ``fps`` would hold more than
-        ``max_video_pixels`` frames x height x width (default 2**26: 32 frames of 1080p; None: no
+        ``max_video_pixels`` frames x height x width (default 2**31: about a thousand frames of 1080p; None: no
         bound).
 
         ``speculative=False`` decodes with the target alone (the baseline). ``on_tokens`` receives

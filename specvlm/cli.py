@@ -30,7 +30,7 @@ from pathlib import Path
 
 from specvlm.bench.datasets import DATASETS
 from specvlm.pruning import STRATEGIES
-from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS
+from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, SERVED_MAX_VIDEO_PIXELS
 
 MIN_TEMPERATURE = 1e-6  # as specvlm.api's (not imported here: it loads torch)
 DEFAULT_FRAMES = 32  # when neither --frames nor --fps is given (every frame of a long video won't fit)
@@ -477,15 +477,15 @@ def _add_models(p: argparse.ArgumentParser, *, draft: bool = True, tp: bool = Fa
     p.add_argument("--attn", default="sdpa", metavar="IMPL", help="attention implementation (default sdpa)")
 
 
-def _add_frames(p: argparse.ArgumentParser) -> None:
+def _add_frames(p: argparse.ArgumentParser, max_pixels: int = DEFAULT_MAX_VIDEO_PIXELS) -> None:
     sampling = p.add_mutually_exclusive_group()
     sampling.add_argument("--frames", type=_positive_int, metavar="N",
                           help=f"sample N frames uniformly (default {DEFAULT_FRAMES})")
     sampling.add_argument("--fps", type=_positive_float, metavar="F", help="or one frame every 1/F seconds")
     p.add_argument("--max-frames", type=_positive_int, metavar="N", help="cap the sampled frames (useful with --fps)")
-    p.add_argument("--max-video-pixels", type=_positive_int, default=DEFAULT_MAX_VIDEO_PIXELS, metavar="N",
+    p.add_argument("--max-video-pixels", type=_positive_int, default=max_pixels, metavar="N",
                    help="most decoded pixels (frames x height x width) a video may hold, checked before decoding "
-                        f"(default 2^{DEFAULT_MAX_VIDEO_PIXELS.bit_length() - 1}: 32 frames of 1080p)")
+                        f"(default 2^{max_pixels.bit_length() - 1}: {max_pixels // (1920 * 1080)} frames of 1080p)")
 
 
 def _add_video(p: argparse.ArgumentParser) -> None:
@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/v1/models, /health, /metrics) with speculative decoding behind them. Binds to 127.0.0.1 "
         "unless told otherwise. One generation runs at a time; others wait in a queue."))
     _add_models(s)
-    _add_frames(s)
+    _add_frames(s, SERVED_MAX_VIDEO_PIXELS)
     _add_speculation(s)
     _add_drafter(s)
     _add_prune(s)

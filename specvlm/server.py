@@ -56,7 +56,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from specvlm.pruning import STRATEGIES
-from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS
+from specvlm.video import SERVED_MAX_VIDEO_PIXELS
 
 log = logging.getLogger("specvlm.server")
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")  # metric labels: these or "other"
@@ -90,7 +90,7 @@ class ServeSettings:
     max_frames: int | None = 256  # a request's num_frames above it is refused; fps-sampled clips are cut to it
     max_new_tokens: int = 256  # when a request gives no max_tokens
     retry_after_s: int = 5
-    max_video_pixels: int = DEFAULT_MAX_VIDEO_PIXELS  # decoded frames x height x width (64 Mpx: 32 frames of 1080p)
+    max_video_pixels: int = SERVED_MAX_VIDEO_PIXELS  # decoded frames x height x width (64 Mpx: 32 frames of 1080p)
     max_body_mb: float | None = None  # default: what --max-media-mb needs as base64, plus 1 MiB
     max_prompt_chars: int = 1_000_000
 

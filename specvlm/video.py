@@ -58,6 +58,7 @@ from PIL import Image
 
 __all__ = [
     "DEFAULT_MAX_VIDEO_PIXELS",
+    "SERVED_MAX_VIDEO_PIXELS",
     "IMAGE_EXTENSIONS",
     "VideoClip",
     "VideoBudgetError",
@@ -70,10 +71,12 @@ __all__ = [
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
-# The bound on decoded frames x height x width that the server, the command line and
-# SpeculativeVLM.generate apply unless told otherwise (64 Mpx: 32 frames of 1080p, 192 MiB of RGB).
-# load_video itself applies none unless given max_pixels.
-DEFAULT_MAX_VIDEO_PIXELS = 2**26
+# The bounds on decoded frames x height x width applied unless told otherwise (load_video itself
+# applies none unless given max_pixels). A local run (the command line, SpeculativeVLM.generate,
+# bench, lmms-eval) serves long videos, the case speculation is for: 2 Gpx, about a thousand frames
+# of 1080p (6 GiB of RGB). A server takes requests from anyone: 64 Mpx, 32 frames of 1080p (192 MiB).
+DEFAULT_MAX_VIDEO_PIXELS = 2**31
+SERVED_MAX_VIDEO_PIXELS = 2**26
 
 VideoSource = Union[str, "os.PathLike[str]", np.ndarray, Sequence[Image.Image]]
 

@@ -285,7 +285,7 @@ def test_api_bounds_the_decoded_pixels_of_a_video_by_default(tiny_pairs, video):
 
     target_dir, draft_dir = tiny_pairs(FAMILY)
     vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", tree="chain:2")
-    assert inspect.signature(vlm.generate).parameters["max_video_pixels"].default == DEFAULT_MAX_VIDEO_PIXELS == 2**26
+    assert inspect.signature(vlm.generate).parameters["max_video_pixels"].default == DEFAULT_MAX_VIDEO_PIXELS == 2**31
     # 4 frames of 64x64 are 16,384 pixels
     with pytest.raises(VideoBudgetError, match="4 frames of 64x64 .* 16,384 pixels, more than the limit of 16,383"):
         vlm.generate(video, "Describe the video.", num_frames=4, max_video_pixels=16383, max_new_tokens=2)
