@@ -58,8 +58,8 @@ from PIL import Image
 
 __all__ = [
     "DEFAULT_MAX_VIDEO_PIXELS",
-    "SERVED_MAX_VIDEO_PIXELS",
     "IMAGE_EXTENSIONS",
+    "SERVED_MAX_VIDEO_PIXELS",
     "VideoClip",
     "VideoBudgetError",
     "VideoInputError",
