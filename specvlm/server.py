@@ -174,14 +174,13 @@ def parse_request(body: Any, settings: ServeSettings) -> ChatJob:
             raise RequestError(400, f"'{name}' is not supported (only {NEUTRAL[name]!r})", param=name)
     model = body.get("model")
     if model is not None and model != settings.model_name:
-        raise RequestError(404, f"model {model!r} is not served here; this server serves {settings.model_name!r}",
+        raise RequestError(404, f"model {repr(model)[:80]} is not served here; this server serves {settings.model_name!r}",
                            param="model", code="model_not_found")  # fmt: skip
     n = _number(body, "n", int, default=1)
     if n != 1:
         raise RequestError(400, f"'n' must be 1 (one answer per request), got {n}", param="n")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    max_new = _number({name: max_tokens}, name, int, low=1, high=2**31, default=settings.max_new_tokens)
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"  # a null is unset
+    max_new = _number({name: body.get(name)}, name, int, low=1, high=2**31, default=settings.max_new_tokens)
     temperature = _number(body, "temperature", float, low=0, high=2, default=0.0)
     if 0 < temperature < MIN_SAMPLING:
         raise RequestError(400, f"'temperature' must be 0 (greedy) or at least {MIN_SAMPLING:g}, got {temperature!r}",

@@ -265,6 +265,7 @@ BAD = [
     ("an unknown parameter", {"best_of": 3}, 400, "unknown parameter 'best_of'"),
     ("an unsupported one", {"logprobs": True}, 400, "'logprobs' is not supported"),
     ("another model", {"model": "gpt-4o"}, 404, "not served here"),
+    ("a huge model name", {"model": "m" * 100_000}, 404, "'" + "m" * 79 + " is not served here"),  # echoed cut short
     ("past the context", {"max_tokens": 10**7}, 400, "past the target's context"),
     ("a path outside the media folder", {"messages": messages("/etc/hostname")}, 403, "--allowed-media-dir"),
     ("a remote URL", {"messages": messages("https://example.com/v.mp4")}, 403, "--allow-remote-media"),
@@ -286,6 +287,11 @@ def test_bad_requests_get_a_4xx_naming_the_problem(server, clip_path, what, chan
     code, body, _ = server.post(_body(clip_path, **changes))
     assert code == status, body
     assert set(body["error"]) >= {"message", "type", "param", "code"} and words in body["error"]["message"]
+
+
+def test_a_null_max_completion_tokens_leaves_max_tokens_in_force(server, clip_path):
+    code, body, _ = server.post(_body(clip_path, max_tokens=3) | {"max_completion_tokens": None})
+    assert code == 200 and body["usage"]["completion_tokens"] == 3
 
 
 def test_the_server_keeps_serving_after_bad_requests(server, clip_path):
