@@ -265,6 +265,25 @@ def test_jsonl_log_cuts_a_torn_last_line(tmp_path):
     assert lines(path) == [{"a": 1}, {"a": 2}, {"a": 4, "x": None}]
 
 
+def test_bench_rerun_with_another_prompt_is_refused_not_mixed(pair, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    clip(videos / "a.mp4", 0)
+    clip(videos / "b.mp4", 1)
+    out = tmp_path / "run"
+    argv = ["--target", pair[0], "--draft", pair[1], "--videos", str(videos), *RUN, "--methods", "target",
+            "--out", str(out)]
+    bench(capsys, *argv, "--prompt", PROMPT)
+    # An interrupted run: the second sample is not done yet.
+    first = (out / "samples.jsonl").read_bytes().splitlines(keepends=True)[0]
+    (out / "samples.jsonl").write_bytes(first)
+    capsys.readouterr()
+    assert main(["bench", *argv, "--prompt", "What moves?"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "--prompt" in err and "What moves?" in err
+    assert (out / "samples.jsonl").read_bytes() == first
+
+
 def test_bench_shards_resume_and_merge_into_one_summary(pair, tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()

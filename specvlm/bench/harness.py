@@ -137,6 +137,7 @@ class BenchSettings:
     dtype: str
     # decoded frames x height x width a sample's video may hold; a larger one is skipped as too large
     max_video_pixels: int | None = DEFAULT_MAX_VIDEO_PIXELS
+    prompt: str | None = None  # the one prompt of every sample (--prompt); None: each sample's own
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
