@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specvlm.bench.harness import JsonlLog
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.drafters import ModelDrafter, OverlapDrafter
@@ -275,10 +276,8 @@ def done_keys(path: Path) -> set:
     if not path.exists():
         return set()
     keys = set()
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            keys.add(key_of(r["pair"], r["context"], r["method"], r["acceptance"], r.get("workspace", "shared")))
+    for r in JsonlLog(path).records:  # a torn last line (a run killed while writing it) is cut off
+        keys.add(key_of(r["pair"], r["context"], r["method"], r["acceptance"], r.get("workspace", "shared")))
     return keys
 
 
@@ -544,7 +543,7 @@ def main() -> None:
     global DEVICE
     DEVICE = args.device
     if args.summary:
-        records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+        records = JsonlLog(args.out, write=False).records
         args.summary.write_text(summary(records) + "\n")
         args.summary.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
         print(summary(records))

@@ -110,3 +110,19 @@ def test_e2e_knows_before_loading_which_pairs_fit_a_gpu(benchmark_script):
     assert h100 < big < h200
     assert e2e.pair_memory("llava-ov-7b", "llava-ov-0.5b", [131072], 256) < h100
     assert e2e.pair_memory("qwen2.5-vl-32b", "qwen2.5-vl-7b", [4096], 256) < big
+
+
+def test_e2e_rerun_after_a_torn_last_line_redoes_that_record_only(tmp_path):
+    out = tmp_path / "e2e.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--device", "cpu", "--pairs", "test-target:test-draft",
+           "--contexts", "700", "--new-tokens", "8", "--ratios", "0.9", "--no-generate", "--no-compile", "--out", str(out)]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    lines = out.read_text().splitlines(keepends=True)
+    assert len(lines) == 3
+    # A run killed while writing its last record: that record is half there.
+    out.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    after = out.read_text().splitlines(keepends=True)
+    assert after[:2] == lines[:2] and len(after) == 3
+    assert [json.loads(line)["method"] for line in after] == ["target-only", "SD pruned 0.9", "plain SD"]
