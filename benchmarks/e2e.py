@@ -550,6 +550,14 @@ def main() -> None:
         return
     if DEVICE == "cuda" and not torch.cuda.is_available():
         parser.error("this benchmark needs a GPU (random models of real sizes); --device cpu for a smoke test")
+    # a rerun resumes: what --out holds of these pairs must have been measured as this run measures
+    current = {"new_tokens": args.new_tokens, "compile": not args.no_compile, "device": device_name(),
+               "engine": engine_digest()}
+    for r in JsonlLog(args.out).records if args.out.exists() else []:
+        differ = [k for k, v in current.items() if r["pair"] in args.pairs and r.get(k, v) != v]
+        if differ:
+            what = ", ".join(f"{k} {r[k]!r} there, {current[k]!r} now" for k in differ)
+            parser.error(f"--out {args.out} holds {r['pair']} measured with other settings ({what}): use another --out")
     bandwidth = shapes.copy_bandwidth(DEVICE)
     print(f"{device_name()}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s", flush=True)
     done = done_keys(args.out)
