@@ -565,4 +565,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # every record measured so far is in --out; the same command resumes
+        print("interrupted: the records measured so far are kept; run the same command to resume", file=sys.stderr)
+        sys.exit(130)

@@ -142,3 +142,22 @@ def test_e2e_rerun_with_other_settings_measures_anew_and_keeps_the_history(tmp_p
     assert out.read_text().startswith("".join(first[:2]))
     by_length = {n: [r["method"] for r in records if r["new_tokens"] == n] for n in (8, 12)}
     assert len(by_length[8]) == 2 and sorted(by_length[12]) == sorted(json.loads(line)["method"] for line in first)
+
+def test_e2e_interrupted_says_so_and_keeps_its_records(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "e2e.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--device", "cpu", "--pairs", "test-target:test-draft",
+           "--contexts", "900", "700", "500", "--new-tokens", "64", "--ratios", "0.9", "--no-generate", "--no-compile",
+           "--out", str(out)]  # fmt: skip
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (out.exists() and out.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    kept = out.read_text().splitlines()
+    assert 1 <= len(kept) < 9 and all(json.loads(line)["pair"] == "test-target:test-draft" for line in kept)
