@@ -25,7 +25,7 @@ import torch
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import DecodeStats, decode_target
 from specvlm.engine.drafters import make_drafter
-from specvlm.engine.sampling import SamplingConfig
+from specvlm.engine.sampling import MIN_SAMPLING, SEED_RANGE, SamplingConfig
 from specvlm.engine.speculative import check_pair, speculative_decode
 from specvlm.engine.static import choose_step_mode
 from specvlm.engine.tree import DraftTree, TreeSchedule
@@ -79,10 +79,6 @@ class TextDeltas:
         return piece
 
 
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
-MIN_TEMPERATURE = 1e-6  # the least positive temperature: logits / a smaller one overflow the float32 sampler
-
-
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -116,8 +112,8 @@ def check_sampling_args(temperature, top_k, top_p) -> None:
     top_k, and a positive temperature so small that sampling would divide the logits into infinities."""
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got temperature={temperature!r}"[:300])
-    if 0 < temperature < MIN_TEMPERATURE:
-        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got temperature={temperature!r}")
+    if 0 < temperature < MIN_SAMPLING:
+        raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_SAMPLING:g}, got temperature={temperature!r}")
     if top_k is not None and not (_is_int(top_k) and top_k >= 1):
         raise ValueError(f"top_k must be >= 1 (an integer) or None, got top_k={top_k!r}"[:300])
     if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):  # NaN fails the comparison

@@ -29,10 +29,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from specvlm.bench.datasets import DATASETS
+from specvlm.engine.sampling import MIN_SAMPLING, SEED_RANGE
 from specvlm.pruning import STRATEGIES
 from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, SERVED_MAX_VIDEO_PIXELS
 
-MIN_TEMPERATURE = 1e-6  # as specvlm.api's (not imported here: it loads torch)
 DEFAULT_FRAMES = 32  # when neither --frames nor --fps is given (every frame of a long video won't fit)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -414,14 +414,14 @@ def _number(kind, check, rule: str):
 
 
 _fraction = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
-_temperature = _number(float, lambda v: v == 0 or MIN_TEMPERATURE <= v <= 100,
-                       f"in [0, 100] (0 = greedy; a positive one at least {MIN_TEMPERATURE:g})")
+_temperature = _number(float, lambda v: v == 0 or MIN_SAMPLING <= v <= 100,
+                       f"in [0, 100] (0 = greedy; a positive one at least {MIN_SAMPLING:g})")
 _top_p = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
 _port = _number(int, lambda v: 0 <= v <= 65535, "a port number in [0, 65535]")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
 _positive_float = _number(float, lambda v: v > 0, "> 0")
 _count = _number(int, lambda v: v >= 0, ">= 0")
-_seed = _number(int, lambda v: -(2**63) <= v <= 2**64 - 1, "in [-2^63, 2^64 - 1] (what torch takes as a seed)")
+_seed = _number(int, lambda v: SEED_RANGE[0] <= v <= SEED_RANGE[1], "in [-2^63, 2^64 - 1] (what torch takes as a seed)")
 
 
 def _shard(text: str) -> tuple[int, int]:

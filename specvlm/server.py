@@ -55,6 +55,7 @@ from fastapi import FastAPI, Request  # the serve extra: pip install "specvlm[se
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from specvlm.engine.sampling import MIN_SAMPLING, SEED_RANGE
 from specvlm.pruning import STRATEGIES
 from specvlm.video import SERVED_MAX_VIDEO_PIXELS
 
@@ -64,8 +65,6 @@ MAX_JSON_DEPTH = 32
 MAX_JSON_VALUES = 2**20  # counted (over) from the body's commas and brackets before it is parsed
 MAX_FPS = 240.0
 MAX_STOP_CHARS = 256
-MIN_SAMPLING = 1e-6  # the least positive temperature / top_p: smaller ones underflow the float32 sampler
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 MEDIA_SUFFIX = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "matroska": ".mkv", "quicktime": ".mov",
                 "x-msvideo": ".avi", "avi": ".avi", "mpeg": ".mpg", "ogg": ".ogv"}  # fmt: skip

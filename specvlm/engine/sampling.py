@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # the seeds torch.Generator.manual_seed takes
+MIN_SAMPLING = 1e-6  # the least positive temperature or top_p: smaller ones overflow or underflow the float32 sampler
+
 
 @dataclass(frozen=True)
 class SamplingConfig:

@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from specvlm.engine.sampling import SEED_RANGE
+
 if TYPE_CHECKING:  # only len(layout) is read; importing specvlm.models would load transformers
     from specvlm.layout import VideoTokenLayout
 
@@ -100,7 +102,7 @@ class PruneConfig:
         _check_fraction("stage1_mass", self.stage1_mass)
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got seed={self.seed!r}")
-        if not -(2**63) <= self.seed <= 2**64 - 1:  # what torch.Generator.manual_seed takes
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
             raise ValueError(f"seed must be in [-2**63, 2**64 - 1] (what torch takes), got seed={self.seed!r}")
 
 
