@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from specvlm.bench.harness import JsonlLog
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.sampling import SamplingConfig, probabilities
@@ -94,9 +95,8 @@ def lossless(root: Path, compiled_families: list[str], families: list[str], sink
     cut short loses nothing). Returns the sink's earlier rows of this engine and the new ones."""
     engine = engine_digest()
     rows = []
-    if sink is not None and sink.exists():
-        rows = [json.loads(line) for line in sink.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if r.get("engine") == engine]
+    if sink is not None and sink.exists():  # a torn last line (a session cut off while writing it) is cut off
+        rows = [r for r in JsonlLog(sink).records if r.get("engine") == engine]
     done = {_row_key(r) for r in rows}
     for family in families:
         compile = family in compiled_families
