@@ -109,7 +109,7 @@ def check_prompt(prompt) -> None:
 def check_sampling_args(temperature, top_k, top_p) -> None:
     """ValueError naming the argument; the same rules as SamplingConfig (temperature >= 0, top_k >= 1,
     top_p in (0, 1]), plus what it lets through: NaN or infinite values, non-numbers, a fractional
-    top_k, and a positive temperature so small that sampling would divide the logits into infinities."""
+    top_k, and a positive temperature or top_p so small that the float32 sampler overflows or underflows."""
     if not _is_real(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be >= 0 and finite (0 = greedy), got temperature={temperature!r}"[:300])
     if 0 < temperature < MIN_SAMPLING:
@@ -118,6 +118,9 @@ def check_sampling_args(temperature, top_k, top_p) -> None:
         raise ValueError(f"top_k must be >= 1 (an integer) or None, got top_k={top_k!r}"[:300])
     if top_p is not None and not (_is_real(top_p) and 0 < top_p <= 1):  # NaN fails the comparison
         raise ValueError(f"top_p must lie in (0, 1] or be None, got top_p={top_p!r}"[:300])
+    if top_p is not None and top_p < MIN_SAMPLING:
+        raise ValueError(f"top_p must be at least {MIN_SAMPLING:g} (a smaller one underflows the float32 sampler), "
+                         f"got top_p={top_p!r}")  # fmt: skip
 
 
 def check_generate_args(max_new_tokens, seed, stop_strings, prune, *, temperature=0.0, top_k=None,

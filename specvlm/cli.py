@@ -416,7 +416,7 @@ def _number(kind, check, rule: str):
 _fraction = _number(float, lambda v: 0 <= v <= 1, "in [0, 1]")
 _temperature = _number(float, lambda v: v == 0 or MIN_SAMPLING <= v <= 100,
                        f"in [0, 100] (0 = greedy; a positive one at least {MIN_SAMPLING:g})")
-_top_p = _number(float, lambda v: 0 < v <= 1, "in (0, 1]")
+_top_p = _number(float, lambda v: MIN_SAMPLING <= v <= 1, f"in (0, 1] (at least {MIN_SAMPLING:g})")
 _port = _number(int, lambda v: 0 <= v <= 65535, "a port number in [0, 65535]")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
 _positive_float = _number(float, lambda v: v > 0, "> 0")

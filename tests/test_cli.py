@@ -272,6 +272,7 @@ def test_every_numeric_option_refuses_bad_values_in_one_line(command, flag, bad,
 @pytest.mark.parametrize("args, words", [
     (["--temperature", "-1"], "must be in [0, 100]"),
     (["--temperature", "1e-300"], "a positive one at least 1e-06"),  # it would divide the logits into infinities
+    (["--top-p", "1e-46"], "in (0, 1] (at least 1e-06)"),  # it would underflow the sampler
     (["--top-p", "0"], "in (0, 1]"),
     (["--top-p", "1.5"], "in (0, 1]"),
     (["--top-k", "0"], ">= 1"),

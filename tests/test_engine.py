@@ -269,6 +269,7 @@ def test_api_refuses_bad_prompts_and_sampling_values_by_name(tiny_pairs, video):
         ({"temperature": 1.0, "top_k": 2.5}, r"top_k must be >= 1 \(an integer\) or None, got top_k=2.5"),
         ({"temperature": 1.0, "top_p": 0.0}, r"top_p must lie in \(0, 1\]"),
         ({"temperature": 1.0, "top_p": float("nan")}, r"top_p must lie in \(0, 1\] or be None, got top_p=nan"),
+        ({"temperature": 1.0, "top_p": 1e-46}, r"top_p must be at least 1e-06 .*got top_p=1e-46"),  # crashed sampling
     ]:
         with pytest.raises(ValueError, match=message):
             vlm.generate(missing, "Describe the video.", **kwargs)
