@@ -39,9 +39,10 @@ import json
 import logging
 import math
 import os
+import stat
+import sys
 import tempfile
 import threading
-import stat
 import time
 import urllib.parse
 import urllib.request
@@ -54,6 +55,7 @@ from typing import Any
 from fastapi import FastAPI, Request  # the serve extra: pip install "specvlm[serve]"
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
 
 from specvlm.engine.sampling import MIN_SAMPLING, SEED_RANGE
 from specvlm.pruning import STRATEGIES
@@ -354,10 +356,19 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: floa
         try:
             with urllib.request.urlopen(url, timeout=max(min(30, remaining()), 0.1)) as response:
                 data = b""
-                while len(data) <= limit and (piece := response.read1(limit + 1 - len(data))):  # one recv each
-                    data += piece
-                    if remaining() < 0:  # a server sending slowly: stop here, not when it is done
+                sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
+                while len(data) <= limit:
+                    if remaining() <= 0:  # a server sending slowly: stop here, not when it is done
                         raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout")
+                    if sock is not None:  # no one recv may outlast the deadline either
+                        sock.settimeout(max(min(30, remaining()), 0.01))
+                    if not (piece := response.read1(limit + 1 - len(data))):  # one recv each
+                        break
+                    data += piece
+        except TimeoutError:
+            if remaining() <= 0:
+                raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout") from None
+            raise RequestError(400, "cannot fetch the video: the host stopped answering for 30 s", param="video_url") from None
         except (OSError, ValueError, http.client.HTTPException) as error:  # refused, a bad port or reply...
             raise RequestError(400, f"cannot fetch the video: {error}"[:300], param="video_url") from None
         if len(data) > limit:
@@ -405,7 +416,12 @@ def _media_too_large(settings: ServeSettings) -> RequestError:
 
 def load_clip(job: ChatJob, settings: ServeSettings):
     """The job's frames, within the server's pixel and frame budgets and the job's deadline."""
-    from specvlm.video import VideoBudgetError, VideoInputError, VideoTimeoutError, load_video
+    from specvlm.video import (
+        VideoBudgetError,
+        VideoInputError,
+        VideoTimeoutError,
+        load_video,
+    )
 
     if job.video_url is None:
         return None
@@ -576,11 +592,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise RequestError(413, too_large, code="body_too_large")
     chunks, size = [], 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > limit:
-            raise RequestError(413, too_large, code="body_too_large")
-        chunks.append(piece)
+    try:
+        async for piece in request.stream():
+            size += len(piece)
+            if size > limit:
+                raise RequestError(413, too_large, code="body_too_large")
+            chunks.append(piece)
+    except ClientDisconnect:  # gone mid-body: an answer nobody reads, not an error of ours to log
+        raise RequestError(400, "the client closed the connection before sending the whole body",
+                           code="client_closed") from None  # fmt: skip
     return b"".join(chunks)
 
 
@@ -855,17 +875,39 @@ def uvicorn_config(app, settings: ServeSettings, host: str, port: int, log_level
         """uvicorn's HTTP/1.1 with a deadline on the request head: a connection that has not sent a
         whole one within ``timeout_keep_alive`` of opening (or of its last answer) is closed. uvicorn's
         own timer starts only after a first answer and any byte stops it, so connections that sent
-        nothing, or a head a byte at a time, held places under ``limit_concurrency`` for good."""
+        nothing, or a head a byte at a time, held places under ``limit_concurrency`` for good.
+
+        At the limit, a new connection closes the one that has waited longest for a head (a client
+        reopening idle connections as fast as they are closed would otherwise keep every place and
+        turn each real request away with 503s); connections with a request in flight are never shed."""
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            open_ = [c for c in self.connections if not c.transport.is_closing()]
+            excess = len(open_) - (self.limit_concurrency - 1)
+            if excess > 0:
+                waiting = [c for c in open_ if c is not self and c.timeout_keep_alive_task is not None
+                           and c.conn.our_state is h11.IDLE and c.conn.their_state is h11.IDLE and not _unread(c)]  # fmt: skip
+                for victim in sorted(waiting, key=lambda c: c.timeout_keep_alive_task.when())[:excess]:
+                    victim.timeout_keep_alive_handler()
+                    self.connections.discard(victim)  # its place is free now, not when the loop gets to its close
 
         def data_received(self, data: bytes) -> None:  # the timer stops at a whole head, not at any byte
             self.conn.receive_data(data)
             self.handle_events()
             if self.conn.their_state is not h11.IDLE:  # a whole head came: the request's own deadline takes over
                 self._unset_keepalive_if_required()
+
+    def _unread(protocol) -> int:  # bytes the kernel holds for this connection that nobody read yet (a head in flight)
+        try:
+            import fcntl
+            import termios
+
+            fd = protocol.transport.get_extra_info("socket").fileno()
+            return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+        except (ImportError, OSError, AttributeError):  # no FIONREAD here: count it as busy, never shed it
+            return 1
 
     limit = 2 * (settings.max_queue + 1) + 16  # requests in flight at once, /health and /metrics included
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, limit_concurrency=limit, timeout_keep_alive=5,

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import select
 import socket
 import threading
 import time
@@ -533,7 +534,9 @@ def test_connections_past_the_limit_get_503(pair, media):
 
 def test_connections_without_a_whole_request_head_are_closed(pair, media):
     """Sockets that send nothing, or part of a head, used to hold their place under the connection
-    limit for good (uvicorn's idle timer starts only after a first answer, and any byte stops it)."""
+    limit for good (uvicorn's idle timer starts only after a first answer, and any byte stops it).
+    Past the limit (20 here) a new connection sheds the one that has waited longest for a head, so
+    a client opening idle connections as fast as it can never turns a real request away."""
     live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allowed_media_dir=media, max_queue=1)))
     live.server.config.timeout_keep_alive = 1  # read per connection: 5 s in service
     held = []
@@ -544,13 +547,51 @@ def test_connections_without_a_whole_request_head_are_closed(pair, media):
                 sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
             held.append(sock)
         time.sleep(0.3)
-        assert live.get("/health")[0] == 503  # 30 connections, past the limit of 20
+        assert live.get("/health")[0] == 200  # 31 connections, past the limit: the oldest idle ones went
+        assert all(sock.recv(4096) == b"" for sock in held[:10])  # shed, oldest first
         time.sleep(1.5)
-        assert all(sock.recv(4096) == b"" for sock in held)  # closed by the server
+        assert all(sock.recv(4096) == b"" for sock in held)  # the rest closed at the deadline
         assert live.get("/health")[0] == 200
     finally:
         for sock in held:
             sock.close()
+        live.close()
+
+
+def test_a_flood_of_idle_connections_never_turns_requests_away(pair, media):
+    """A client keeping three times the limit of idle connections open, reopening each as soon as it
+    is closed: requests arriving all the while are answered, none with 503."""
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allowed_media_dir=media, max_queue=1)))
+    stop, opened = threading.Event(), [0]
+
+    def flood():
+        socks = []
+        while not stop.is_set():
+            for sock in select.select(socks, [], [], 0)[0]:  # closed by the server: open another at once
+                socks.remove(sock)
+                sock.close()
+            while len(socks) < 60:
+                try:
+                    socks.append(socket.create_connection(("127.0.0.1", live.port), timeout=1))
+                    opened[0] += 1
+                except OSError:
+                    break
+            time.sleep(0.005)
+        for sock in socks:
+            sock.close()
+
+    attacker = threading.Thread(target=flood, daemon=True)
+    attacker.start()
+    try:
+        time.sleep(0.5)
+        answers = []
+        for _ in range(20):
+            answers.append(live.get("/health")[0])
+            time.sleep(0.05)
+        assert opened[0] > 60 and answers == [200] * 20, (opened[0], answers)
+    finally:
+        stop.set()
+        attacker.join(timeout=10)
         live.close()
 
 
@@ -560,7 +601,7 @@ class SlowVideoHost:
 
     def __init__(self):
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port, self.dropped = self.listener.getsockname()[1], threading.Event()
+        self.port, self.dropped, self.hung_up_at = self.listener.getsockname()[1], threading.Event(), None
         threading.Thread(target=self.accept, daemon=True).start()
 
     def accept(self):
@@ -576,6 +617,17 @@ class SlowVideoHost:
             path = conn.recv(65536).split(b" ")[1]
             if path == b"/garbage.mp4":
                 conn.sendall(b"NOT HTTP\r\n\r\n")
+                return
+            if path == b"/stalling.mp4":  # a byte, then 1.8 s of silence before each next one
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\nx")
+                conn.settimeout(1.8)
+                for _ in range(10):
+                    try:
+                        if conn.recv(1) == b"":  # the server hung up
+                            self.hung_up_at = time.monotonic()
+                            return
+                    except TimeoutError:
+                        conn.sendall(b"x")
                 return
             try:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
@@ -600,6 +652,19 @@ def test_remote_media_failures_are_4xx_and_slow_hosts_are_dropped_at_the_timeout
         code, reply, _ = live.post({"model": "bundled", "messages": messages(url + "/slow.mp4"), "max_tokens": 4})
         assert code == 504 and reply["error"]["code"] == "timeout"
         assert host.dropped.wait(5)  # the worker thread stopped reading too, instead of reading on for 15 s
+    finally:
+        live.close()
+    # a byte every 1.8 s, 2 s to go: no one recv may outlast the deadline (one used to wait on to 3.6 s)
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allow_remote_media=True, timeout_s=2)))
+    try:
+        t0 = time.monotonic()
+        code, reply, _ = live.post({"model": "bundled", "messages": messages(url + "/stalling.mp4"), "max_tokens": 4})
+        assert code == 504 and reply["error"]["code"] == "timeout", reply
+        for _ in range(100):
+            if host.hung_up_at:
+                break
+            time.sleep(0.05)
+        assert host.hung_up_at and host.hung_up_at - t0 < 3.0, (host.hung_up_at, t0)
     finally:
         live.close()
         host.close()
