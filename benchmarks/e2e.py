@@ -473,7 +473,8 @@ def summary(records: list[dict]) -> str:
                      "draft ms/cycle | verify ms/cycle | cycle ms | overlapped | prefill s | draft prefill s | latency s | equal |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         order = {"fresh": 0, "shared": 1, "grown": 2}
-        for r in sorted(rows, key=lambda r: (r.get("engine", ""), order.get(r.get("workspace"), 2), r["context"],
+        newest = {r.get("engine", ""): -i for i, r in enumerate(rows)}  # records are appended: the last run's engine first
+        for r in sorted(rows, key=lambda r: (newest[r.get("engine", "")], order.get(r.get("workspace"), 2), r["context"],
                                              r["acceptance"] != "-", r["acceptance"])):  # fmt: skip
             ws = r.get("workspace", "shared")
             ws += f" ({r['target_capacity']})" if r.get("target_capacity") else ""
