@@ -638,9 +638,15 @@ def _authorized(header: str, key: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
 
 
+class SlowReader(Exception):
+    """A client that took in nothing of its answer for the request timeout."""
+
+
 class Guard:
-    """Pure ASGI middleware: the API key (every path but /health), and a 500 without internals for
-    anything that escapes a handler. Bodies and disconnects pass through untouched."""
+    """Pure ASGI middleware: the API key (every path but /health), a 500 without internals for
+    anything that escapes a handler, and a bound on each write of an answer: a client that reads
+    nothing of it for ``timeout_s`` is dropped (its connection closed), instead of holding its place
+    under the connection limit for as long as it likes. Bodies and disconnects pass through."""
 
     def __init__(self, app, settings: ServeSettings, respond):
         self.app, self.settings, self.respond = app, settings, respond
@@ -661,10 +667,15 @@ class Guard:
         async def tracked(message):
             nonlocal started
             started = started or message["type"] == "http.response.start"
-            await send(message)
+            try:  # a write waits only while the client's socket is full: it has stopped reading
+                await asyncio.wait_for(send(message), timeout=self.settings.timeout_s)
+            except (asyncio.TimeoutError, TimeoutError):
+                raise SlowReader from None
 
         try:
             await self.app(scope, receive, tracked)
+        except SlowReader:  # returning with the answer unfinished makes uvicorn close the connection
+            log.warning("dropped a client that read nothing for %g s on %s", self.settings.timeout_s, endpoint)
         except Exception:  # never a traceback to the client
             log.exception("unhandled error on %s", endpoint)
             if not started:

@@ -3,8 +3,10 @@ official ``openai`` client (and plain HTTP for what a client library hides)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import os
 import re
 import select
@@ -743,3 +745,38 @@ def test_a_normal_request_is_answered_the_same_after_the_attack(hostile, media, 
     expected = pair.generate(str(media / "clip.mp4"), PROMPT, num_frames=FRAMES, max_new_tokens=24).text
     code, body, _ = _answer(hostile, media)
     assert code == 200 and body["choices"][0]["message"]["content"] == expected
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/models", b""),
+    ("/v1/chat/completions", json.dumps({"model": "bundled", "messages": [{"role": "user", "content": "Hi."}],
+                                         "max_tokens": 4, "stream": True}).encode()),
+], ids=["json", "stream"])  # fmt: skip
+def test_a_client_that_stops_reading_is_dropped_at_the_timeout(pair, caplog, path, body):
+    """Each write of an answer is bounded: a client whose socket stays full (it reads nothing) would
+    otherwise hold its connection, and a place under the connection limit, for good. Driven through
+    the app's own middleware stack with an ASGI ``send`` that never completes, as uvicorn's does for
+    a peer that never reads."""
+    app = create_app(pair, ServeSettings(model_name="bundled", timeout_s=2))
+    sent, received = [], []
+
+    async def receive():
+        if received:  # the body was read: wait for a disconnect that never comes
+            await asyncio.Event().wait()
+        received.append(body)
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message["type"])
+        if message["type"] == "http.response.body":
+            await asyncio.Event().wait()  # the socket is full and stays full
+
+    headers = [(b"host", b"x"), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST" if body else "GET",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}  # fmt: skip
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="specvlm.server"):
+        asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=20))
+    assert time.monotonic() - t0 < 10 and sent == ["http.response.start", "http.response.body"], sent
+    assert "read nothing for 2 s" in caplog.text and "unhandled" not in caplog.text, caplog.text
