@@ -798,7 +798,7 @@ def cmd_bench(args) -> int:
         target=target, draft=draft, num_frames=frames["num_frames"], fps=frames["fps"],
         max_frames=frames["max_frames"], max_new_tokens=args.max_new_tokens, tree=args.tree,
         reindex=args.reindex, stage1_mass=args.stage1_mass, dtype=args.dtype, max_video_pixels=args.max_video_pixels,
-        prompt=args.prompt,
+        prompt=args.prompt, compile=not args.no_compile, attn=args.attn,
     )
     methods = method_list(args.methods, args.prune, args.prune_ratios, stage1_mass=args.stage1_mass,
                           hf_assisted=args.hf_assisted)

@@ -284,6 +284,23 @@ def test_bench_rerun_with_another_prompt_is_refused_not_mixed(pair, tmp_path, ca
     assert (out / "samples.jsonl").read_bytes() == first
 
 
+def test_bench_rerun_with_another_step_mode_is_refused_not_mixed(pair, tmp_path, capsys):
+    """The attention implementation and compiling shape the timings as much as the prompt does."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    clip(videos / "a.mp4", 0)
+    out = tmp_path / "run"
+    argv = ["--target", pair[0], "--draft", pair[1], "--videos", str(videos), *RUN, "--methods", "target",
+            "--out", str(out)]
+    bench(capsys, *argv, "--prompt", PROMPT)
+    stored = json.loads((out / "run.json").read_text())
+    assert stored["attn"] == "sdpa" and stored["compile"] is True
+    for other, words in ((["--attn", "eager"], "'eager' now"), (["--no-compile"], "compile=True there")):
+        capsys.readouterr()
+        assert main(["bench", *argv, "--prompt", PROMPT, *other]) == 2
+        assert "other settings" in (err := capsys.readouterr().err) and words in err, err
+
+
 def test_bench_shards_resume_and_merge_into_one_summary(pair, tmp_path, capsys):
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -138,6 +138,8 @@ class BenchSettings:
     # decoded frames x height x width a sample's video may hold; a larger one is skipped as too large
     max_video_pixels: int | None = DEFAULT_MAX_VIDEO_PIXELS
     prompt: str | None = None  # the one prompt of every sample (--prompt); None: each sample's own
+    compile: bool = True  # torch.compile'd steps (--no-compile: eager): timings differ by tens of percent
+    attn: str | None = "sdpa"  # the models' attention implementation (--attn)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
