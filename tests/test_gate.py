@@ -43,6 +43,7 @@ class Family:
     """Adapters and prepared inputs of one family, each input with its target-only reference."""
 
     def __init__(self, family, pair, root):
+        self.name = family
         target_dir, draft_dir = pair
         self.target = load_adapter(str(target_dir), dtype="float32")
         self.draft = load_adapter(str(draft_dir), dtype="float32")
@@ -343,3 +344,48 @@ def test_a_guess_cut_short_by_its_verdict_is_lossless(fam, ahead):
         assert out.token_ids == reference
         assert drafter.queued and set(drafter.queued) == {ahead}
     assert out.stats.overlapped_cycles == out.stats.target_passes - 1 > 0  # self-draft: every guess right
+
+
+def _random_tree(rng) -> DraftTree:
+    """Paths with sibling ranks 0..n-1 under each node: up to 30 nodes and 7 levels."""
+    paths, depth = set(), rng.integers(1, 8)
+    for _ in range(rng.integers(1, 31)):
+        path = tuple(int(rng.choice([0, 0, 1, 2, 5])) for _ in range(rng.integers(1, depth + 1)))
+        for k in range(1, len(path) + 1):
+            paths.update(path[: k - 1] + (r,) for r in range(path[k - 1] + 1))
+    return DraftTree(tuple(sorted(paths, key=lambda p: (len(p), p))))
+
+
+def _tie_at_divergence(fam, features, out, reference) -> float:
+    """The target's top-two logit margin (its own generate) where ``out`` first leaves ``reference``."""
+    first = next((i for i, (a, b) in enumerate(zip(out, reference)) if a != b), min(len(out), len(reference)))
+    with torch.no_grad():
+        scores = fam.target.model.generate(**features, max_new_tokens=first + 1, do_sample=False, output_scores=True,
+                                           return_dict_in_generate=True).scores  # fmt: skip
+    top = scores[first][0].float().topk(2).values
+    return float(top[0] - top[1])
+
+
+def test_random_settings_are_lossless(fam):
+    """Seeded random cases: tree shapes (1-30 nodes, up to 7 deep), pruning strategies and ratios
+    (0 to 1), reindexing, every drafter, output lengths, an independent draft or the target as its
+    own. Float32 on CPU: a divergence is allowed only where the target's own top two logits tie
+    (the tree pass and a one-token step add in different orders), and none is expected here."""
+    from specvlm.pruning import STRATEGIES
+
+    rng = np.random.default_rng(FAMILIES.index(fam.name))
+    for case in range(12):
+        features, full, d_full, reference = fam.inputs[case % len(fam.inputs)]
+        own = rng.random() < 0.4
+        draft, d_inputs = (fam.target, full) if own else (fam.draft, d_full)
+        prune = None
+        if not own and rng.random() < 0.8:  # (the target as its own draft on its full prompt: every path accepted)
+            prune = PruneConfig(str(rng.choice(sorted(STRATEGIES))), ratio=float(rng.choice([0.0, 0.3, 0.9, 0.99, 1.0])))
+            d_inputs = draft.prepare(features)  # pruning takes the draft's full prompt
+        config = SpecConfig(tree=_random_tree(rng), prune=prune, reindex=bool(rng.random() < 0.5),
+                            drafter=str(rng.choice(["model", "adaptive", "adaptive:0.6", "overlap"])))  # fmt: skip
+        n = int(rng.integers(8, MAX_NEW + 1))
+        out = speculative_decode(fam.target, draft, full, d_inputs, max_new_tokens=n, config=config).token_ids
+        if out != reference[:n]:
+            margin = _tie_at_divergence(fam, features, out, reference[:n])
+            assert margin < 1e-5, (case, config, n, own, out, reference[:n], margin)
