@@ -328,7 +328,23 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
     # a server; grown: in the order given, as a server that saw short prompts first; fresh: each
     # context in workspaces of its own size (new steps compiled and captured)
     order = sorted(args.contexts, reverse=True) if args.order == "longest-first" else args.contexts
-    for context in order:
+
+    def finished(context: int) -> bool:  # every record this run would write at this context is in --out
+        length = shapes.synthetic_inputs(target, context).length
+        keys = [key_of(pair, length, "target-only", "-", workspace)]
+        keys += [key_of(pair, length, name, label, workspace) for i, label, _, _, _, name, _, sampling
+                 in planned(settings, trees, methods, lambda _: DraftTree.chain(1)) if not (i and not sampling.greedy)]
+        return all(k in done for k in keys)
+
+    # a rerun skips a context whose records are all there, unless a context still to measure needs it
+    # run first: shared, the longest sizes every workspace; grown, each one grows them in its turn
+    left = [c for c in order if not finished(c)]
+    for at, context in enumerate(order):
+        if context not in left and (workspace == "fresh" or not left
+                                    or (workspace == "shared" and context != order[0])
+                                    or (workspace == "grown" and all(order.index(c) < at for c in left))):  # fmt: skip
+            print(f"[{pair} @ {context}] every record is in {args.out}: skipped", flush=True)
+            continue
         if args.workspace == "fresh":
             for adapter in (target, draft):
                 adapter.workspaces.clear()

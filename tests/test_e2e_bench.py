@@ -171,3 +171,28 @@ def test_lossless_fuzz_runs_cases_and_writes_its_summary(tmp_path):
     summary = json.loads(out.read_text().splitlines()[-1])
     assert done.returncode == 0 and summary["kind"] == "summary" and summary["failures"] == 0, done.stderr[-2000:]
     assert summary["cases"] >= 1 and summary["equal"] + summary["ties"] == summary["cases"]
+
+
+def test_e2e_rerun_skips_finished_contexts_but_keeps_the_workspace_sizing(tmp_path):
+    """A rerun measures nothing at a context whose records are all there, unless the contexts left
+    need it run first: with one shared workspace the longest context sizes it, so it runs again
+    (writing nothing) when a shorter one has records missing."""
+    out = tmp_path / "e2e.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--device", "cpu", "--pairs", "test-target:test-draft",
+           "--contexts", "300", "700", "--new-tokens", "8", "--ratios", "0.9", "--no-generate", "--no-compile",
+           "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    first = out.read_text().splitlines()
+    assert len(first) == 6
+    rerun = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.stdout.count("skipped") == 2 and "truth run" not in rerun.stdout
+    assert out.read_text().splitlines() == first
+    out.write_text("\n".join(first[:-1]) + "\n")  # the shorter context's last record is gone
+    rerun = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.stdout.count("truth run") == 2 and "skipped" not in rerun.stdout
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [json.dumps(r) for r in records[:5]] == [json.dumps(json.loads(line)) for line in first[:5]]
+    redone = records[5]
+    assert (redone["context"], redone["method"]) == (json.loads(first[5])["context"], json.loads(first[5])["method"])
+    assert redone["target_capacity"] == json.loads(first[5])["target_capacity"]  # still sized by the longest
