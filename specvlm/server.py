@@ -895,10 +895,12 @@ def uvicorn_config(app, settings: ServeSettings, host: str, port: int, log_level
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
-            open_ = [c for c in self.connections if not c.transport.is_closing()]
+            if self.limit_concurrency is None:
+                return
+            open_ = [c for c in self.connections if getattr(c, "transport", None) is None or not c.transport.is_closing()]
             excess = len(open_) - (self.limit_concurrency - 1)
-            if excess > 0:
-                waiting = [c for c in open_ if c is not self and c.timeout_keep_alive_task is not None
+            if excess > 0:  # (only connections of this protocol can be shed: an upgraded one is never)
+                waiting = [c for c in open_ if c is not self and isinstance(c, HeadDeadline) and c.timeout_keep_alive_task is not None
                            and c.conn.our_state is h11.IDLE and c.conn.their_state is h11.IDLE and not _unread(c)]  # fmt: skip
                 for victim in sorted(waiting, key=lambda c: c.timeout_keep_alive_task.when())[:excess]:
                     victim.timeout_keep_alive_handler()
