@@ -180,7 +180,7 @@ def test_e2e_rerun_skips_finished_contexts_but_keeps_the_workspace_sizing(tmp_pa
     out = tmp_path / "e2e.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--device", "cpu", "--pairs", "test-target:test-draft",
-           "--contexts", "300", "700", "--new-tokens", "8", "--ratios", "0.9", "--no-generate", "--no-compile",
+           "--contexts", "300", "700", "--new-tokens", "4", "--ratios", "0.9", "--no-generate", "--no-compile",
            "--out", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     first = out.read_text().splitlines()
