@@ -330,7 +330,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
     order = sorted(args.contexts, reverse=True) if args.order == "longest-first" else args.contexts
 
     def finished(context: int) -> bool:  # every record this run would write at this context is in --out
-        length = shapes.synthetic_inputs(target, context).length
+        length = shapes.synthetic_layout(context)[2]  # the prompt's length alone: no embeddings built
         keys = [key_of(pair, length, "target-only", "-", workspace)]
         keys += [key_of(pair, length, name, label, workspace) for i, label, _, _, _, name, _, sampling
                  in planned(settings, trees, methods, lambda _: DraftTree.chain(1)) if not (i and not sampling.greedy)]

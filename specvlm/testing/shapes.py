@@ -137,18 +137,24 @@ def token_local(adapter: VideoLMAdapter) -> None:
         layer.mlp.down_proj.weight.data.zero_()
 
 
+def synthetic_layout(context: int, *, frame_tokens: int = 196, before: int = 16, question: int = 48) -> tuple[int, int, int]:
+    """(frames, side, length) of ``synthetic_inputs``'s prompt for ``context``: whole frames of
+    side x side video tokens between the text, ``length`` tokens in all (at most ``context``)."""
+    side = int(frame_tokens**0.5)
+    frames = (context - before - question) // (side * side)
+    if frames < 1:
+        raise ValueError(f"a context of {context} tokens holds no frame of {side * side} video tokens")
+    return frames, side, before + frames * side * side + question
+
+
 def synthetic_inputs(
     adapter: VideoLMAdapter, context: int, *, frame_tokens: int = 196, before: int = 16, question: int = 48, seed: int = 0
 ) -> PreparedInputs:
     """A prompt of ``context`` tokens laid out like a video chat: ``before`` text tokens, whole
     frames of ``frame_tokens`` video tokens (random embeddings), the question. Same token ids and
     layout for any adapter and seed, so a target and a draft get the same prompt."""
-    side = int(frame_tokens**0.5)
-    frames = (context - before - question) // (side * side)
-    if frames < 1:
-        raise ValueError(f"a context of {context} tokens holds no frame of {side * side} video tokens")
+    frames, side, length = synthetic_layout(context, frame_tokens=frame_tokens, before=before, question=question)
     n_video = frames * side * side
-    length = before + n_video + question
     device = adapter.device
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, min(adapter.vocab_size, 1000), (1, length), generator=g)
