@@ -32,7 +32,12 @@ from specvlm.engine.tree import DraftTree, TreeSchedule
 from specvlm.models import load_adapter
 from specvlm.models.base import Prompt, VideoLMAdapter
 from specvlm.pruning import PruneConfig
-from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, VideoClip, load_video
+from specvlm.video import (
+    DEFAULT_MAX_VIDEO_PIXELS,
+    VideoClip,
+    check_max_pixels,
+    load_video,
+)
 
 
 @dataclass
@@ -137,9 +142,7 @@ def check_generate_args(max_new_tokens, seed, stop_strings, prune, *, temperatur
         raise ValueError(f"stop_strings must be a tuple of non-empty strings, got stop_strings={stop_strings!r}")
     if not (prune is None or prune == "default" or isinstance(prune, PruneConfig)):
         raise ValueError(f"prune must be a PruneConfig, None (no pruning) or 'default', got prune={prune!r}")
-    if max_video_pixels is not None and not (_is_int(max_video_pixels) and max_video_pixels >= 1):
-        raise ValueError(f"max_video_pixels must be an integer >= 1 (frames x height x width) or None (no bound), "
-                         f"got max_video_pixels={max_video_pixels!r}"[:300])  # fmt: skip
+    check_max_pixels(max_video_pixels, "max_video_pixels")
 
 
 class SpeculativeVLM:

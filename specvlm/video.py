@@ -65,6 +65,7 @@ __all__ = [
     "VideoInputError",
     "VideoNotFoundError",
     "VideoTimeoutError",
+    "check_max_pixels",
     "load_video",
     "write_video",
 ]
@@ -173,13 +174,14 @@ class VideoClip:
 # argument validation and index selection
 
 
-def _check_max_pixels(max_pixels: object) -> None:
+def check_max_pixels(max_pixels: object, name: str = "max_pixels") -> None:
+    """VideoInputError (a ValueError) naming ``name`` unless ``max_pixels`` is an integer >= 1 or None."""
     if max_pixels is not None and (
         isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1
     ):
         raise VideoInputError(
-            f"max_pixels must be an integer >= 1 (frames x height x width) or None (no bound), "
-            f"got max_pixels={max_pixels!r}"
+            f"{name} must be an integer >= 1 (frames x height x width) or None (no bound), "
+            f"got {name}={max_pixels!r}"[:300]
         )
 
 
@@ -623,7 +625,7 @@ def load_video(
     either, :class:`VideoBudgetError`. Arrays and PIL images are already in memory: not bounded.
     """
     _check_args(num_frames, fps, max_frames)
-    _check_max_pixels(max_pixels)
+    check_max_pixels(max_pixels)
     if isinstance(source, np.ndarray):
         return _from_array(source, num_frames, fps, max_frames)
     if isinstance(source, (list, tuple)):
