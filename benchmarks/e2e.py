@@ -47,6 +47,7 @@ from specvlm.bench.harness import JsonlLog
 from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import decode_target
 from specvlm.engine.drafters import ModelDrafter, OverlapDrafter
+from specvlm.engine.drafters.overlap import GuessPolicy
 from specvlm.engine.sampling import SamplingConfig
 from specvlm.engine.speculative import speculative_decode
 from specvlm.engine.static import bucket_capacity
@@ -221,6 +222,17 @@ def host_timed(drafter) -> dict:
     return spent
 
 
+def policy_record(drafter) -> dict | None:
+    """What the overlapped drafter's guess policy measured (ms a cycle, guessing or not; kept across
+    the method's warm-up and measured runs, as a server keeps it across requests)."""
+    policy = getattr(drafter, "policy", None)
+    if policy is None:
+        return None
+    ms = {k: None if v is None else 1000 * v for k, v in policy.mean.items()}
+    return {"always": policy.always, "guess_ms": ms[True], "plain_ms": ms[False],
+            "samples_guess": policy.samples[True], "samples_plain": policy.samples[False]}  # fmt: skip
+
+
 def sync() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
@@ -302,7 +314,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
     methods = [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r), greedy) for r in args.ratios] + [("plain SD", None, greedy)]
     if args.overlap:  # drafting while verifying, side by side with sequential drafting
         tag = ", overlap" + ("" if args.side_priority == "high" else f" ({args.side_priority} priority)")
-        tag += "" if args.min_hit_rate is None else f" (min hit rate {args.min_hit_rate:g})"
+        tag += " (every cycle)" if args.always_guess else ""
         methods += [(name + tag, prune, sampling) for name, prune, sampling in methods]
     if args.sampling:  # the cycle's cost under sampling: the first ratio and plain, first acceptance setting
         methods += [(f"{name}, T=0.7", prune, sampled) for name, prune, _ in (methods[0], methods[len(args.ratios)])]
@@ -386,7 +398,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                 continue
             oracle = Oracle(truth.token_ids, acceptance, tree, target.vocab_size, target.device)
             drafter = OverlapDrafter(draft, on_guess=oracle.guess, priority=args.side_priority,
-                                     **({} if args.min_hit_rate is None else {"min_hit_rate": args.min_hit_rate})) \
+                                     policy=GuessPolicy(always=args.always_guess)) \
                 if ", overlap" in name else ModelDrafter(draft)  # fmt: skip
             host = host_timed(drafter)
             run = lambda: speculative_decode(
@@ -433,7 +445,7 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
                       "host_ms_per_cycle_in": {k: 1000 * v / cycles for k, v in host.items()},
                       "timeline": drafter.timeline()[:: max(1, cycles // 12)] if hasattr(drafter, "timeline") and DEVICE == "cuda" else None,
                       "guesses": getattr(drafter, "guesses", None), "right_guesses": getattr(drafter, "hits", None),
-                      "min_hit_rate": getattr(drafter, "min_hit_rate", None),
+                      "guess_policy": policy_record(drafter),
                       "side_ms_per_guess": 1000 * drafter.busy_s() / drafter.guesses
                       if getattr(drafter, "guesses", 0) and DEVICE == "cuda" else None,
                       "equal": equal if sampling.greedy else None}  # fmt: skip
@@ -528,8 +540,8 @@ def main() -> None:
                         "longest serves all), or as given (a shorter prompt first, the workspace grown by a longer one "
                         "later: workspace 'grown' in the records)")
     parser.add_argument("--overlap", action="store_true", help="also every method drafting while the target verifies")
-    parser.add_argument("--min-hit-rate", type=float, default=None,
-                        help="the overlapped drafter's min_hit_rate (0: guess every cycle; default: the drafter's)")
+    parser.add_argument("--always-guess", action="store_true",
+                        help="the overlapped drafter guesses every cycle (default: by its measured cycle costs)")
     parser.add_argument("--side-priority", choices=["high", "normal"], default="high",
                         help="the overlapped drafter's stream priority")
     parser.add_argument("--no-compile", action="store_true")
@@ -541,8 +553,6 @@ def main() -> None:
                         "JSON list beside it, same name, .json) and stop")
     parser.add_argument("--device", default="cuda", help="cpu only for a smoke test (shapes test-target:test-draft)")
     args = parser.parse_args()
-    if args.min_hit_rate is not None and not 0.0 <= args.min_hit_rate <= 1.0:
-        parser.error(f"--min-hit-rate is a rate in [0, 1], got {args.min_hit_rate}")
     if args.trees[0] == "auto":
         parser.error("--trees: 'auto' is chosen from the trees measured before it; put at least one first")
     for spec in args.trees:

@@ -15,14 +15,15 @@ def test_e2e_oracle_controls_acceptance_and_output_stays_the_targets(tmp_path):
     out = tmp_path / "e2e.jsonl"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--device", "cpu", "--pairs", "test-target:test-draft",
-           "--contexts", "700", "--new-tokens", "48", "--ratios", "0.9", "--tau", "4.5", "--no-generate", "--overlap", "--out", str(out)]
+           "--contexts", "700", "--new-tokens", "48", "--ratios", "0.9", "--tau", "4.5", "--no-generate", "--overlap", "--always-guess", "--out", str(out)]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["method"] for r in records] == ["target-only", "SD pruned 0.9", "plain SD", "SD pruned 0.9, overlap",
-                                              "plain SD, overlap"]
+    assert [r["method"] for r in records] == ["target-only", "SD pruned 0.9", "plain SD",
+                                              "SD pruned 0.9, overlap (every cycle)", "plain SD, overlap (every cycle)"]
     assert all(r["equal"] for r in records)
     for r in records[3:]:  # the oracle's guesses are right with the last depth's acceptance: some cycles overlap
         assert r["guesses"] > 0 and 0 < r["overlapped_cycles"] < 1, r
+        assert r["guess_policy"]["always"] and r["guess_policy"]["samples_guess"] > 0, r["guess_policy"]
     for r in records[1:]:
         # random drafts alone accept ~nothing (tau ~1); the oracle's main path makes tau ~4.5, its
         # low-discrepancy draws close to it even over a dozen cycles (the last one cut short)

@@ -291,15 +291,16 @@ def test_drafting_while_verifying_is_lossless(fam, tree_name):
     with an independent draft the guesses fail and the slots they wrote over are put back. The
     output is the target's own either way."""
     from specvlm.engine.drafters import OverlapDrafter
+    from specvlm.engine.drafters.overlap import GuessPolicy
 
     tree = TREES[tree_name]
     for _, full, d_full, reference in fam.inputs:
-        other = OverlapDrafter(fam.draft, min_hit_rate=0.0)  # guess every cycle, right or not
+        other = OverlapDrafter(fam.draft, policy=GuessPolicy(always=True))  # guess every cycle, right or not
         out = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW,
                                  config=SpecConfig(tree=tree, drafter=other))  # fmt: skip
         assert out.token_ids == reference
         assert other.guesses >= out.stats.target_passes - 1 and out.stats.overlapped_cycles <= other.hits
-        own = OverlapDrafter(fam.target)
+        own = OverlapDrafter(fam.target, policy=GuessPolicy(always=True))
         out = speculative_decode(fam.target, fam.target, full, full, max_new_tokens=MAX_NEW,
                                  config=SpecConfig(tree=tree, drafter=own))  # fmt: skip
         assert out.token_ids == reference
@@ -307,26 +308,53 @@ def test_drafting_while_verifying_is_lossless(fam, tree_name):
         assert own.hits >= out.stats.overlapped_cycles  # the last right guess may go unused
 
 
-def test_guessing_stops_while_guesses_are_wrong(fam):
-    """Below ``min_hit_rate`` right guesses only one cycle in ``probe`` guesses (a guess slows the
-    verification beside it); a draft whose guesses are all right guesses every cycle."""
+def _run_policy(policy, cost, cycles):
+    """Cycles under ``policy`` where a cycle costs ``cost(i, guessed)``; which cycles guessed."""
+    guessed = []
+    for i in range(cycles):
+        guessed.append(policy.want())
+        policy.record(guessed[-1], cost(i, guessed[-1]))
+    return guessed
+
+
+def test_the_guess_policy_takes_the_cheaper_way_and_watches_the_other_ever_more_rarely():
+    """A cycle's cost holds all a guess does; the policy guesses while guessing is the cheaper way,
+    tries the dearer way again at doubling intervals (8 up to 64 cycles), and follows a change."""
+    from specvlm.engine.drafters.overlap import GuessPolicy
+
+    dear = _run_policy(GuessPolicy(), lambda i, g: 12.0 if g else 10.0, 600)  # guessing never pays
+    assert dear[:2] == [False, True]  # each way measured once, not guessing first
+    tries = [i for i, g in enumerate(dear) if g]
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert gaps[:4] == [8, 16, 32, 64] and set(gaps[4:]) == {64} and len(tries) <= 2 + 600 // 64 + 4
+    cheap = _run_policy(GuessPolicy(), lambda i, g: 8.0 if g else 10.0, 600)  # a right guess saves drafting
+    assert sum(cheap) >= 600 - 2 - 600 // 64 - 4 and not all(cheap[2:])  # not guessing is still tried
+    # costs that change: guessing dearer for 300 cycles, then cheaper (a longer video, say); a try
+    # cheaper than the other way's mean is looked at again soon
+    change = _run_policy(GuessPolicy(), lambda i, g: (12.0 if i < 300 else 6.0) if g else 10.0, 600)
+    assert sum(change[:300]) <= 2 + 300 // 64 + 4 and sum(change[300 + 64 + 48 :]) >= 600 - 412 - 4
+    assert GuessPolicy(always=True).want() and _run_policy(GuessPolicy(always=True), lambda i, g: 99.0 if g else 1.0, 50) == [True] * 50
+    with pytest.raises(ValueError, match="probe"):
+        GuessPolicy(probe=0)
+    with pytest.raises(ValueError, match="weight"):
+        GuessPolicy(weight=0.0)
+
+
+def test_the_overlapped_drafter_measures_every_cycle_but_the_first(fam):
+    """By default the overlapped drafter guesses by its measured cycle costs (here on the host's
+    clock): every cycle's cost but the request's first (its verification's warm-up) and the last
+    (no proposal follows) reaches its policy, and the output is the target's own."""
     from specvlm.engine.drafters import OverlapDrafter
 
     _, full, d_full, reference = fam.inputs[0]
-    config = SpecConfig(tree=TREES["chain1"])
-    base = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW, config=config)
-    wrong = OverlapDrafter(fam.draft, min_hit_rate=1.0, probe=4)  # any wrong guess turns guessing down
-    out = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW,
-                             config=SpecConfig(tree=TREES["chain1"], drafter=wrong))  # fmt: skip
-    assert out.token_ids == base.token_ids == reference
-    cycles = out.stats.target_passes
-    assert wrong.hits < wrong.guesses < cycles - 1 and wrong.guesses <= wrong.hits + 1 + cycles // 4
-    right = OverlapDrafter(fam.target, min_hit_rate=0.99)
-    out = speculative_decode(fam.target, fam.target, full, full, max_new_tokens=MAX_NEW,
-                             config=SpecConfig(tree=TREES["chain1"], drafter=right))  # fmt: skip
-    assert out.token_ids == reference and right.hits == right.guesses >= out.stats.target_passes - 1
-    with pytest.raises(ValueError, match="min_hit_rate"):
-        OverlapDrafter(fam.draft, min_hit_rate=1.5)
+    drafter = OverlapDrafter(fam.draft)
+    for _ in range(2):  # the policy is kept across requests
+        before = sum(drafter.policy.samples.values())
+        out = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW,
+                                 config=SpecConfig(tree=TREES["default"], drafter=drafter))  # fmt: skip
+        assert out.token_ids == reference
+        assert sum(drafter.policy.samples.values()) - before == out.stats.target_passes - 2
+    assert drafter.policy.samples[True] >= 1 and drafter.policy.samples[False] >= 1
 
 
 @pytest.mark.parametrize("ahead", [1, 2])
@@ -334,11 +362,12 @@ def test_a_guess_cut_short_by_its_verdict_is_lossless(fam, ahead):
     """A guess queued only partly before its verdict (``ahead`` passes: on a GPU, as many as the
     verification leaves time for) finishes after it when right, and is dropped when wrong."""
     from specvlm.engine.drafters import OverlapDrafter
+    from specvlm.engine.drafters.overlap import GuessPolicy
 
     tree = TREES["default"]
     _, full, d_full, reference = fam.inputs[0]
     for draft, inputs in ((fam.draft, d_full), (fam.target, full)):
-        drafter = OverlapDrafter(draft, ahead=ahead, min_hit_rate=0.0)
+        drafter = OverlapDrafter(draft, ahead=ahead, policy=GuessPolicy(always=True))
         out = speculative_decode(fam.target, draft, full, inputs, max_new_tokens=MAX_NEW,
                                  config=SpecConfig(tree=tree, drafter=drafter))  # fmt: skip
         assert out.token_ids == reference

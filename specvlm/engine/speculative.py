@@ -1,8 +1,9 @@
 """Lossless speculative decoding of a target video LLM with a (pruned) draft of the same family.
 
 The loop: prefill both models -> repeat { the draft proposes a tree (a chain is a tree) -> the target
-scores every node in ONE forward pass with a tree mask -> accept a path (verify.py) -> both KV caches
-keep only the accepted path -> emit accepted + bonus/recovered tokens -> stop? }.
+scores every node in ONE forward pass with a tree mask -> accept a path (verify.py) -> the draft's
+cache keeps only the accepted path -> stop? -> the draft's next tree is queued -> the target's cache
+keeps only the accepted path -> emit accepted + bonus/recovered tokens }.
 
 What it promises:
 - greedy output identical to ``decode_target`` (and so to the model's own generate), token for token;
@@ -201,9 +202,9 @@ def speculative_decode(
         on_tokens(tokens[:])
     clock, drafter = Clock(target.device), pair.drafter
     clock.mark("draft")
-    while not stop.done(tokens):
-        root_position = pair.position + pair.draft_offset
-        proposal = drafter.propose(tree, pending, root_position, sampling, generator)
+    root_position = pair.position + pair.draft_offset
+    proposal = None if stop.done(tokens) else drafter.propose(tree, pending, root_position, sampling, generator)
+    while proposal is not None:
         node_tokens = proposal.tokens.to(target.device)
         if on_proposal is not None:
             on_proposal(node_tokens, len(tokens))
@@ -214,15 +215,21 @@ def speculative_decode(
         drafter.during_verify(tree, proposal, root_position, sampling, generator, proposed, verified)
         verdict = read_verdict(agree(decision), tree.depth)
         clock.mark("draft")
-        processed = roll_back(pair, verdict, proposal)
+        processed = drafter.accept(verdict, proposal)  # the draft's cache keeps the accepted path
         kept = stop.cut(tokens, verdict.accepted_tokens + [verdict.next_token])
         tokens.extend(kept)
+        pending = verdict.accepted_tokens[processed:] + [verdict.next_token]  # the deepest accepted node, if unprocessed
+        pair.position += verdict.num_accepted + 1
+        root_position = pair.position + pair.draft_offset
+        # the next tree is queued before the target's roll-back and the bookkeeping: what the host
+        # does between reading a verdict and queueing the next draft pass, the device waits for
+        following = None if stop.done(tokens) else drafter.propose(tree, pending, root_position, sampling, generator)
+        roll_back(pair.target.cache, verdict)
         if on_tokens is not None and kept:
             on_tokens(kept)
         stats.record_cycle(proposal.passes, verdict.num_accepted, len(kept), proposal.overlapped, verdict.accepted,
-                           tree, proposal.depth)
-        pending = verdict.accepted_tokens[processed:] + [verdict.next_token]  # the deepest accepted node, if unprocessed
-        pair.position += verdict.num_accepted + 1
+                           tree, proposal.depth)  # fmt: skip
+        proposal = following
     clock.mark("end")
     _sync(target.device)
     stats.decode_s = time.perf_counter() - t0
@@ -303,10 +310,7 @@ def decide(t_ws: Workspace, tree: DraftTree, node_tokens: torch.Tensor, proposal
     return sampled_decision(tree, node_tokens, proposal.q.to(node_tokens.device), p, generator, proposal.depth)
 
 
-def roll_back(pair: PairState, verdict: Verdict, proposal: Proposal) -> int:
-    """Both caches keep only the accepted path (device-side copies, queued without waiting); returns
-    how many accepted tokens the drafter has processed."""
-    cache = pair.target.cache
+def roll_back(cache, verdict: Verdict) -> None:
+    """The target's cache keeps only the accepted path (device-side copies, queued without waiting)."""
     cache.move(verdict.path.clamp(min=0) + cache.length, cache.length)  # node i sits at length + i
     cache.commit(verdict.num_accepted + 1)
-    return pair.drafter.accept(verdict, proposal)

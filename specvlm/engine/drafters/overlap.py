@@ -13,11 +13,12 @@ The guess costs one pass more than drafting from the truth (the leaf, then the g
 it is only worth its contention when the main path is often fully accepted. Its passes are queued
 one at a time while the verification runs (each once the one before is done), and no more once the
 verification is done: a wrong guess then leaves at most the pass in flight to wait for, and a right
-one finishes its remaining passes after the verdict. While guesses are right less often than
-``min_hit_rate`` (a decaying rate), only one cycle in ``probe`` guesses: measured on one H200
-(7B/0.5B, results/overlap.md), a guess slows the verification beside it by about 1 ms and a wrong
-one leaves about 2 ms of its pass to wait for, while a right one saves about 4.4 ms: it pays only
-when right in about half the cycles or more. Per-stream timelines:
+one finishes its remaining passes after the verdict. Whether a cycle guesses is decided by what
+cycles cost (``GuessPolicy``): the device time from one proposal to the next, measured apart for
+cycles that guessed and cycles that did not, holds everything a guess does (the verification it
+slows, the pass a wrong one leaves to wait for, the drafting a right one saves), so the drafter
+takes the cheaper way on the pair, card and video at hand and watches the other ever more rarely
+while it stays dearer. Per-stream timelines:
 ``timeline()`` (CUDA events: verification queued, guess started and ended on the side stream,
 verdict known on the main one), ``busy_s()`` the side stream's total.
 """
@@ -36,22 +37,75 @@ from specvlm.engine.tree import DraftTree
 from specvlm.engine.verify import Verdict
 
 
+class GuessPolicy:
+    """Whether a cycle guesses, from what cycles cost.
+
+    ``record(guessed, seconds)`` takes one cycle's cost: the time from its proposal to the next
+    one's, which holds its verification, whatever the guess added to it or left to wait for, and the
+    next proposal's drafting (all but nothing after a right guess). The mean cost of each way is
+    kept (the running mean of its first samples, then a moving one, ``weight``), and ``want()``
+    takes the cheaper; until both ways have a cost it tries not guessing, then guessing. The dearer
+    way is tried again one cycle in ``interval``: ``probe`` cycles after a change of way, doubled
+    (up to ``max_probe``) each time a try leaves it the dearer, so a way that never pays (guessing
+    beside a bandwidth-bound draft on one GPU, say) costs ever less to keep watching, and one that
+    starts to pay (longer contexts, easier video) is taken up again. ``always`` guesses every cycle.
+    """
+
+    def __init__(self, probe: int = 8, max_probe: int = 64, weight: float = 0.1, always: bool = False):
+        if not 1 <= probe <= max_probe or not 0.0 < weight <= 1.0:
+            raise ValueError(f"a guess policy needs 1 <= probe <= max_probe and a weight in (0, 1], got "
+                             f"probe={probe}, max_probe={max_probe}, weight={weight}")  # fmt: skip
+        self.probe, self.max_probe, self.weight, self.always = probe, max_probe, weight, always
+        self.mean: dict[bool, float | None] = {True: None, False: None}  # seconds a cycle, guessing or not
+        self.samples = {True: 0, False: 0}
+        self.interval, self.since = probe, 0
+
+    @property
+    def guessing(self) -> bool:
+        """The cheaper way so far: guessing when its mean cost is below not guessing's."""
+        guess, plain = self.mean[True], self.mean[False]
+        return guess is not None and plain is not None and guess < plain
+
+    def want(self) -> bool:
+        if self.always:
+            return True
+        if self.mean[False] is None or self.mean[True] is None:
+            return self.mean[False] is not None
+        self.since += 1
+        if self.since >= self.interval:  # try the dearer way
+            self.since = 0
+            return not self.guessing
+        return self.guessing
+
+    def record(self, guessed: bool, seconds: float) -> None:
+        before, first = self.guessing, self.mean[guessed] is None
+        self.samples[guessed] += 1
+        mean = self.mean[guessed]
+        weight = max(self.weight, 1.0 / self.samples[guessed])
+        self.mean[guessed] = seconds if mean is None else mean + weight * (seconds - mean)
+        if self.always or first or None in self.mean.values() or guessed == before and self.guessing == before:
+            return
+        if self.guessing != before:  # the ways changed places
+            self.interval, self.since = self.probe, 0
+        elif seconds < self.mean[not guessed]:  # a try cheaper than the cheaper way's mean: look again soon
+            self.interval = self.probe
+        else:  # a try of the dearer way left it the dearer: try it less often
+            self.interval = min(2 * self.interval, self.max_probe)
+
+
 class OverlapDrafter(ModelDrafter):
     def __init__(self, adapter, on_guess=None, priority: str = "high", ahead: int | None = None,
-                 min_hit_rate: float = 0.5, probe: int = 8):  # fmt: skip
+                 policy: GuessPolicy | None = None):  # fmt: skip
         if priority not in ("high", "normal"):
             raise ValueError(f"the side stream's priority is high or normal, got {priority!r}")
         if ahead is not None and ahead < 1:
             raise ValueError(f"a guess queues at least one pass before the verdict, got ahead={ahead}")
-        if not 0.0 <= min_hit_rate <= 1.0 or probe < 1:
-            raise ValueError(f"min_hit_rate is a rate in [0, 1] and probe a number of cycles >= 1, got {min_hit_rate}, {probe}")
         super().__init__(adapter)
         self.ahead = ahead  # passes of a guess queued before the verdict at most (None: as time allows)
-        # guess only while guesses are right often enough to pay for their contention (measured on
-        # one H200, 7B/0.5B: break-even near a half, results/overlap.md); when they are not, one
-        # cycle in ``probe`` still guesses, so the rate follows the video
-        self.min_hit_rate, self.probe = min_hit_rate, probe
-        self.hit_rate, self.since_guess = 1.0, 0  # decaying rate of right guesses (kept across requests)
+        self.policy = GuessPolicy() if policy is None else policy  # kept across requests
+        # the cycle before this one and this one: (the moment its proposal was final, whether it
+        # guessed, the workspace's warm-up seconds then); a cycle's cost runs from one to the next
+        self.marks: list[list] = []
         self.priority = priority  # high: the guess's small kernels take SMs first as the verification's free up
         self.on_guess = on_guess  # benchmarks: on_guess(token (1,) on the device, depth) may rewrite the guess
         self.cuda = False
@@ -76,6 +130,7 @@ class OverlapDrafter(ModelDrafter):
         self._reset()
         self.side_spans.clear()
         self.queued.clear()
+        self.marks.clear()  # the prefill is no cycle's cost
         self.hits = self.guesses = 0
         super().start(inputs, room, static=static, compile=compile)
 
@@ -94,13 +149,18 @@ class OverlapDrafter(ModelDrafter):
     def during_verify(self, tree: DraftTree, proposal: Proposal, root_position: int, sampling: SamplingConfig,
                       generator: torch.Generator | None, proposed=None, verified=None) -> None:  # fmt: skip
         cache, depth = self.workspace.cache, tree.depth
+        if self.cuda and proposed is None:  # not given: the proposal was final on this device's stream
+            proposed = torch.cuda.Event(enable_timing=True)
+            proposed.record(torch.cuda.current_stream(self.device))
+        # the request's first cycle holds its verification's warm-up (on the target): not measured
+        warm = self.workspace.warmup_s if self.marks else None
+        self.marks = self.marks[-1:] + [[proposed if self.cuda else time.perf_counter(), False, warm]]
         # the guess writes the main path, its leaf, the guessed token and one tree's levels
         if proposal.depth < depth or len(tree.main_path) != depth + 1 or cache.length + depth + tree.num_nodes + tree.draft_width > cache.capacity:
             return
-        self.since_guess += 1
-        if self.hit_rate < self.min_hit_rate and self.since_guess < self.probe:
+        if not self.policy.want():
             return
-        self.since_guess = 0
+        self.marks[-1][1] = True
         if not self.cuda:
             verified = None
         elif verified is None:  # not given: the verification was queued on this device's stream
@@ -171,7 +231,21 @@ class OverlapDrafter(ModelDrafter):
         following.overlapped = True
         return following
 
+    def _cost(self) -> None:
+        """The cycle before this one's cost, for the policy (its end, this cycle's proposal, was
+        reached before this verification, whose verdict is read). A cycle in which a step was
+        compiled or captured, or the first of a request (its verification's, on the target), is
+        no measure of what guessing costs."""
+        if len(self.marks) < 2:
+            return
+        (start, guessed, warm), (end, _, warm_end) = self.marks
+        if warm is not None and warm_end == warm:
+            seconds = start.elapsed_time(end) / 1000 if self.cuda else end - start
+            self.policy.record(guessed, seconds)
+        self.marks = self.marks[1:]
+
     def accept(self, verdict: Verdict, proposal: Proposal) -> int:
+        self._cost()
         if self.undo is None:
             return super().accept(verdict, proposal)
         root, length, saved, passes, following = self.undo
@@ -184,7 +258,6 @@ class OverlapDrafter(ModelDrafter):
         guessed = int(self.guess_host[0])
         self._join()
         right = verdict.accepted == list(self.guessed_path) and verdict.next_token == guessed
-        self.hit_rate = 0.9 * self.hit_rate + 0.1 * right
         if right:
             self.hits += 1
             if following is None:  # the verdict came first: the rest of the guess's passes, on this stream
