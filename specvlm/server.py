@@ -33,12 +33,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import http.client
 import json
 import logging
 import math
 import os
+import socket
 import stat
 import sys
 import tempfile
@@ -64,7 +66,8 @@ from specvlm.video import SERVED_MAX_VIDEO_PIXELS
 log = logging.getLogger("specvlm.server")
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions")  # metric labels: these or "other"
 MAX_JSON_DEPTH = 32
-MAX_JSON_VALUES = 2**20  # counted (over) from the body's commas and brackets before it is parsed
+MAX_JSON_VALUES = 2**16  # counted (over) from the body's commas and brackets before it is parsed
+MAX_NUMBER_DIGITS = 64  # a JSON integer's digits at most (parsing one costs quadratic time in its length)
 MAX_FPS = 240.0
 MAX_STOP_CHARS = 256
 
@@ -287,16 +290,24 @@ def _refuse_constant(name: str):
     raise RequestError(400, f"the request body is not valid JSON: {name} is not a JSON number")
 
 
+def _parse_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise RequestError(400, f"the request body holds an integer of {len(literal.lstrip('-')):,} digits, more "
+                           f"than the server's {MAX_NUMBER_DIGITS}")  # fmt: skip
+    return int(literal)
+
+
 def parse_json(raw: bytes) -> Any:
     """The body as JSON, or a RequestError: strict UTF-8, no NaN / Infinity, at most MAX_JSON_DEPTH
-    levels of nesting, at most MAX_JSON_VALUES values, no lone surrogates in strings."""
+    levels of nesting, at most MAX_JSON_VALUES values, integers of at most MAX_NUMBER_DIGITS digits, no
+    lone surrogates in strings. It runs on the event loop: each bound keeps one body's parse short."""
     values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")  # every value past the first needs one
     if values > MAX_JSON_VALUES:  # a few bytes each, tens of bytes each parsed: refused unparsed
         raise RequestError(400, f"the request body holds too many JSON values ({values:,} commas and brackets, "
                            f"more than the server's {MAX_JSON_VALUES:,})")  # fmt: skip
     try:
         text = raw.decode("utf-8")
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_parse_int)
     except UnicodeDecodeError:
         raise RequestError(400, "the request body is not UTF-8") from None
     except RecursionError:
@@ -354,7 +365,7 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: floa
         path = workdir / ("video" + (Path(parsed.path).suffix or ".mp4"))
         remaining = lambda: math.inf if deadline is None else deadline - time.monotonic()
         try:
-            with urllib.request.urlopen(url, timeout=max(min(30, remaining()), 0.1)) as response:
+            with _urlopen_until(url, max(min(30, remaining()), 0.1), deadline) as response:
                 data = b""
                 sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
                 while len(data) <= limit:
@@ -370,7 +381,11 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: floa
                 raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout") from None
             raise RequestError(400, "cannot fetch the video: the host stopped answering for 30 s", param="video_url") from None
         except (OSError, ValueError, http.client.HTTPException) as error:  # refused, a bad port or reply...
+            if remaining() <= 0:  # the deadline's watchdog shut the connection
+                raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout") from None
             raise RequestError(400, f"cannot fetch the video: {error}"[:300], param="video_url") from None
+        if remaining() <= 0:  # (a shut connection reads as the end of the video)
+            raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout")
         if len(data) > limit:
             raise _media_too_large(settings)
         path.write_bytes(data)
@@ -409,6 +424,55 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: floa
     return resolved
 
 
+@contextlib.contextmanager
+def _urlopen_until(url: str, timeout: float, deadline: float | None):
+    """urllib's urlopen, with every socket it opens (redirects' included) shut down at ``deadline``.
+    http.client's ``timeout`` bounds each recv, not the whole: a host sending its status line and
+    headers a byte at a time held the worker thread past the request's answer, for as long as it
+    liked, and a few such requests took every thread of the pool all requests need."""
+    socks: list[socket.socket] = []
+
+    def watched(*args, **kwargs) -> socket.socket:
+        sock = socket.create_connection(*args, **kwargs)
+        socks.append(sock)
+        if deadline is not None and time.monotonic() >= deadline:  # opened after the watchdog ran
+            sock.close()
+            raise TimeoutError("past the deadline")
+        return sock
+
+    def connection(cls):
+        def make(*args, **kwargs):
+            conn = cls(*args, **kwargs)
+            conn._create_connection = watched  # how http.client opens its socket (TLS wraps it after)
+            return conn
+
+        return make
+
+    class Plain(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(connection(http.client.HTTPConnection), req)
+
+    class Secure(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(connection(http.client.HTTPSConnection), req, context=self._context)
+
+    def cut() -> None:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(max(deadline - time.monotonic(), 0), cut) if deadline is not None else None
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        with urllib.request.build_opener(Plain, Secure).open(url, timeout=timeout) as response:
+            yield response
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+
+
 def _media_too_large(settings: ServeSettings) -> RequestError:
     return RequestError(413, f"the video is larger than --max-media-mb {settings.max_media_mb:g}",
                         param="video_url", code="media_too_large")  # fmt: skip
@@ -441,6 +505,10 @@ def load_clip(job: ChatJob, settings: ServeSettings):
         except VideoInputError as error:
             message = str(error).replace(str(path), "the video")[:300]
             raise RequestError(400, f"unreadable video: {message}", param="video_url", code="invalid_video") from None
+        except Exception as error:  # noqa: BLE001 - the decoder tripping on a file in a way video.py did not foresee
+            log.warning("a video failed to decode (%s: %s); answered 400", type(error).__name__, str(error)[:200])
+            raise RequestError(400, "unreadable video: the decoder failed on it (a corrupt or unsupported file)",
+                               param="video_url", code="invalid_video") from None  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ the server
@@ -530,15 +598,19 @@ class Engine:
 
         deltas = TextDeltas(self.pair.target.tokenizer)
 
-        def on_tokens(new: list[int]) -> None:
+        def check() -> None:
             if job.cancel.is_set():
                 raise Cancelled("client went away")
             if time.monotonic() > job.deadline:
                 raise Cancelled("timeout")
+
+        def on_tokens(new: list[int]) -> None:
+            check()
             if on_text is not None and (piece := deltas.add(new)):
                 on_text(piece)
 
         try:
+            check()  # a client gone while queued costs no prefill
             out = self.pair.generate(
                 clip, job.messages, max_new_tokens=job.max_new_tokens, temperature=job.temperature,
                 top_p=job.top_p, seed=job.seed, stop_strings=job.stop, speculative=job.speculative,
@@ -820,6 +892,7 @@ def create_app(pair, settings: ServeSettings):
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+        getter = None
         try:
             yield chunk({"role": "assistant", "content": ""})
             while True:
@@ -858,6 +931,8 @@ def create_app(pair, settings: ServeSettings):
             yield "data: [DONE]\n\n"
             metrics.requests.labels(endpoint="/v1/chat/completions", status="200").inc()
         finally:
+            if getter is not None:  # a client gone mid-wait: never leave the wait pending ("Task was destroyed")
+                getter.cancel()
             if not work.done():  # the client went away: stop at the next cycle
                 job.cancel.set()
                 try:

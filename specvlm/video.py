@@ -420,6 +420,10 @@ def _video_stream(container, path: str):
     if not streams:
         container.close()
         raise VideoInputError(f"no decodable video frames in {path} (it has no video stream)")
+    if streams[0].codec_context is None:  # a codec FFmpeg does not know (a corrupt sample description, say)
+        container.close()
+        raise VideoInputError(f"no decodable video frames in {path} (its video codec is unknown to FFmpeg: "
+                              "a corrupt or unsupported file)")  # fmt: skip
     return streams[0]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import logging
 import os
@@ -405,7 +406,9 @@ HOSTILE = [
     ("huge num_frames", {"num_frames": 10**12}, 400, "'num_frames' must be in"),
     ("seed past 64 bits", {"seed": 2**70}, 400, "'seed' must be in"),
     ("huge max_tokens", {"max_tokens": 10**40}, 400, "'max_tokens' must be in"),
-    ("deeply nested JSON", "[" * 100_000 + "]" * 100_000, 400, "nests deeper"),
+    ("deeply nested JSON", "[" * 60_000 + "]" * 60_000, 400, "nests deeper"),
+    ("an integer of 4000 digits", '{"seed": ' + "9" * 4000 + "}", 400, "an integer of 4,000 digits"),
+    ("100k tiny values", '{"metadata": [' + "0," * 100_000 + "0]}", 400, "too many JSON values"),
     ("nested beyond the limit", '{"metadata": ' + "[" * 40 + "]" * 40 + "}", 400, "nests deeper"),
     ("lone surrogate", '{"messages": [{"role": "user", "content": "\\ud800 hi"}]}', 400, "lone UTF-16 surrogate"),
     ("not UTF-8", b'{"model": "\xff"}', 400, "not UTF-8"),
@@ -620,6 +623,20 @@ class SlowVideoHost:
             if path == b"/garbage.mp4":
                 conn.sendall(b"NOT HTTP\r\n\r\n")
                 return
+            if path == b"/dripping-head.mp4":  # the status line, then a header byte every 0.5 s
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                conn.settimeout(0.5)
+                try:
+                    for i in range(40):
+                        try:
+                            if conn.recv(1) == b"":
+                                break
+                        except TimeoutError:
+                            conn.sendall(b"X-Slow: drip\r\n"[i % 14 : i % 14 + 1])
+                except OSError:
+                    pass
+                self.hung_up_at = time.monotonic()
+                return
             if path == b"/stalling.mp4":  # a byte, then 1.8 s of silence before each next one
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\nx")
                 conn.settimeout(1.8)
@@ -667,6 +684,27 @@ def test_remote_media_failures_are_4xx_and_slow_hosts_are_dropped_at_the_timeout
                 break
             time.sleep(0.05)
         assert host.hung_up_at and host.hung_up_at - t0 < 3.0, (host.hung_up_at, t0)
+    finally:
+        live.close()
+        host.close()
+
+
+def test_a_host_dripping_its_headers_is_dropped_at_the_timeout(pair):
+    """http.client's timeout bounds each recv, not the whole: a host sending its headers a byte at a
+    time held the fetching thread long past the 504, and a handful of such requests took every
+    worker thread (media, prompts and generations all run on them): then every request got a 504."""
+    host = SlowVideoHost()
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allow_remote_media=True, timeout_s=1)))
+    try:
+        url = f"http://127.0.0.1:{host.port}/dripping-head.mp4"
+        t0 = time.monotonic()
+        code, reply, _ = live.post({"model": "bundled", "messages": messages(url), "max_tokens": 4})
+        assert code == 504 and reply["error"]["code"] == "timeout", reply
+        for _ in range(100):
+            if host.hung_up_at:
+                break
+            time.sleep(0.05)
+        assert host.hung_up_at and host.hung_up_at - t0 < 2.5, (host.hung_up_at, t0)
     finally:
         live.close()
         host.close()
@@ -780,3 +818,37 @@ def test_a_client_that_stops_reading_is_dropped_at_the_timeout(pair, caplog, pat
         asyncio.run(asyncio.wait_for(app(scope, receive, send), timeout=20))
     assert time.monotonic() - t0 < 10 and sent == ["http.response.start", "http.response.body"], sent
     assert "read nothing for 2 s" in caplog.text and "unhandled" not in caplog.text, caplog.text
+
+
+def test_a_video_the_decoder_trips_on_is_a_400_not_a_500(hostile, media, caplog):
+    """One fourcc changed in the sample description (``avc1`` -> ``zzzz``): PyAV opens the stream
+    but gives it no codec context, and reading its size raised AttributeError: a 500 and a logged
+    traceback instead of a 400 naming the video."""
+    data = (media / "clip.mp4").read_bytes()
+    at = data.rfind(b"avc1")
+    url = "data:video/mp4;base64," + base64.b64encode(data[:at] + b"zzzz" + data[at + 4 :]).decode()
+    with caplog.at_level(logging.WARNING, logger="specvlm.server"):
+        code, reply, _ = hostile.post({"model": "bundled", "messages": messages(url), "max_tokens": 4})
+    assert code == 400 and "unreadable video" in reply["error"]["message"], reply
+    assert reply["error"]["param"] == "video_url" and "unhandled" not in caplog.text, caplog.text
+    assert _answer(hostile, media)[0] == 200
+
+
+def test_a_stream_its_client_closes_leaves_no_task_pending(server, clip_path, caplog):
+    """The stream's wait for the next piece was left pending when the client went away: asyncio
+    logged "Task was destroyed but it is pending!" (an ERROR) for every stream closed early."""
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for _ in range(2):
+            stream = server.client().chat.completions.create(model="bundled", messages=messages(str(clip_path)),
+                                                             stream=True, max_tokens=256)  # fmt: skip
+            next(iter(stream))
+            stream.close()
+            for _ in range(100):
+                if not json.loads(server.get("/health")[1])["busy"]:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.5)  # the stream's own cleanup, just after the engine's
+            gc.collect()  # what a left-behind task would be collected with
+    assert "Task was destroyed" not in caplog.text, caplog.text
+    out = server.client().chat.completions.create(model="bundled", messages=messages(str(clip_path)), max_tokens=4)
+    assert out.usage.completion_tokens == 4

@@ -333,6 +333,18 @@ def test_truncated_mp4(videos, tmp_path):
         load_video(p)
 
 
+def test_unknown_codec_is_named(videos, tmp_path):
+    """One fourcc changed in the sample description (avc1 -> zzzz): the stream opens with no codec
+    context (reading its size raised AttributeError)."""
+    data = videos["mp4"].read_bytes()
+    at = data.rfind(b"avc1")
+    assert at > 0
+    p = tmp_path / "zzzz.mp4"
+    p.write_bytes(data[:at] + b"zzzz" + data[at + 4 :])
+    with pytest.raises(VideoInputError, match=r"no decodable video frames in .*zzzz\.mp4 \(its video codec is unknown"):
+        load_video(p)
+
+
 def test_truncated_mkv_keeps_readable_prefix(tmp_path):
     path = write_video(tmp_path / "long.mkv", grey_frames(), fps=FPS)
     data = path.read_bytes()
