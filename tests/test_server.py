@@ -726,6 +726,45 @@ def test_a_non_streamed_request_stops_when_its_client_leaves(hostile, media):
     assert json.loads(hostile.get("/health")[1])["busy"] is False
 
 
+def test_a_request_whose_client_left_while_queued_is_never_generated(pair, settings, clip_path, monkeypatch):
+    """While one request holds the model, another's client asks and hangs up: when its turn comes
+    it is dropped before its prefill (it used to run the prefill, then stop at the first token)."""
+    started, release, calls = threading.Event(), threading.Event(), []
+    generate = pair.generate
+
+    def held(*a, **k):  # the first generation holds the model until the test releases it
+        calls.append(1)
+        if len(calls) == 1:
+            started.set()
+            release.wait(30)
+        return generate(*a, **k)
+
+    monkeypatch.setattr(pair, "generate", held)
+    live = LiveServer(create_app(pair, ServeSettings(**{**vars(settings), "max_queue": 2})))
+    try:
+        body = {"model": "bundled", "messages": messages(str(clip_path)), "max_tokens": 4}
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(live.post, body)
+            assert started.wait(30)
+            before = _cancelled(live)
+            raw = json.dumps(body).encode()
+            with socket.create_connection(("127.0.0.1", live.port)) as sock:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw))  # fmt: skip
+                time.sleep(0.5)  # prepared and queued behind the first
+            time.sleep(0.3)
+            release.set()
+            assert first.result(60)[0] == 200
+        for _ in range(100):
+            if _cancelled(live) > before:
+                break
+            time.sleep(0.05)
+        assert _cancelled(live) == before + 1 and len(calls) == 1, (len(calls), _cancelled(live) - before)
+    finally:
+        release.set()
+        live.close()
+
+
 def test_streams_past_the_queue_get_503_before_any_200(hostile, media):
     body = {"model": "bundled", "messages": messages(str(media / "clip.mp4")), "max_tokens": 256, "stream": True}
 
