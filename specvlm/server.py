@@ -393,6 +393,9 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: floa
     if scheme not in ("", "file"):
         raise RequestError(400, f"unsupported video URL scheme {scheme!r}: use a data: URL or a local path",
                            param="video_url")  # fmt: skip
+    if scheme == "file" and parsed.netloc not in ("", "localhost"):  # file://host/path names another machine's file
+        raise RequestError(400, f"a file: URL names a file on this machine (file:///path), not on {parsed.netloc!r}"[:300],
+                           param="video_url")  # fmt: skip
     local = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else url)
     allowed = settings.allowed_media_dir
     refused = RequestError(403, "local video paths are refused unless under the server's --allowed-media-dir",

@@ -426,6 +426,7 @@ HOSTILE = [
     ("the image placeholder in the text", {"messages": [{"role": "user", "content": "What is <image>?"}]},
      400, "the model's own placeholder"),
     ("a URL that does not parse", "ipv6", 400, "the video URL does not parse"),
+    ("a file: URL on another host", "otherhost", 400, "not on 'otherhost'"),
 ]
 
 
@@ -433,7 +434,8 @@ HOSTILE = [
 def test_hostile_values_get_a_4xx_quickly_and_bounded(hostile, media, what, body, status, words):
     names = {"nul": str(media / "clip\x00.mp4"), "long": str(media / ("x" * 5000 + ".mp4")), "loop": str(media / "loop-a"),
              "fifo": str(media / "fifo.mp4"), "folder": str(media / "folder.mp4"),
-             "bomb": data_url(media / "bomb.mp4"), "ipv6": "file://[x/clip.mp4"}  # fmt: skip
+             "bomb": data_url(media / "bomb.mp4"), "ipv6": "file://[x/clip.mp4",
+             "otherhost": "file://otherhost" + str(media / "clip.mp4")}  # fmt: skip
     if isinstance(body, str) and body in names:
         raw = json.dumps({"model": "bundled", "messages": messages(names[body]), "max_tokens": 8}).encode()
     elif isinstance(body, dict):
