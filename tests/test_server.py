@@ -449,6 +449,12 @@ def test_hostile_values_get_a_4xx_quickly_and_bounded(hostile, media, what, body
     assert time.monotonic() - t0 < 20 and grown < 1.0
 
 
+def test_file_urls_on_this_machine_are_read(hostile, media):
+    for url in ("file://" + str(media / "clip.mp4"), "file://localhost" + str(media / "clip.mp4")):
+        code, reply, _ = hostile.post({"model": "bundled", "messages": messages(url), "max_tokens": 4})
+        assert code == 200, reply
+
+
 def test_requests_failing_while_prepared_give_back_their_queue_place(hostile, media):
     """The queue holds two here; requests that failed after admission used to keep their place."""
     for text, url in [("What is <video>?", str(media / "clip.mp4")), ("Describe.", "http://[::1/v.mp4")] * 2:
