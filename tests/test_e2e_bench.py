@@ -197,3 +197,15 @@ def test_e2e_rerun_skips_finished_contexts_but_keeps_the_workspace_sizing(tmp_pa
     redone = records[5]
     assert (redone["context"], redone["method"]) == (json.loads(first[5])["context"], json.loads(first[5])["method"])
     assert redone["target_capacity"] == json.loads(first[5])["target_capacity"]  # still sized by the longest
+
+
+def test_bundled_pair_counts_the_overlapped_drafters_right_guesses(benchmark_script, tmp_path, monkeypatch, capsys):
+    """The bundled pair's own acceptance, with the overlapped drafter guessing every cycle: how
+    often the guess of the verdict is right (its output equals target-only's)."""
+    out = tmp_path / "bp.json"
+    monkeypatch.setattr(sys, "argv", ["bundled_pair.py", "--clips", "1", "--max-new-tokens", "24", "--methods",
+                                      "specvlm 0.9 overlap, guessing every cycle", "--out", str(out)])  # fmt: skip
+    benchmark_script("bundled_pair").main()
+    row = json.loads(out.read_text())["methods"]["specvlm 0.9 overlap, guessing every cycle"]
+    assert row["equal"] == 1 and row["guesses"] >= row["passes"] - 1 > 0 and 0 <= row["right_guesses"] <= row["guesses"]
+    assert f"| {row['right_guesses']}/{row['guesses']} | 1/1 |" in capsys.readouterr().out
