@@ -684,17 +684,22 @@ def test_remote_media_failures_are_4xx_and_slow_hosts_are_dropped_at_the_timeout
     # a byte every 1.8 s, 2 s to go: no one recv may outlast the deadline (one used to wait on to 3.6 s)
     live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allow_remote_media=True, timeout_s=2)))
     try:
-        t0 = time.monotonic()
-        code, reply, _ = live.post({"model": "bundled", "messages": messages(url + "/stalling.mp4"), "max_tokens": 4})
-        assert code == 504 and reply["error"]["code"] == "timeout", reply
-        for _ in range(100):
-            if host.hung_up_at:
-                break
-            time.sleep(0.05)
-        assert host.hung_up_at and host.hung_up_at - t0 < 3.0, (host.hung_up_at, t0)
+        _dropped_within(live, host, url + "/stalling.mp4", 3.0)
     finally:
         live.close()
         host.close()
+
+
+def _dropped_within(live, host: "SlowVideoHost", url: str, seconds: float) -> None:
+    """A request for ``url`` is answered 504 and ``host`` sees the server hang up within ``seconds``."""
+    t0 = time.monotonic()
+    code, reply, _ = live.post({"model": "bundled", "messages": messages(url), "max_tokens": 4})
+    assert code == 504 and reply["error"]["code"] == "timeout", reply
+    for _ in range(100):
+        if host.hung_up_at:
+            break
+        time.sleep(0.05)
+    assert host.hung_up_at and host.hung_up_at - t0 < seconds, (host.hung_up_at, t0)
 
 
 def test_a_host_dripping_its_headers_is_dropped_at_the_timeout(pair):
@@ -704,15 +709,7 @@ def test_a_host_dripping_its_headers_is_dropped_at_the_timeout(pair):
     host = SlowVideoHost()
     live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allow_remote_media=True, timeout_s=1)))
     try:
-        url = f"http://127.0.0.1:{host.port}/dripping-head.mp4"
-        t0 = time.monotonic()
-        code, reply, _ = live.post({"model": "bundled", "messages": messages(url), "max_tokens": 4})
-        assert code == 504 and reply["error"]["code"] == "timeout", reply
-        for _ in range(100):
-            if host.hung_up_at:
-                break
-            time.sleep(0.05)
-        assert host.hung_up_at and host.hung_up_at - t0 < 2.5, (host.hung_up_at, t0)
+        _dropped_within(live, host, f"http://127.0.0.1:{host.port}/dripping-head.mp4", 2.5)
     finally:
         live.close()
         host.close()
