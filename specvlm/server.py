@@ -427,6 +427,37 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: floa
     return resolved
 
 
+_LOOKUPS = threading.BoundedSemaphore(16)  # name lookups in flight at most, each on a thread of its own
+
+
+def _look_up(host: str, port: int, deadline: float | None) -> list[str]:
+    """The addresses of ``host``, looked up on a thread of its own that the caller waits for
+    until ``deadline`` at most: a slow name server held the worker thread (which media, prompts and
+    generations all need) for as long as the system's resolver allows. A lookup left running past
+    its deadline keeps its place among the 16 until it ends."""
+    if not _LOOKUPS.acquire(blocking=False):
+        raise OSError("too many name lookups in flight; try again")
+    found: dict = {}
+
+    def run() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found["addresses"] = list(dict.fromkeys(info[4][0] for info in infos))
+        except OSError as error:
+            found["error"] = error
+        finally:
+            _LOOKUPS.release()
+
+    lookup = threading.Thread(target=run, name="name lookup", daemon=True)
+    lookup.start()
+    lookup.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+    if lookup.is_alive():
+        raise TimeoutError(f"looking up {host!r} ran past the deadline")
+    if "error" in found:
+        raise found["error"]
+    return found["addresses"]
+
+
 @contextlib.contextmanager
 def _urlopen_until(url: str, timeout: float, deadline: float | None):
     """urllib's urlopen, with every socket it opens (redirects' included) shut down at ``deadline``.
@@ -435,8 +466,17 @@ def _urlopen_until(url: str, timeout: float, deadline: float | None):
     liked, and a few such requests took every thread of the pool all requests need."""
     socks: list[socket.socket] = []
 
-    def watched(*args, **kwargs) -> socket.socket:
-        sock = socket.create_connection(*args, **kwargs)
+    def watched(address, *args, **kwargs) -> socket.socket:
+        host, port = address
+        error = None
+        for ip in _look_up(host, port, deadline):  # each address in turn, as socket.create_connection does
+            try:
+                sock = socket.create_connection((ip, port), *args, **kwargs)
+                break
+            except OSError as failed:
+                error = failed
+        else:
+            raise error
         socks.append(sock)
         if deadline is not None and time.monotonic() >= deadline:  # opened after the watchdog ran
             sock.close()

@@ -690,6 +690,34 @@ def test_remote_media_failures_are_4xx_and_slow_hosts_are_dropped_at_the_timeout
         host.close()
 
 
+def test_a_slow_name_lookup_leaves_no_worker_thread_waiting(pair, monkeypatch):
+    """The system's resolver takes as long as its name server does (a stand-in here: 4 s for one
+    name); the fetching thread, which every request's media, prompt and generation need, waited
+    through it past the request's 504. Now only a lookup thread of its own waits."""
+    inside, real = set(), socket.getaddrinfo
+
+    def slow(host, *a, **k):
+        if host != "slow-names.test":
+            return real(host, *a, **k)
+        inside.add(threading.current_thread().name)
+        try:
+            time.sleep(4)
+            return real("127.0.0.1", *a, **k)
+        finally:
+            inside.discard(threading.current_thread().name)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    live = LiveServer(create_app(pair, ServeSettings(model_name="bundled", allow_remote_media=True, timeout_s=1)))
+    try:
+        t0 = time.monotonic()
+        code, reply, _ = live.post({"model": "bundled", "messages": messages("http://slow-names.test:9/v.mp4"), "max_tokens": 4})
+        assert code == 504 and reply["error"]["code"] == "timeout" and time.monotonic() - t0 < 2.5, reply
+        time.sleep(0.3)
+        assert inside == {"name lookup"}, inside  # the lookup alone is still waiting, on its own thread
+    finally:
+        live.close()
+
+
 def _dropped_within(live, host: "SlowVideoHost", url: str, seconds: float) -> None:
     """A request for ``url`` is answered 504 and ``host`` sees the server hang up within ``seconds``."""
     t0 = time.monotonic()
