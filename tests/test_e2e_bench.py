@@ -203,7 +203,7 @@ def test_bundled_pair_counts_the_overlapped_drafters_right_guesses(benchmark_scr
     """The bundled pair's own acceptance, with the overlapped drafter guessing every cycle: how
     often the guess of the verdict is right (its output equals target-only's)."""
     out = tmp_path / "bp.json"
-    monkeypatch.setattr(sys, "argv", ["bundled_pair.py", "--clips", "1", "--max-new-tokens", "24", "--methods",
+    monkeypatch.setattr(sys, "argv", ["bundled_pair.py", "--clips", "1", "--max-new-tokens", "12", "--methods",
                                       "specvlm 0.9 overlap, guessing every cycle", "--out", str(out)])  # fmt: skip
     benchmark_script("bundled_pair").main()
     row = json.loads(out.read_text())["methods"]["specvlm 0.9 overlap, guessing every cycle"]
