@@ -291,9 +291,9 @@ def _refuse_constant(name: str):
 
 
 def _parse_int(literal: str) -> int:
-    if len(literal.lstrip("-")) > MAX_NUMBER_DIGITS:
-        raise RequestError(400, f"the request body holds an integer of {len(literal.lstrip('-')):,} digits, more "
-                           f"than the server's {MAX_NUMBER_DIGITS}")  # fmt: skip
+    if (digits := len(literal.lstrip("-"))) > MAX_NUMBER_DIGITS:
+        raise RequestError(400, f"the request body holds an integer of {digits:,} digits, more than the "
+                           f"server's {MAX_NUMBER_DIGITS}")  # fmt: skip
     return int(literal)
 
 
@@ -370,7 +370,7 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: floa
                 sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
                 while len(data) <= limit:
                     if remaining() <= 0:  # a server sending slowly: stop here, not when it is done
-                        raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout")
+                        raise _fetch_timed_out()
                     if sock is not None:  # no one recv may outlast the deadline either
                         sock.settimeout(max(min(30, remaining()), 0.01))
                     if not (piece := response.read1(limit + 1 - len(data))):  # one recv each
@@ -378,14 +378,14 @@ def fetch_video(url: str, settings: ServeSettings, workdir: Path, deadline: floa
                     data += piece
         except TimeoutError:
             if remaining() <= 0:
-                raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout") from None
+                raise _fetch_timed_out() from None
             raise RequestError(400, "cannot fetch the video: the host stopped answering for 30 s", param="video_url") from None
         except (OSError, ValueError, http.client.HTTPException) as error:  # refused, a bad port or reply...
             if remaining() <= 0:  # the deadline's watchdog shut the connection
-                raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout") from None
+                raise _fetch_timed_out() from None
             raise RequestError(400, f"cannot fetch the video: {error}"[:300], param="video_url") from None
         if remaining() <= 0:  # (a shut connection reads as the end of the video)
-            raise RequestError(504, "fetching the video timed out", kind="server_error", code="timeout")
+            raise _fetch_timed_out()
         if len(data) > limit:
             raise _media_too_large(settings)
         path.write_bytes(data)
@@ -514,6 +514,10 @@ def _urlopen_until(url: str, timeout: float, deadline: float | None):
     finally:
         if watchdog is not None:
             watchdog.cancel()
+
+
+def _fetch_timed_out() -> RequestError:
+    return RequestError(504, "fetching the video timed out", kind="server_error", code="timeout")
 
 
 def _media_too_large(settings: ServeSettings) -> RequestError:
