@@ -3,6 +3,7 @@
     python benchmarks/attention.py [--out results/attention.json] [--summary results/attention.md]
     python benchmarks/attention.py --sweep --out results/tree_kernel_sweep.jsonl   # the kernel's tilings
     python benchmarks/attention.py --resources --out results/tree_kernel_resources.jsonl  # no GPU: registers, spills
+    python benchmarks/attention.py --flashinfer --out results/attention_flashinfer.jsonl  # FlashInfer's routes
 
 A step writes q tokens after a filled prefix and attends over a static cache whose capacity may be
 far larger than what it holds (a workspace kept from an earlier, longer prompt). Per layer shape of
@@ -20,6 +21,16 @@ in a model step), per filled length and capacity, ms per step summed over the la
 - ``sdpa prefix only`` (beside verification rows): SDPA's fused kernel on the exact filled slice
   without a mask, a lower bound for the "fused prefix + small tree block" route (it leaves out the
   tree block and the merge, and it cannot be captured for a changing length).
+``--flashinfer`` times FlashInfer's (``flashinfer-python``) routes to the same verification beside the
+tree kernel, on the same queries and keys (its ragged layout, a copy of the same values):
+- ``flashinfer fa2, one masked call``: the ragged prefill kernel over prefix and tree block at once, a
+  custom mask marking the whole prefix visible;
+- ``flashinfer fa2|fa3 prefix + fa2 tree block, merged``: cascade attention as FlashInfer builds it,
+  the prefix without a mask (split over its length by FlashInfer's scheduler), the tree block under
+  its mask, merged by ``merge_state``.
+FlashInfer plans each call on the host for the lengths it is given, so a captured graph of it holds
+for one filled length only (the engine's kernel reads the length on the device); the timing is the
+kernels' own, at that length.
 Every output is checked against a float32 reference on the filled slice (``max_err``). KV bytes read
 at the bandwidth floor are reported beside (``floor_ms``).
 """
@@ -234,6 +245,90 @@ def sweep(contexts, bandwidth, out: Path, few_rows: bool = False, grid_override=
         torch.cuda.empty_cache()
 
 
+def flashinfer_routes(models, contexts, bandwidth, out: Path) -> None:
+    """FlashInfer's ways to run the default tree's verification against the engine's tree kernel (see
+    the module docstring); each route's first call includes its JIT build (``compile_s``)."""
+    import flashinfer
+
+    tree = DraftTree.default()
+    q, pattern = tree.num_nodes, patterns()[tree.num_nodes].cuda()
+    capacity = max(contexts) + ROOM  # the tree kernel's cost follows the filled length; room for the copy
+    for name in models:
+        layers, hq, hkv, d = MODELS[name]
+        scale, rows = d**-0.5, hq // hkv * q
+        storage = torch.randn(layers, 2, 1, hkv, capacity, d, dtype=torch.bfloat16, device="cuda")
+        queries = torch.randn(layers, 1, hq, q, d, dtype=torch.bfloat16, device="cuda")
+        ragged = storage[:, :, 0].transpose(2, 3).contiguous()  # (layers, 2, capacity, hkv, d): FlashInfer's NHD
+        fi_q = queries[:, 0].transpose(1, 2).contiguous()  # (layers, q, hq, d)
+        outs = torch.empty_like(fi_q)
+        prefix_t = torch.zeros((), dtype=torch.int64, device="cuda")
+        on_device = on_gpu(pattern)
+        for context in contexts:
+            prefix_t.fill_(context)
+            ref = reference(queries[0], storage[0, 0], storage[0, 1], context, pattern, scale)
+            kv = 2 * layers * hkv * (context + q) * d * 2
+
+            def wrapper(kv_len, backend, mask=None):
+                indptr = lambda n: torch.tensor([0, n], dtype=torch.int32, device="cuda")  # noqa: E731
+                w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(
+                    torch.empty(256 << 20, dtype=torch.uint8, device="cuda"), "NHD", use_cuda_graph=True,
+                    qo_indptr_buf=indptr(q), kv_indptr_buf=indptr(kv_len),
+                    custom_mask_buf=None if mask is None else torch.empty((mask.numel() + 7) // 8, dtype=torch.uint8, device="cuda"),
+                    mask_indptr_buf=None if mask is None else indptr((mask.numel() + 7) // 8), backend=backend)  # fmt: skip
+                w.plan(indptr(q), indptr(kv_len), hq, hkv, d, custom_mask=None if mask is None else mask.flatten(),
+                       sm_scale=scale, q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)  # fmt: skip
+                return w
+
+            def whole(backend):
+                mask = torch.ones(q, context + q, dtype=torch.bool, device="cuda")
+                mask[:, context:] = pattern
+                w = wrapper(context + q, backend, mask)
+                return lambda l: w.run(fi_q[l], ragged[l, 0, : context + q], ragged[l, 1, : context + q])
+
+            def cascade(backend):
+                prefix_w, block_w = wrapper(context, backend), wrapper(q, "fa2", pattern)
+
+                def run(l):
+                    o_a, s_a = prefix_w.run(fi_q[l], ragged[l, 0, :context], ragged[l, 1, :context], return_lse=True)
+                    o_b, s_b = block_w.run(fi_q[l], ragged[l, 0, context : context + q], ragged[l, 1, context : context + q],
+                                           return_lse=True)  # fmt: skip
+                    return flashinfer.merge_state(o_a, s_a, o_b, s_b)[0]
+
+                return run
+
+            engine = lambda l: tree_attention(queries[l], storage[l, 0], storage[l, 1], prefix_t, on_device,  # noqa: E731
+                                              scale).transpose(1, 2)[0]  # fmt: skip
+            routes = {"tree kernel": lambda: engine, "flashinfer fa2, one masked call": lambda: whole("fa2"),
+                      "flashinfer fa2 prefix + fa2 tree block, merged": lambda: cascade("fa2"),
+                      "flashinfer fa3 prefix + fa2 tree block, merged": lambda: cascade("fa3")}  # fmt: skip
+            for label, build in routes.items():
+                t0 = time.perf_counter()
+                try:
+                    fn = build()
+                    got = fn(0)
+                    torch.cuda.synchronize()
+                    compile_s = time.perf_counter() - t0
+                    err = float((got.transpose(0, 1)[None].float() - ref).abs().max())
+
+                    def all_layers(fn=fn):
+                        for l in range(layers):
+                            outs[l] = fn(l)
+
+                    ms, fail = time_graph(all_layers), None
+                except Exception as e:  # noqa: BLE001 - record why a route is unavailable
+                    ms = err = compile_s = None
+                    fail = f"{type(e).__name__}: {str(e)[:300]}"
+                record = {"model": name, "q": q, "rows": rows, "workspace": "shared", "capacity": capacity,
+                          "context": context, "method": label, "ms": ms, "max_err": err,
+                          "floor_ms": 1000 * kv / bandwidth, "compile_s": compile_s, "error": fail,
+                          "flashinfer": flashinfer.__version__, "device": torch.cuda.get_device_name(0)}  # fmt: skip
+                with out.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(json.dumps(record), flush=True)
+        del storage, queries, ragged, fi_q, outs
+        torch.cuda.empty_cache()
+
+
 def summary(records) -> str:
     lines = ["| run | model | q | workspace (capacity) | context | method | ms/step (all layers) | KV floor ms | max err | sdpa prefix only ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -310,6 +405,8 @@ def main() -> None:
     parser.add_argument("--grid", nargs="+", type=_tiling, help="with --sweep: only these tilings, each "
                         "BLOCK_M,BLOCK_N,WARPS,STAGES,PER_SM (BLOCK_M 0: the engine's)")
     parser.add_argument("--label", help="with --sweep: a label written in every record")
+    parser.add_argument("--flashinfer", action="store_true", help="time FlashInfer's cascade routes to the "
+                        "default tree's verification beside the tree kernel (needs flashinfer-python)")
     parser.add_argument("--resources", action="store_true", help="no GPU needed: the kernel compiled for sm_90 "
                         "at each --grid tiling (default: the engine's), its registers, spills and shared memory")
     args = parser.parse_args()
@@ -323,6 +420,9 @@ def main() -> None:
         return
     bandwidth = shapes.copy_bandwidth("cuda")
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    if args.flashinfer:
+        flashinfer_routes([m for m in args.models if m != "llava-ov-0.5b"], args.contexts, bandwidth, args.out)
+        return
     if args.sweep:
         sweep(args.contexts, bandwidth, args.out, args.few_rows, args.grid, args.label)
         return
