@@ -9,6 +9,8 @@ whatever the memory held: timing only). Prints each step's captured replay time 
 the kernels of the same step run uncaptured, grouped, with their share of the step; ``--out FILE``
 appends each step's record as a JSON line. ``--max-autotune``: inductor times its Triton matmul
 templates against cuBLAS for every matmul shape of the step and keeps the faster (a longer compile).
+``--combo-kernels``: inductor launches independent pointwise kernels of a step as one (its horizontal
+fusion: the rotary embeddings of q and k and the cache writes of k and v, say).
 
     python benchmarks/profile_step.py --static --shape llava-ov-7b --context 65536 --q 1 26 --out steps.jsonl
     python benchmarks/profile_step.py --static --shape llava-ov-0.5b --context 6656 --q 1 8 --out steps.jsonl
@@ -37,6 +39,10 @@ def static_steps(args) -> None:
         import torch._inductor.config as inductor
 
         inductor.max_autotune_gemm = True
+    if args.combo_kernels:
+        import torch._inductor.config as inductor
+
+        inductor.combo_kernels = True
     adapter = random_adapter(args.shape)
     tree = DraftTree.default()
     patterns = {1: torch.ones(1, 1, dtype=torch.bool), tree.draft_width: tree.draft_patterns()[2],
@@ -75,6 +81,7 @@ def static_steps(args) -> None:
             record = {"shape": args.shape, "context": args.context, "capacity": ws.cache.capacity, "q": q,
                       "replay_ms": replay_ms, "uncaptured_ms": total / 1000,
                       "launches": sum(e.count for e in kernels) // 3, "max_autotune": args.max_autotune,
+                      "combo_kernels": args.combo_kernels,
                       "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                       "kernels": [{"name": e.key[:200], "ms": e.self_device_time_total / 3000, "count": e.count // 3}
                                   for e in top]}  # fmt: skip
@@ -92,6 +99,7 @@ def main() -> None:
     parser.add_argument("--q", type=int, nargs="+", default=[1, 26])
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--out", type=Path, help="with --static: each step's record appended as a JSON line")
+    parser.add_argument("--combo-kernels", action="store_true", help="with --static: inductor's horizontal fusion")
     parser.add_argument("--max-autotune", action="store_true", help="with --static: inductor autotunes the matmuls")
     args = parser.parse_args()
     if args.static:
