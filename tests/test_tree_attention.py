@@ -54,6 +54,8 @@ for prefix, rows_heads, q in ((0, 2, 26), (5, 7, 26), (300, 5, 26), (777, 7, 3),
     grouped = query.reshape(1, 2, rows_heads * q, 32)
     ref = ta._merge(*ta._parts_reference(grouped, key, value, prefix, pattern, 0.2))
     out = ta._tree_attention_op(grouped.contiguous(), key, value, torch.tensor(prefix), pattern, 0.2)
+    assert out.shape == (1, q, 2 * rows_heads, 32) and out.is_contiguous()  # token-major, as o_proj reads it
+    out = out.view(1, q, 2, rows_heads, 32).permute(0, 2, 3, 1, 4).reshape(1, 2, rows_heads * q, 32)
     if prefix == 300:  # what torch.compile traces (the fake) is what the kernel returns
         checks = torch.library.opcheck(ta._tree_attention_op, (grouped.contiguous(), key, value, torch.tensor(prefix),
                                                                pattern, 0.2))  # fmt: skip

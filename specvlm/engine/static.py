@@ -63,7 +63,7 @@ def static_attention(static: "StaticMask", query, key, value, scaling=None):
     d = query.shape[-1]
     scale = scaling if scaling is not None else d**-0.5
     out = tree_attention(query, key, value, static.prefix, static.pattern, scale)
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous(), None  # on a GPU written token-major: no copy here
 
 
 class StaticMask:

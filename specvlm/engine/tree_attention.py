@@ -266,12 +266,15 @@ if triton is not None:
 
     @triton.jit
     def _merge_kernel(
-        O, LSE, OUT, sob, soh, sop, som, slb, slh, slp, sub, suh, sum_, HKV, P,
+        O, LSE, OUT, sob, soh, sop, som, slb, slh, slp, sub, suh, sur, sui, HKV, P, Q_LEN,
         D: tl.constexpr, BLOCK_P: tl.constexpr,
     ):  # fmt: skip
         """One launch for the merge: each program weighs every part of one row of one KV head by
         its log-sum-exp, all parts loaded at once (a loop over them waits on each load in turn,
-        which made the merge cost more than the parts), and writes the row in the output's dtype."""
+        which made the merge cost more than the parts), and writes the row in the output's dtype.
+        Row ``r * Q_LEN + i`` (query head ``r`` of the KV head's group, token ``i``) is written at
+        ``r * sur + i * sui``: grouped as the rows came, or token-major, as attention's output goes
+        on to the output projection (one copy less)."""
         row, bh = tl.program_id(0), tl.program_id(1)
         b, h = bh // HKV, bh % HKV
         parts = tl.arange(0, BLOCK_P)
@@ -286,7 +289,7 @@ if triton is not None:
         o = tl.load(O + b * sob + h * soh + parts[:, None] * sop + row * som + dims[None, :], mask=seen[:, None],
                     other=0.0)  # fmt: skip
         out = tl.sum(w[:, None] * o, 0) / tl.where(total == 0.0, 1.0, total)
-        tl.store(OUT + b * sub + h * suh + row * sum_ + dims, out.to(OUT.dtype.element_ty))
+        tl.store(OUT + b * sub + h * suh + (row // Q_LEN) * sur + (row % Q_LEN) * sui + dims, out.to(OUT.dtype.element_ty))
 
 
 @lru_cache(maxsize=None)
@@ -369,18 +372,25 @@ def tree_attention(query, key, value, prefix: torch.Tensor, pattern: torch.Tenso
     if query.device.type != "cuda" or triton is None:
         outs, lses = _parts_reference(grouped, key, value, int(prefix), pattern, scale)
         return _merge(outs, lses).to(query.dtype).view(b, hq, q, d)
-    return _tree_attention_op(grouped.contiguous(), key, value, prefix, pattern, scale).view(b, hq, q, d)
+    # written token-major, (B, q, Hq, D): the layout the output projection reads, so the caller's
+    # transpose back is a view and no copy follows
+    return _tree_attention_op(grouped.contiguous(), key, value, prefix, pattern, scale).transpose(1, 2)
 
 
 @torch.library.custom_op("specvlm::tree_attention", mutates_args=())
 def _tree_attention_op(grouped: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix: torch.Tensor,
                        pattern: torch.Tensor, scale: float) -> torch.Tensor:  # fmt: skip
-    return launch(grouped, key, value, prefix, pattern, scale, kernel_config(grouped.shape[2], grouped.shape[1], grouped.element_size()))
+    """Grouped rows (B, Hkv, rows, D) -> (B, q, Hq, D), token-major."""
+    config = kernel_config(grouped.shape[2], grouped.shape[1], grouped.element_size())
+    return launch(grouped, key, value, prefix, pattern, scale, config, token_major=True)
 
 
-def launch(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig) -> torch.Tensor:
-    """The GPU kernel on grouped rows (B, Hkv, rows, D) with a given tiling, and the merge."""
-    return merge(*launch_parts(grouped, key, value, prefix, pattern, scale, config), grouped.dtype)
+def launch(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig, *,
+           token_major: bool = False) -> torch.Tensor:  # fmt: skip
+    """The GPU kernel on grouped rows (B, Hkv, rows, D) with a given tiling, and the merge (its
+    output grouped like the rows, or token-major: see ``merge``)."""
+    outs, lses = launch_parts(grouped, key, value, prefix, pattern, scale, config)
+    return merge(outs, lses, grouped.dtype, pattern.shape[0] if token_major else None)
 
 
 def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: KernelConfig):
@@ -409,15 +419,22 @@ def launch_parts(grouped, key, value, prefix, pattern, scale: float, config: Ker
     return outs, lses
 
 
-def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype, q: int | None = None) -> torch.Tensor:
     """``_merge`` in one GPU launch (the PyTorch form is a dozen kernels over every part, which cost
-    more than the parts themselves at short prefixes): outs (B, Hkv, P, M, D) fp32 -> (B, Hkv, M, D)."""
+    more than the parts themselves at short prefixes): outs (B, Hkv, P, M, D) fp32 -> (B, Hkv, M, D),
+    or, given the step's ``q`` tokens, token-major (B, q, Hq, D) with row ``r * q + i`` at query head
+    ``h * (M // q) + r``, token ``i``."""
     b, hkv, parts, rows, d = outs.shape
-    out = torch.empty(b, hkv, rows, d, dtype=dtype, device=outs.device)
+    if q is None:
+        out = torch.empty(b, hkv, rows, d, dtype=dtype, device=outs.device)
+        strides, q_len = (out.stride(0), out.stride(1), 0, out.stride(2)), rows  # every row has r = 0
+    else:
+        out = torch.empty(b, q, hkv * (rows // q), d, dtype=dtype, device=outs.device)
+        strides, q_len = (out.stride(0), rows // q * out.stride(2), out.stride(2), out.stride(1)), q
     block_p = triton.next_power_of_2(parts)
     _merge_kernel[(rows, b * hkv)](
         outs, lses, out, outs.stride(0), outs.stride(1), outs.stride(2), outs.stride(3), lses.stride(0),
-        lses.stride(1), lses.stride(2), out.stride(0), out.stride(1), out.stride(2), hkv, parts,
+        lses.stride(1), lses.stride(2), *strides, hkv, parts, q_len,
         D=d, BLOCK_P=block_p, num_warps=4 if block_p * d <= 4096 else 8,
     )  # fmt: skip
     return out
@@ -425,4 +442,6 @@ def merge(outs: torch.Tensor, lses: torch.Tensor, dtype: torch.dtype) -> torch.T
 
 @_tree_attention_op.register_fake
 def _(grouped, key, value, prefix, pattern, scale):
-    return torch.empty_like(grouped)
+    b, hkv, rows, d = grouped.shape
+    q = pattern.shape[0]
+    return grouped.new_empty(b, q, hkv * (rows // q), d)
