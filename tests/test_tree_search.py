@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,14 @@ import torch
 
 from specvlm.engine.speculative import SpecStats
 from specvlm.engine.tree import DraftTree
-from specvlm.engine.tree_search import RankAcceptance, StepCosts, best_tree, score, write_tree
+from specvlm.engine.tree_search import (
+    RankAcceptance,
+    StepCosts,
+    best_tree,
+    score,
+    write_tree,
+)
+
 
 @pytest.fixture
 def tree_choice(monkeypatch, capsys, benchmark_script):
@@ -227,3 +235,20 @@ def test_tree_choice_from_a_benchmark_runs_counts(tmp_path, tree_choice):
     long_tree = DraftTree.parse(str(tmp_path / "t_65536_fresh.txt"))
     assert long_tree.num_nodes < chosen.num_nodes and [n for n, _ in schedule.steps] == [0, 16384]
     assert schedule.for_context(4096) == chosen and schedule.for_context(70000) == long_tree
+
+
+def test_guess_coverage_enumerates_every_outcome_of_a_tree_once():
+    """benchmarks/guess_coverage.py: an outcome is the path of ranks the target follows through the
+    tree and the first rank off it (the bonus); their probabilities are the products of the ranks'."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("guess_coverage", Path(__file__).resolve().parents[1] / "benchmarks" / "guess_coverage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (a0, a1), (b0, b1), (c0, c1) = acceptance = [[0.6, 0.3], [0.5, 0.4], [0.7, 0.2]]
+    listed = module.outcomes(set(DraftTree.chain(2).paths), acceptance)
+    found = {ranks: p for p, ranks in listed}
+    expected = {(1,): a1, (0, 1): a0 * b1, (0, 0, 0): a0 * b0 * c0, (0, 0, 1): a0 * b0 * c1}
+    assert found.keys() == expected.keys()
+    assert all(abs(found[k] - expected[k]) < 1e-12 for k in expected)
+    assert len(found) == len(listed) and [p for p, _ in listed] == sorted(found.values(), reverse=True)
