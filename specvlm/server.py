@@ -70,6 +70,7 @@ MAX_JSON_VALUES = 2**16  # counted (over) from the body's commas and brackets be
 MAX_NUMBER_DIGITS = 64  # a JSON integer's digits at most (parsing one costs quadratic time in its length)
 MAX_FPS = 240.0
 MAX_STOP_CHARS = 256
+MAX_ECHO_CHARS = 500  # an error's message at most (its param: 100): both may quote what the client sent
 
 MEDIA_SUFFIX = {"mp4": ".mp4", "webm": ".webm", "x-matroska": ".mkv", "matroska": ".mkv", "quicktime": ".mov",
                 "x-msvideo": ".avi", "avi": ".avi", "mpeg": ".mpg", "ogg": ".ogv"}  # fmt: skip
@@ -110,6 +111,7 @@ class RequestError(Exception):
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  kind: str = "invalid_request_error", headers: dict | None = None):  # fmt: skip
+        message, param = message[:MAX_ECHO_CHARS], None if param is None else param[:100]
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
         self.headers = headers or {}

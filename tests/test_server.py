@@ -293,6 +293,26 @@ def test_bad_requests_get_a_4xx_naming_the_problem(server, clip_path, what, chan
     assert set(body["error"]) >= {"message", "type", "param", "code"} and words in body["error"]["message"]
 
 
+ECHOED = [
+    # (what, body changes): each error quotes a value of the request, 500 KB here
+    ("an unknown parameter's name", {"x" * 500_000: 1}),
+    ("a stream flag", {"stream": "x" * 500_000}),
+    ("a speculative flag", {"speculative": "x" * 500_000}),
+    ("a prune strategy", {"prune": "x" * 500_000}),
+    ("a video URL's scheme", {"messages": messages("x" * 500_000 + ":v.mp4")}),
+    ("a video URL's host", {"messages": messages("http://" + "\uff21" * 150_000 + "\u2100/v.mp4")}),
+]
+
+
+@pytest.mark.parametrize("what, changes", ECHOED, ids=[e[0] for e in ECHOED])
+def test_an_error_quotes_the_request_cut_short(server, clip_path, what, changes):
+    """Errors quoting what was sent quoted all of it (a 500 KB parameter name came back twice, in the
+    message and as the param): a client could have the server echo back twice its body."""
+    code, body, _ = server.post(_body(clip_path, **changes))
+    assert code == 400 and len(json.dumps(body, ensure_ascii=False)) < 1000, (code, len(json.dumps(body)))
+    assert body["error"]["message"]
+
+
 def test_a_null_max_completion_tokens_leaves_max_tokens_in_force(server, clip_path):
     code, body, _ = server.post(_body(clip_path, max_tokens=3) | {"max_completion_tokens": None})
     assert code == 200 and body["usage"]["completion_tokens"] == 3
