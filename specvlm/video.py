@@ -508,6 +508,8 @@ def _decode(path: str, selected: np.ndarray, stop_early: bool, budget: _Budget) 
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"  # frame+slice threading; output order unchanged
+        if budget.max_pixels is not None:  # no one frame past the whole budget is allocated, kept or not
+            stream.codec_context.options = {"max_pixels": str(min(budget.max_pixels, 2**31 - 1))}
         packets = container.demux(stream)
         done = False
         while not done:
@@ -625,8 +627,9 @@ def load_video(
     ``max_frames`` caps the result by uniform subsampling. For video files and folders of images,
     ``max_pixels`` bounds frames x height x width of the result (checked from the container's
     metadata or the images' headers before decoding, and for files again on the frames as they
-    decode); for video files ``deadline`` (a ``time.monotonic()`` value) bounds the time spent; past
-    either, :class:`VideoBudgetError`. Arrays and PIL images are already in memory: not bounded.
+    decode; any one frame larger than it, kept or not, is never decoded: a decoding error); for video
+    files ``deadline`` (a ``time.monotonic()`` value) bounds the time spent; past either,
+    :class:`VideoBudgetError`. Arrays and PIL images are already in memory: not bounded.
     """
     _check_args(num_frames, fps, max_frames)
     check_max_pixels(max_pixels)

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import threading
 import time
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -516,6 +517,49 @@ def test_pixel_budget_bounds_a_folder_of_frames_from_the_image_headers(tmp_path,
         load_video(folder, num_frames=4, max_pixels=4 * SIZE * SIZE - 1)
     assert not converted  # refused before any image was decoded
     assert load_video(folder, num_frames=4, max_pixels=4 * SIZE * SIZE).num_frames == 4
+
+
+def test_pixel_budget_bounds_every_decoded_frame_not_only_the_kept_ones(tmp_path):
+    """A stream declaring 16x16 whose middle frame is an 8192x8192 JPEG (770 KB): sampling keeps the
+    two 16x16 ends, but the middle frame was decoded all the same (64 MiB of pixels, up to FFmpeg's
+    own limit of 16384x16384 per frame) whatever max_pixels said. Now the decoder refuses it."""
+    import io
+
+    import psutil
+
+    def jpeg(size: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("L", (size, size), 128).save(out, "JPEG")
+        return out.getvalue()
+
+    path = tmp_path / "liar.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuvj420p"
+        for i, data in enumerate([jpeg(16), jpeg(8192), jpeg(16)]):
+            packet = av.Packet(data)
+            packet.pts = packet.dts = i
+            packet.time_base, packet.stream = Fraction(1, 8), stream
+            container.mux(packet)
+    process, peak, done = psutil.Process(), [0], threading.Event()
+    base = process.memory_info().rss
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            clip = load_video(path, num_frames=2, max_pixels=2**20)
+    finally:
+        done.set()
+        sampler.join()
+    assert peak[0] - base < 32 * 2**20, (peak[0] - base) / 2**20
+    assert clip.frames.shape == (2, 16, 16, 3) and "1 decoding error(s) ignored" in str(caught[-1].message)
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "64"])
