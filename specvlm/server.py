@@ -57,6 +57,7 @@ from typing import Any
 from fastapi import FastAPI, Request  # the serve extra: pip install "specvlm[serve]"
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from specvlm.engine.sampling import MIN_SAMPLING, SEED_RANGE
@@ -846,6 +847,14 @@ def create_app(pair, settings: ServeSettings):
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     app.add_middleware(Guard, settings=settings, respond=error_response)
+
+    @app.exception_handler(HTTPException)
+    async def no_route(request: Request, error: HTTPException):  # an unknown path or method: the same error shape
+        path = request.url.path
+        error = RequestError(error.status_code, f"{request.method} {path}: {error.detail}",
+                             code="unknown_url" if error.status_code == 404 else None,
+                             headers=dict(error.headers or {}))  # fmt: skip
+        return error_response(error, path if path in ROUTES else "other")
 
     @app.get("/health")
     async def health():

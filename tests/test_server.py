@@ -853,6 +853,18 @@ def test_unauthenticated_paths_add_no_metric_series(pair, settings, clip_path):
         live.close()
 
 
+def test_unknown_paths_and_methods_get_the_same_error_object(server):
+    """FastAPI's own 404 and 405 answered {"detail": ...}, not the error object clients parse."""
+    for method, path, status in [("GET", "/v1/nope", 404), ("DELETE", "/v1/models", 405), ("GET", "/v1/chat/completions", 405)]:
+        request = urllib.request.Request(server.url + path, method=method)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=30)
+        error = json.loads(caught.value.read())["error"]
+        assert caught.value.code == status and error["message"].startswith(f"{method} {path}: "), error
+        assert status == 404 or caught.value.headers["Allow"]  # a 405 still names the methods allowed
+    assert 'specvlm_requests_total{endpoint="other",status="404"}' in server.get("/metrics")[1]
+
+
 def test_text_only_chat_is_answered_like_the_api(server, pair):
     expected = pair.generate(None, "Name a colour.", max_new_tokens=16).text
     out = server.client().chat.completions.create(model="bundled", messages=[{"role": "user", "content": "Name a colour."}],
