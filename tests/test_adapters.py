@@ -11,7 +11,7 @@ import torch
 from specvlm.engine.decoding import decode_target
 from specvlm.models import UnsupportedModelError, load_adapter
 from specvlm.testing.tiny import FAMILIES, expected_video_tokens
-from specvlm.video import write_video
+from specvlm.video import VideoClip, write_video
 
 NUM_FRAMES = 8
 PROMPT = "Describe the video."
@@ -236,3 +236,19 @@ def test_the_cache_goes_by_the_keyword_the_model_takes(loaded):
         warnings.simplefilter("error", FutureWarning)  # `past_key_values` is deprecated, on every call
         logits = loaded.adapter.prefill(loaded.prepared, loaded.adapter.new_cache(loaded.prepared.length))
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("height", [1, 3])
+def test_frames_one_or_three_pixels_high_are_read_channels_last(loaded, height):
+    """A (T, 3, W, 3) clip is ambiguous to a processor left to guess (it took channels first and
+    read the frame wrongly): the features equal those of the same frames handed over channels first."""
+    frames = np.random.default_rng(height).integers(0, 256, (4, height, 48, 3), dtype=np.uint8)
+    clip = VideoClip(frames=frames, timestamps=np.arange(4.0), source_fps=None, source="thin")
+    ours = loaded.adapter.build_inputs(clip, PROMPT)
+    kwargs = {**loaded.adapter.processor_kwargs(clip), "input_data_format": "channels_first"}
+    text = loaded.adapter.processor.apply_chat_template(loaded.adapter.messages(PROMPT), add_generation_prompt=True,
+                                                        tokenize=False)  # fmt: skip
+    theirs = loaded.adapter.processor(text=[text], videos=[frames.transpose(0, 3, 1, 2).copy()], return_tensors="pt",
+                                      **kwargs)  # fmt: skip
+    assert torch.equal(ours["input_ids"], theirs["input_ids"])
+    assert torch.equal(ours["pixel_values_videos"], theirs["pixel_values_videos"])

@@ -189,8 +189,10 @@ class VideoLMAdapter(ABC):
         return features
 
     def processor_kwargs(self, clip: VideoClip) -> dict[str, Any]:
-        """Family-specific processor arguments (frame sampling is already done by ``load_video``)."""
-        return {"do_sample_frames": False}
+        """Family-specific processor arguments (frame sampling is already done by ``load_video``).
+        Frames are always (T, H, W, 3): said so, since a processor left to guess takes a frame 1 or
+        3 pixels high for channels first and reads it wrongly."""
+        return {"do_sample_frames": False, "input_data_format": "channels_last"}
 
     def prepare(self, features) -> PreparedInputs:
         """Embeddings with video features merged, positions and the video layout."""

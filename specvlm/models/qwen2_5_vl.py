@@ -29,7 +29,7 @@ class Qwen2_5_VLAdapter(VideoLMAdapter):
     model_types = ("qwen2_5_vl", "qwen2_vl")
 
     def processor_kwargs(self, clip: VideoClip) -> dict:
-        kwargs: dict = {"do_sample_frames": False}
+        kwargs = super().processor_kwargs(clip)
         metadata = video_metadata(clip)
         if metadata is not None:
             kwargs["video_metadata"] = [metadata]
