@@ -232,6 +232,9 @@ def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
     target, draft = resolve_pair(args.target, getattr(args, "draft", None), need_draft=need_draft)
     t_config = checkpoint_config("--target", target)
     t_family, t_name = _family("--target", target, t_config)
+    from specvlm.models import adapter_class
+
+    args.adapter_class = adapter_class(t_config.model_type)  # load_clip asks it about the frames
     if draft is not None:
         d_family, d_name = _family("--draft", draft, checkpoint_config("--draft", draft))
         if t_family != d_family:
@@ -360,6 +363,13 @@ def load_clip(args):
         if args.debug:
             raise
         raise CLIError(f"--video: {_one_line(error)}") from None
+    if (adapter := getattr(args, "adapter_class", None)) is not None:
+        try:  # frames the target's processor refuses, before its weights load
+            adapter.check_clip(clip)
+        except VideoInputError as error:
+            if args.debug:
+                raise
+            raise CLIError(f"--video {args.video}: {_one_line(error)}") from None
     asked = min(args.frames, args.max_frames or args.frames) if args.frames else None
     if asked is not None and clip.num_frames < asked:
         print(f"specvlm {args.command}: note: --frames {args.frames}, but {args.video} has {clip.num_frames} "

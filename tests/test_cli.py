@@ -204,6 +204,28 @@ def test_bench_skips_a_video_past_the_pixel_bound(pair, video, tmp_path, capsys)
     assert json.loads((out / "run.json").read_text())["max_video_pixels"] == 16383
 
 
+def test_frames_the_processor_refuses_are_named_before_loading(unloadable, tmp_path, capsys):
+    # Qwen's processor takes frames up to 200:1; a 402x2 video was a transformers traceback once the
+    # weights had loaded. The configs without weights: a refusal here comes before any load.
+    wide = str(write_video(tmp_path / "wide.mp4", np.zeros((2, 2, 402, 3), np.uint8)))
+    for argv in (["generate", "--target", unloadable[0], "--draft", unloadable[1], "--video", wide, *RUN],
+                 ["visualize", "--target", unloadable[0], "--video", wide, "--out", str(tmp_path / "p.png")]):
+        code, out, err = run(argv, capsys)
+        assert_user_error(code, err, f"--video {wide}: frames of 402x2 pixels", "201:1", "qwen2_5_vl", "200:1")
+        assert out == ""
+
+
+def test_bench_skips_a_video_the_processor_refuses(pair, video, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "wide.mp4", np.zeros((2, 2, 402, 3), np.uint8))
+    code, _, err = run(["bench", "--target", pair[0], "--draft", pair[1], "--videos", str(videos), "--prompt", PROMPT,
+                        *RUN, "--warmup", "0", "--no-progress", "--out", str(tmp_path / "run")], capsys)  # fmt: skip
+    assert code == 0, err
+    skipped = [json.loads(line) for line in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
+    assert [s["reason"] for s in skipped] == ["unreadable video"] and "201:1" in skipped[0]["error"]
+
+
 @pytest.mark.parametrize("deleted", [("tokenizer.json",), ("tokenizer.json", "tokenizer_config.json")])
 def test_a_checkpoint_without_its_tokenizer_is_named(tiny_pairs, video, tmp_path, deleted, capsys):
     import shutil

@@ -490,7 +490,11 @@ class Bench:
         asked = min(s.num_frames, s.max_frames or s.num_frames) if s.num_frames else None
         if asked is not None and clip.num_frames < asked:  # load_video took every frame it has
             self.short_videos.append(str(sample.sample_id))
-        features = target.build_inputs(clip, sample.prompt)
+        try:
+            features = target.build_inputs(clip, sample.prompt)
+        except VideoInputError as error:  # frames the processor refuses (an extreme aspect ratio)
+            self._skip(sample, "unreadable video", error)
+            return None
         try:
             self.pair.check_context(features["input_ids"], s.max_new_tokens)
         except PromptTooLongError as error:

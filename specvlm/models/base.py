@@ -29,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from specvlm.attention import install as install_attention
 from specvlm.cache import KVCache
 from specvlm.layout import VideoTokenLayout
-from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, VideoClip, load_video
+from specvlm.video import DEFAULT_MAX_VIDEO_PIXELS, VideoClip, VideoInputError, load_video
 
 Prompt = str | list[dict[str, Any]]
 
@@ -85,6 +85,7 @@ class VideoLMAdapter(ABC):
     model_types: ClassVar[tuple[str, ...]]
 
     tensor_parallel: bool = False  # sharded over the ranks of a torchrun group (load_adapter(tensor_parallel=N))
+    max_aspect_ratio: ClassVar[float | None] = None  # the longest frame side over the shortest the processor takes
 
     def __init__(self, model, processor):
         self.model = model
@@ -180,6 +181,7 @@ class VideoLMAdapter(ABC):
             return self.processor(text=[text], return_tensors="pt")
         clip = video if isinstance(video, VideoClip) else load_video(video, num_frames=num_frames, fps=fps,
                                                                      max_pixels=max_pixels)
+        self.check_clip(clip)
         text = self.processor.apply_chat_template(
             self.messages(prompt), add_generation_prompt=True, tokenize=False
         )
@@ -187,6 +189,18 @@ class VideoLMAdapter(ABC):
             text=[text], videos=[clip.frames], return_tensors="pt", **self.processor_kwargs(clip)
         )
         return features
+
+    @classmethod
+    def check_clip(cls, clip: VideoClip) -> None:
+        """VideoInputError for frames this family's processor refuses (known from the class alone, so
+        the command line asks before any model loads): a shape past ``max_aspect_ratio``."""
+        height, width = clip.frames.shape[1:3]
+        ratio = max(height, width) / min(height, width)
+        if cls.max_aspect_ratio is not None and ratio > cls.max_aspect_ratio:
+            raise VideoInputError(
+                f"frames of {width}x{height} pixels: an aspect ratio of {ratio:g}:1, and {cls.family} models take "
+                f"at most {cls.max_aspect_ratio:g}:1 (crop or pad the video)"
+            )
 
     def processor_kwargs(self, clip: VideoClip) -> dict[str, Any]:
         """Family-specific processor arguments (frame sampling is already done by ``load_video``).

@@ -27,6 +27,7 @@ from specvlm.video import VideoClip
 class Qwen2_5_VLAdapter(VideoLMAdapter):
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl", "qwen2_vl")
+    max_aspect_ratio = 200  # the processor's smart_resize refuses more
 
     def processor_kwargs(self, clip: VideoClip) -> dict:
         kwargs = super().processor_kwargs(clip)
