@@ -447,6 +447,10 @@ def _shard(text: str) -> tuple[int, int]:
 def _prompt(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty: ask something about the video")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are no UTF-8 reach Python as lone surrogates
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: {text!r}") from None
     return text
 
 

@@ -300,6 +300,7 @@ def test_every_numeric_option_refuses_bad_values_in_one_line(command, flag, bad,
     (["--top-k", "0"], ">= 1"),
     (["--prompt", ""], "must not be empty"),
     (["--prompt", "   "], "must not be empty"),
+    (["--prompt", "bad \udcff byte"], "not UTF-8 text"),  # bytes that are no UTF-8: a tokenizer traceback
     (["--stop", ""], "must not be empty"),
     (["--seed", str(2**64)], "in [-2^63, 2^64 - 1]"),
     (["--prune-seed", str(-(2**63) - 1)], "in [-2^63, 2^64 - 1]"),
