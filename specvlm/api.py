@@ -26,10 +26,10 @@ from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import DecodeStats, decode_target
 from specvlm.engine.drafters import make_drafter
 from specvlm.engine.sampling import MIN_SAMPLING, SEED_RANGE, SamplingConfig
-from specvlm.engine.speculative import check_pair, speculative_decode
+from specvlm.engine.speculative import PairMismatchError, check_pair, speculative_decode
 from specvlm.engine.static import choose_step_mode
-from specvlm.engine.tree import DraftTree, TreeSchedule
-from specvlm.models import load_adapter
+from specvlm.engine.tree import DraftTree, TreeSchedule, parse_tree
+from specvlm.models import adapter_class, checkpoint_config, load_adapter
 from specvlm.models.base import Prompt, VideoLMAdapter
 from specvlm.pruning import PruneConfig
 from specvlm.video import (
@@ -92,6 +92,14 @@ def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_prompt(prompt) -> None:
     """ValueError unless ``prompt`` is a non-blank string or a non-empty list of chat messages
     (dicts): None, a number or an empty prompt would otherwise fail deep in the processor, or
@@ -99,6 +107,9 @@ def check_prompt(prompt) -> None:
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError(f"prompt must not be empty: ask something (got prompt={prompt!r})")
+        if not _is_utf8(prompt):  # the tokenizer fails on lone surrogates with a TypeError
+            raise ValueError(f"prompt must be valid text: it holds a lone surrogate (bytes that were no UTF-8?), "
+                             f"got prompt={prompt!r}"[:300])  # fmt: skip
         return
     if isinstance(prompt, list):
         if not prompt:
@@ -129,9 +140,11 @@ def check_sampling_args(temperature, top_k, top_p) -> None:
 
 
 def check_generate_args(max_new_tokens, seed, stop_strings, prune, *, temperature=0.0, top_k=None,
-                        top_p=None, max_video_pixels=None) -> None:  # fmt: skip
+                        top_p=None, max_video_pixels=None, generator=None, speculative=True,
+                        on_tokens=None) -> None:  # fmt: skip
     """ValueError naming the argument, for what ``generate`` cannot take. A max_new_tokens that is no
-    integer would otherwise size the reused cache with a float and break every later call."""
+    integer would otherwise size the reused cache with a float and break every later call; a generator
+    or on_tokens of the wrong kind would fail only after the prefill, and speculative="no" would be true."""
     if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got max_new_tokens={max_new_tokens!r}")
     check_sampling_args(temperature, top_k, top_p)
@@ -143,6 +156,19 @@ def check_generate_args(max_new_tokens, seed, stop_strings, prune, *, temperatur
     if not (prune is None or prune == "default" or isinstance(prune, PruneConfig)):
         raise ValueError(f"prune must be a PruneConfig, None (no pruning) or 'default', got prune={prune!r}")
     check_max_pixels(max_video_pixels, "max_video_pixels")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got generator={generator!r}"[:300])
+    if not isinstance(speculative, bool):
+        raise ValueError(f"speculative must be True or False, got speculative={speculative!r}"[:300])
+    if on_tokens is not None and not callable(on_tokens):
+        raise ValueError(f"on_tokens must be a callable taking a list of token ids, got on_tokens={on_tokens!r}"[:300])
+
+
+def check_prune(prune) -> None:
+    """ValueError unless ``prune`` is a PruneConfig or None (a strategy's name fails only at generate)."""
+    if not (prune is None or isinstance(prune, PruneConfig)):
+        raise ValueError(f"prune must be a PruneConfig or None (no pruning), got prune={prune!r}, e.g. "
+                         "PruneConfig(strategy='uniform')"[:300])  # fmt: skip
 
 
 class SpeculativeVLM:
@@ -167,6 +193,7 @@ class SpeculativeVLM:
         tree), "adaptive" / "adaptive:P" (stop drafting when the draft's confidence in its main path
         drops below P, default 0.3), or "overlap" (draft the next tree while the target verifies, from
         a guess of its verdict; engine/drafters/overlap.py); the output does not depend on it."""
+        check_prune(prune)
         check_pair(target, draft)
         self.compile = compile
         for adapter in (target, draft):  # eager, or compiled and captured: decided here, once
@@ -209,6 +236,15 @@ class SpeculativeVLM:
         ``tensor_parallel=N``: under ``torchrun --nproc-per-node N``, the target is sharded over the
         N ranks (the draft is whole on each); every rank runs the same loop and takes rank 0's
         decisions (``specvlm.engine.distributed``)."""
+        check_prune(prune)  # what can be refused without a weight, before any loads
+        if isinstance(tree, str):
+            parse_tree(tree)
+        if isinstance(drafter, str):
+            make_drafter(drafter, None)
+        families = [adapter_class(checkpoint_config(name).model_type).family for name in (target, draft)]
+        if families[0] != families[1]:
+            raise PairMismatchError(f"target and draft must be of one family: target is {families[0]}, "
+                                    f"draft is {families[1]}")  # fmt: skip
         target_adapter = load_adapter(
             target, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation,
             tensor_parallel=tensor_parallel,
@@ -272,7 +308,8 @@ class SpeculativeVLM:
         """
         check_prompt(prompt)  # the arguments before any work (and any workspace)
         check_generate_args(max_new_tokens, seed, stop_strings, prune, temperature=temperature, top_k=top_k, top_p=top_p,
-                            max_video_pixels=max_video_pixels)  # fmt: skip
+                            max_video_pixels=max_video_pixels, generator=generator, speculative=speculative,
+                            on_tokens=on_tokens)  # fmt: skip
         prune = self.prune if prune == "default" else prune
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
         clip = video

@@ -256,6 +256,7 @@ def test_api_refuses_bad_prompts_and_sampling_values_by_name(tiny_pairs, video):
         ("  \n", r"prompt must not be empty"),
         ([], r"prompt must not be empty"),
         (["Describe the video."], r"prompt as a list must hold chat messages"),
+        ("bad \udcff byte", r"prompt must be valid text: it holds a lone surrogate"),  # a TypeError in the tokenizer
     ]:
         with pytest.raises(ValueError, match=message):
             vlm.generate(missing, prompt)
@@ -277,6 +278,51 @@ def test_api_refuses_bad_prompts_and_sampling_values_by_name(tiny_pairs, video):
     assert len(vlm.generate(None, "Say something.", max_new_tokens=3).token_ids) == 3
     chat = [{"role": "user", "content": [{"type": "text", "text": "Say something."}]}]
     assert len(vlm.generate(None, chat, max_new_tokens=3, temperature=1.0, top_k=5, seed=0).token_ids) == 3
+
+
+def test_api_refuses_arguments_of_the_wrong_kind_before_any_work(tiny_pairs, video, tmp_path):
+    from transformers import Qwen3VLConfig
+
+    from specvlm.pruning import PruneConfig
+    from specvlm.video import VideoInputError
+
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    vlm = SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), dtype="float32", tree="chain:2")
+    missing = "/nonexistent/clip.mp4"  # refused before the video is looked at (each failed after the prefill,
+    for kwargs, message in [  # or, for speculative="no", ran speculative decoding)
+        ({"temperature": 1.0, "generator": 5}, r"generator must be a torch.Generator or None, got generator=5"),
+        ({"speculative": "no"}, r"speculative must be True or False, got speculative='no'"),
+        ({"on_tokens": 5}, r"on_tokens must be a callable"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            vlm.generate(missing, "Describe the video.", **kwargs)
+    with pytest.raises(VideoInputError, match="frames of 402x2 pixels: an aspect ratio of 201:1"):  # not transformers'
+        vlm.generate(np.zeros((2, 2, 402, 3), np.uint8), "Describe the video.", max_new_tokens=2)
+    with pytest.raises(ValueError, match="prune must be a PruneConfig or None"):  # not an AttributeError at generate
+        SpeculativeVLM(vlm.target, vlm.draft, prune="uniform")
+    assert len(vlm.generate(video, "Describe the video.", num_frames=4, max_new_tokens=2).token_ids) == 2
+
+    # Configs without weights: every refusal below comes before a weight is read (loading would fail otherwise).
+    configs = {}
+    for role, source in (("target", target_dir), ("draft", draft_dir)):
+        (tmp_path / role).mkdir()
+        (tmp_path / role / "config.json").write_bytes((Path(source) / "config.json").read_bytes())
+        configs[role] = str(tmp_path / role)
+    Qwen3VLConfig().save_pretrained(tmp_path / "qwen3")
+    for args, kwargs, error, message in [
+        ((configs["target"], str(tmp_path / "qwen3")), {}, PairMismatchError, "one family: target is qwen2_5_vl"),
+        (("/nonexistent/ckpt", configs["draft"]), {}, FileNotFoundError, "/nonexistent/ckpt: no such checkpoint folder"),
+        ((str(tmp_path), configs["draft"]), {}, FileNotFoundError, "the folder has no config.json"),
+        ((None, configs["draft"]), {}, ValueError, "a checkpoint is a hub id or a folder, got None"),
+        ((configs["target"], configs["draft"]), {"tree": "chain:0"}, ValueError, "a chain needs 1 to 1023"),
+        ((configs["target"], configs["draft"]), {"drafter": "zzz"}, ValueError, "unknown drafter 'zzz'"),
+        ((configs["target"], configs["draft"]), {"prune": "uniform"}, ValueError, "prune must be a PruneConfig"),
+        ((configs["target"], configs["draft"]), {"dtype": "float8"}, ValueError, "dtype must be 'auto'"),
+        ((configs["target"], configs["draft"]), {"device": "gpu"}, ValueError, "device must be a torch device"),
+    ]:
+        with pytest.raises(error, match=message):
+            SpeculativeVLM.from_pretrained(*args, **kwargs)
+    assert isinstance(SpeculativeVLM.from_pretrained(str(target_dir), str(draft_dir), prune=PruneConfig()), SpeculativeVLM)
 
 
 def test_api_bounds_the_decoded_pixels_of_a_video_by_default(tiny_pairs, video):

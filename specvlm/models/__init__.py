@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ ADAPTERS: tuple[type[VideoLMAdapter], ...] = (LlavaOnevisionAdapter, Qwen2_5_VLA
 
 __all__ = [
     "ADAPTERS",
+    "checkpoint_config",
     "MissingTokenizerError",
     "PreparedInputs",
     "PromptTooLongError",
@@ -100,6 +102,26 @@ def adapter_for(model, processor) -> VideoLMAdapter:
     return adapter_class(model.config.model_type)(model, processor)
 
 
+def checkpoint_config(name_or_path):
+    """The config of a hub id or a local folder, read without a weight. A name that is meant as a
+    folder (it exists, or starts with / . ~) and holds no checkpoint is a FileNotFoundError that says
+    so (transformers would call it a malformed repo id, or a config without model_type)."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"a checkpoint is a hub id or a folder, got {name_or_path!r}"[:300])
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{name_or_path}: the folder has no config.json, so it holds no model checkpoint")
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"{name_or_path}: a file, not a checkpoint folder (give the folder that holds config.json)")
+    if not path.exists() and str(name_or_path).startswith(("/", ".", "~")):
+        raise FileNotFoundError(f"{name_or_path}: no such checkpoint folder")
+    return AutoConfig.from_pretrained(name_or_path)
+
+
 def load_adapter(
     name_or_path: str,
     *,
@@ -115,13 +137,21 @@ def load_adapter(
     ``torchrun --nproc-per-node N``) shards the model over the N ranks by transformers' own
     tensor-parallel plan (``tp_plan="auto"``: NCCL on GPUs, one per rank; gloo on CPUs).
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
     if device is not None and device_map is not None:
         raise ValueError("give either device or device_map, not both")
+    if isinstance(dtype, str) and dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"dtype must be 'auto', a torch.dtype or the name of one (float32, float16, bfloat16), "
+                         f"got dtype={dtype!r}")  # fmt: skip
+    if device is not None:
+        try:  # a bad name would fail only once the weights are read
+            torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got device={device!r}") from None
     if tensor_parallel is not None and (device_map is not None or device is not None):
         raise ValueError("tensor parallelism places the model itself (one GPU per rank): give no device or device map")
-    config = AutoConfig.from_pretrained(name_or_path)
+    config = checkpoint_config(name_or_path)
     cls = adapter_class(config.model_type)
     if tensor_parallel is not None:
         check_tensor_parallel(config, tensor_parallel)
