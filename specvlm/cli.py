@@ -979,10 +979,16 @@ def main(argv: list[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
         with _quiet_third_party(args.verbose):
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()  # a reader gone away is seen here, not in Python's flush at exit
+            return code
     except KeyboardInterrupt:
         print(f"specvlm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (`| head`): nothing left to say, and no one to say it to
+        with contextlib.suppress(OSError, ValueError):  # Python's own flush at exit would raise again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as error:
         if args.debug or not isinstance(error, _user_errors()):
             raise

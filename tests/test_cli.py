@@ -122,6 +122,19 @@ def assert_user_error(code: int, err: str, *needles: str) -> None:
         assert needle in line[0], line[0]
 
 
+@pytest.mark.parametrize("extra", [(), ("--json",)])
+def test_a_reader_that_goes_away_ends_the_command_quietly(pair, video, extra, monkeypatch, capfd):
+    # `specvlm generate ... | head -c 1`: a BrokenPipeError traceback once; the pipe here is a real one.
+    read, write = os.pipe()
+    os.close(read)
+    with open(write, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        code = main(generate_args(pair, video, *extra))
+        monkeypatch.undo()
+    assert code == 1
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_error_unsupported_model_type(pair, video, tmp_path, capsys):
     from transformers import LlamaConfig
 
