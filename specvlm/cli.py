@@ -429,7 +429,7 @@ _temperature = _number(float, lambda v: v == 0 or MIN_SAMPLING <= v <= 100,
 _top_p = _number(float, lambda v: MIN_SAMPLING <= v <= 1, f"in (0, 1] (at least {MIN_SAMPLING:g})")
 _port = _number(int, lambda v: 0 <= v <= 65535, "a port number in [0, 65535]")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
-_positive_float = _number(float, lambda v: v > 0, "> 0")
+_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a finite number > 0")  # inf: int(inf) fails later
 _count = _number(int, lambda v: v >= 0, ">= 0")
 _seed = _number(int, lambda v: SEED_RANGE[0] <= v <= SEED_RANGE[1], "in [-2^63, 2^64 - 1] (what torch takes as a seed)")
 

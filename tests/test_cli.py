@@ -323,6 +323,15 @@ def test_sampling_values_and_empty_prompts_are_refused(args, words, capsys):
     assert code == 2 and words in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command, flag", [("serve", "--max-media-mb"), ("serve", "--max-body-mb"),
+                                           ("serve", "--timeout"), ("generate", "--fps")])
+def test_infinite_sizes_and_times_are_refused(command, flag, tmp_path, capsys):
+    # --max-media-mb inf once made every request fail on int(inf); the missing folder ends a run that gets past
+    code, _, err = run([command, flag, "inf", *(["--allowed-media-dir", str(tmp_path / "nope")] if command == "serve" else [])],
+                       capsys)  # fmt: skip
+    assert code == 2 and f"argument {flag}: must be a finite number > 0, got inf" in err and "Traceback" not in err
+
+
 def test_serve_refuses_a_media_folder_that_is_not_one(tmp_path, capsys):
     code, _, err = run(["serve", "--allowed-media-dir", str(tmp_path / "nope")], capsys)
     assert code == 2 and "not a folder" in err and "Traceback" not in err
