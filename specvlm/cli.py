@@ -690,6 +690,10 @@ def cmd_generate(args) -> int:
     if args.picture and not speculative:
         raise CLIError("--picture shows the draft's kept video tokens, so it needs speculative decoding "
                        "(drop --no-speculative, or use `specvlm visualize`)")
+    truncation = [f"{flag} {value}" for flag, value in (("--top-p", args.top_p), ("--top-k", args.top_k)) if value is not None]
+    if truncation and args.temperature == 0:  # greedy decoding would ignore them: not the sampling asked for
+        raise CLIError(f"{' and '.join(truncation)} shape sampling, but --temperature is 0 (greedy decoding): "
+                       "give a --temperature > 0 too, e.g. --temperature 0.7")  # fmt: skip
     if args.picture:
         check_output("--picture", args.picture)
     check_models(args)

@@ -332,6 +332,17 @@ def test_infinite_sizes_and_times_are_refused(command, flag, tmp_path, capsys):
     assert code == 2 and f"argument {flag}: must be a finite number > 0, got inf" in err and "Traceback" not in err
 
 
+def test_top_p_or_top_k_without_a_temperature_is_refused(capsys):
+    # greedy decoding ignored them: an answer that was not the sampling asked for, without a word
+    missing = ["--target", "/no/such/target", "--draft", "/no/such/draft"]
+    for args, words in [(["--top-p", "0.9"], "--top-p 0.9 shape sampling"),
+                        (["--top-k", "5", "--top-p", "0.5"], "--top-p 0.5 and --top-k 5 shape sampling")]:
+        code, _, err = run(["generate", *missing, *args], capsys)
+        assert_user_error(code, err, words, "--temperature is 0", "--temperature > 0")
+    code, _, err = run(["generate", *missing, "--top-p", "0.9", "--temperature", "0.7"], capsys)
+    assert_user_error(code, err, "--target /no/such/target: no such folder")  # with a temperature: on to the models
+
+
 def test_serve_refuses_a_media_folder_that_is_not_one(tmp_path, capsys):
     code, _, err = run(["serve", "--allowed-media-dir", str(tmp_path / "nope")], capsys)
     assert code == 2 and "not a folder" in err and "Traceback" not in err
