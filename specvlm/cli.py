@@ -85,6 +85,23 @@ def _default_video_and_prompt(args) -> None:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _url_message(flag: str, name: str) -> str | None:
+    """What to say of a URL given where a local path or a hub id is meant (None: not a URL)."""
+    if not _URL.match(name) or Path(name).exists():
+        return None
+    if flag == "--video":
+        return f"{flag} {name}: a URL; the command line reads local video files and folders (download it first)"
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(name)
+    repo = "/".join(parts.path.strip("/").split("/")[:2])
+    hint = f" (here: {flag} {repo})" if parts.hostname in ("huggingface.co", "hf.co") and repo else ""
+    return f"{flag} {name}: a URL; give a hub id (org/name){hint} or a local folder"
+
+
 def _looks_like_path(name: str) -> bool:
     """A name meant as a local folder: starts with / . ~, or its parent folder exists here."""
     if name.startswith(("/", ".", "~")):
@@ -124,6 +141,8 @@ def checkpoint_config(flag: str, name: str):
             raise CLIError(f"{flag} {name}: cannot read its config.json: {_one_line(error)}") from None
     if path.exists():
         raise CLIError(f"{flag} {name}: a file, not a checkpoint folder (give the folder that holds config.json)")
+    if (url := _url_message(flag, name)) is not None:
+        raise CLIError(url)
     if _looks_like_path(name) or not _HUB_ID.fullmatch(name):
         raise CLIError(f"{flag} {name}: no such folder")
     try:  # a hub id: the local cache first, so that nothing waits on the network
@@ -353,6 +372,8 @@ def load_clip(args):
     from specvlm.video import VideoBudgetError, VideoInputError, load_video
 
     _default_video_and_prompt(args)
+    if (url := _url_message("--video", args.video)) is not None:
+        raise CLIError(url)
     try:
         clip = load_video(args.video, **_frames(args), max_pixels=args.max_video_pixels)
     except VideoBudgetError as error:

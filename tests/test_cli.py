@@ -531,6 +531,18 @@ def test_checkpoint_names_say_what_is_missing(unloadable, places, tmp_path, vide
     assert "Repo id" not in line
 
 
+def test_urls_where_paths_are_meant_are_named_as_urls(unloadable, video, capsys):
+    # were "no such folder" and "video path does not exist"
+    hub = "https://huggingface.co/Qwen/Qwen2.5-VL-7B-Instruct/tree/main"
+    code, _, err = run(["generate", "--target", hub, "--draft", unloadable[1], "--video", video], capsys)
+    assert_user_error(code, err, f"--target {hub}: a URL; give a hub id", "--target Qwen/Qwen2.5-VL-7B-Instruct")
+    for command in ("generate", "visualize"):
+        argv = [command, "--target", unloadable[0], "--video", "https://example.com/clip.mp4", "--out", "p.png"]
+        argv = argv[:3] + ["--draft", unloadable[1]] + argv[3:-2] if command == "generate" else argv
+        code, _, err = run(argv, capsys)
+        assert_user_error(code, err, "--video https://example.com/clip.mp4: a URL", "download it first")
+
+
 def test_an_unknown_attention_is_refused_before_loading(unloadable, video, capsys):
     code, _, err = run(["generate", "--target", unloadable[0], "--draft", unloadable[1], "--video", video,
                         "--attn", "bogus"], capsys)  # fmt: skip
