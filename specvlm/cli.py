@@ -816,6 +816,9 @@ def cmd_bench(args) -> int:
             raise CLIError(f"--tasks applies to the benchmarks ({', '.join(d for d in DATASETS if d != 'folder')}), "
                            f"not to {flag}")
     if args.videos is not None:
+        if args.data_root:  # it would be ignored: which folder was meant?
+            raise CLIError(f"--data-root goes with --dataset; --videos {args.videos} is itself the folder to run "
+                           f"(drop one of --videos and --data-root {args.data_root})")
         _check_input_folder("--videos", args.videos, "the videos to run")
         name, root = "folder", args.videos
     elif args.dataset is not None:

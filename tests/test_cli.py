@@ -543,6 +543,15 @@ def test_urls_where_paths_are_meant_are_named_as_urls(unloadable, video, capsys)
         assert_user_error(code, err, "--video https://example.com/clip.mp4: a URL", "download it first")
 
 
+def test_bench_refuses_a_data_root_beside_videos(unloadable, places, tmp_path, capsys):
+    # --data-root was ignored: the run went over --videos whichever folder was meant
+    code, _, err = run(["bench", "--target", unloadable[0], "--draft", unloadable[1], "--videos", str(places["videos"]),
+                        "--prompt", PROMPT, "--data-root", str(places["folder"]), "--out", str(tmp_path / "run")],
+                       capsys)  # fmt: skip
+    assert_user_error(code, err, "--data-root goes with --dataset", f"--videos {places['videos']}")
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unknown_attention_is_refused_before_loading(unloadable, video, capsys):
     code, _, err = run(["generate", "--target", unloadable[0], "--draft", unloadable[1], "--video", video,
                         "--attn", "bogus"], capsys)  # fmt: skip
