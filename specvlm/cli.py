@@ -486,8 +486,9 @@ def _tree(text: str) -> str:
 
     try:
         parse_tree(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    except ValueError as error:  # a message quoting a path thousands of ranks deep is cut short
+        message = str(error)
+        raise argparse.ArgumentTypeError(message if len(message) <= 300 else message[:300] + " ...") from None
     return text
 
 

@@ -473,6 +473,14 @@ TREES = {
 }
 
 
+def test_a_tree_error_quoting_a_deep_path_is_cut_short(tmp_path, capsys):
+    tree = tmp_path / "deep.txt"
+    tree.write_text(",".join(["0"] * 2000))  # no parent paths: the message quoted 2000 ranks twice (12 kB)
+    code, _, err = run(["generate", "--tree", str(tree)], capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "argument --tree: tree path [0, 0" in last and last.endswith(" ...") and len(last) < 400
+
+
 @pytest.mark.parametrize("case", TREES)
 def test_tree_specs_are_checked_before_loading(case, refusals):
     done = refusals[f"tree:{case}"]  # argparse's own refusal: the usage, then one error line
