@@ -728,6 +728,9 @@ def cmd_generate(args) -> int:
 
     pair = load_pair(args, prune=prune)
 
+    utf8 = (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "") == "utf8"
+    if not utf8 and hasattr(sys.stdout, "reconfigure"):  # an answer in Chinese on an ASCII or cp1252 stdout:
+        sys.stdout.reconfigure(errors="replace")  # '?' for what it cannot hold, not a UnicodeEncodeError
     deltas = TextDeltas(pair.target.tokenizer)
     main_rank = is_main()  # under torchrun --tp, rank 0 alone prints
 
@@ -758,7 +761,7 @@ def cmd_generate(args) -> int:
             "speculative": speculative,
             "prune": asdict(prune) if speculative and prune is not None else None,
             "stats": stats_dict(out.stats),
-        }, ensure_ascii=False))
+        }, ensure_ascii=not utf8))  # \u escapes keep every character where stdout is no UTF-8
     else:
         sys.stdout.write(deltas.rest(out.text) + "\n")  # whatever the stream still held back
         sys.stdout.flush()

@@ -135,6 +135,26 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(pair, video, extra, mo
     assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("extra", [(), ("--json",)])
+def test_an_answer_an_ascii_stdout_cannot_hold_is_written_anyway(pair, video, extra, monkeypatch, capsys):
+    # The tiny target's answer holds characters past ASCII; on an ASCII stdout (a legacy console, PYTHONIOENCODING)
+    # that was a UnicodeEncodeError traceback.
+    import io
+
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    argv = generate_args(pair, video, *extra, "--max-new-tokens", "40")  # the last one counts
+    monkeypatch.setattr(sys, "stdout", stdout)
+    code = main(argv)
+    monkeypatch.undo()
+    stdout.flush()
+    written = stdout.buffer.getvalue().decode("ascii")
+    assert code == 0, capsys.readouterr().err
+    if extra:
+        assert not json.loads(written)["text"].isascii()  # kept whole, as \\u escapes
+    else:
+        assert "?" in written
+
+
 def test_error_unsupported_model_type(pair, video, tmp_path, capsys):
     from transformers import LlamaConfig
 
