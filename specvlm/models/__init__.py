@@ -17,7 +17,6 @@ ADAPTERS: tuple[type[VideoLMAdapter], ...] = (LlavaOnevisionAdapter, Qwen2_5_VLA
 
 __all__ = [
     "ADAPTERS",
-    "checkpoint_config",
     "MissingTokenizerError",
     "PreparedInputs",
     "PromptTooLongError",
@@ -27,6 +26,7 @@ __all__ = [
     "adapter_class",
     "adapter_for",
     "check_tokenizer",
+    "checkpoint_config",
     "load_adapter",
     "load_processor",
     "supported_model_types",
