@@ -20,13 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import openai
-import psutil
 import pytest
 import uvicorn
 
 from specvlm import SpeculativeVLM
 from specvlm.assets import default_pair, sample_videos
 from specvlm.server import ServeSettings, create_app, uvicorn_config
+from specvlm.testing.memory import rss_growth
 
 PROMPT = "Describe the video."
 FRAMES = 16
@@ -346,26 +346,6 @@ def test_a_request_past_its_timeout_is_stopped_and_answered_504(pair, settings, 
 # ------------------------------------------------------------------------ hostile and careless input
 
 
-def _rss_growth(fn) -> tuple[object, float]:
-    """fn()'s result and the peak growth of this process's resident memory while it ran, in GiB."""
-    process = psutil.Process()
-    base, peak, done = process.memory_info().rss, [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        result = fn()
-    finally:
-        done.set()
-        sampler.join()
-    return result, (max(peak[0], process.memory_info().rss) - base) / 2**30
-
-
 def _raw(port: int, head: bytes, body_chunks=(), timeout: float = 20) -> bytes:
     """Send a hand-made HTTP request (stopping quietly when the server hangs up), return the reply."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -463,7 +443,7 @@ def test_hostile_values_get_a_4xx_quickly_and_bounded(hostile, media, what, body
     else:
         raw = body if isinstance(body, bytes) else body.encode()
     t0 = time.monotonic()
-    (code, reply, _), grown = _rss_growth(lambda: hostile.post(None, raw=raw))
+    (code, reply, _), grown = rss_growth(lambda: hostile.post(None, raw=raw))
     assert code == status and words in reply["error"]["message"], reply
     assert set(reply["error"]) >= {"message", "type", "param", "code"}
     assert time.monotonic() - t0 < 20 and grown < 1.0
@@ -489,7 +469,7 @@ def test_a_body_of_many_tiny_values_is_refused_unparsed(pair):
     try:
         raw = b'{"messages": [' + b"{}," * (8 * 2**20) + b"{}]}"
         t0 = time.monotonic()
-        (code, reply, _), grown = _rss_growth(lambda: live.post(None, raw=raw))
+        (code, reply, _), grown = rss_growth(lambda: live.post(None, raw=raw))
         assert code == 400 and "too many JSON values" in reply["error"]["message"], reply
         assert time.monotonic() - t0 < 5 and grown < 0.5, grown
     finally:
@@ -498,7 +478,7 @@ def test_a_body_of_many_tiny_values_is_refused_unparsed(pair):
 
 def test_the_largest_clip_the_budget_allows_stays_under_a_gib(hostile, media):
     body = {"model": "bundled", "messages": messages(data_url(media / "edge.mp4")), "max_tokens": 4}
-    (code, reply, _), grown = _rss_growth(lambda: hostile.post(body))
+    (code, reply, _), grown = rss_growth(lambda: hostile.post(body))
     assert code == 200 and reply["specvlm"]["video_tokens"] > 0
     assert grown < 1.0, grown
 
@@ -507,12 +487,12 @@ def test_a_body_past_the_limit_is_refused_before_it_is_read(hostile, media):
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 1073741824\r\n\r\n")  # fmt: skip
     t0 = time.monotonic()
-    reply, grown = _rss_growth(lambda: _raw(hostile.port, head, [b"{" * 1000]))
+    reply, grown = rss_growth(lambda: _raw(hostile.port, head, [b"{" * 1000]))
     assert reply.startswith(b"HTTP/1.1 413") and b"--max-body-mb" in reply and time.monotonic() - t0 < 10
     # no Content-Length: chunked, 64 MiB offered; refused once the limit (~1.7 MiB here) is passed
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     piece = b"%x\r\n%s\r\n" % (2**20, b" " * 2**20)
-    reply, grown = _rss_growth(lambda: _raw(hostile.port, head, [piece] * 64))
+    reply, grown = rss_growth(lambda: _raw(hostile.port, head, [piece] * 64))
     assert reply.startswith(b"HTTP/1.1 413") and grown < 0.5
     assert _answer(hostile, media)[0] == 200
 
@@ -738,7 +718,7 @@ def test_a_slow_name_lookup_leaves_no_worker_thread_waiting(pair, monkeypatch):
         live.close()
 
 
-def _dropped_within(live, host: "SlowVideoHost", url: str, seconds: float) -> None:
+def _dropped_within(live, host: SlowVideoHost, url: str, seconds: float) -> None:
     """A request for ``url`` is answered 504 and ``host`` sees the server hang up within ``seconds``."""
     t0 = time.monotonic()
     code, reply, _ = live.post({"model": "bundled", "messages": messages(url), "max_tokens": 4})

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from specvlm import video as video_mod
+from specvlm.testing.memory import rss_growth
 from specvlm.video import (
     VideoClip,
     VideoInputError,
@@ -525,8 +526,6 @@ def test_pixel_budget_bounds_every_decoded_frame_not_only_the_kept_ones(tmp_path
     own limit of 16384x16384 per frame) whatever max_pixels said. Now the decoder refuses it."""
     import io
 
-    import psutil
-
     def jpeg(size: int) -> bytes:
         out = io.BytesIO()
         Image.new("L", (size, size), 128).save(out, "JPEG")
@@ -541,24 +540,13 @@ def test_pixel_budget_bounds_every_decoded_frame_not_only_the_kept_ones(tmp_path
             packet.pts = packet.dts = i
             packet.time_base, packet.stream = Fraction(1, 8), stream
             container.mux(packet)
-    process, peak, done = psutil.Process(), [0], threading.Event()
-    base = process.memory_info().rss
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.002)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    def load():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            clip = load_video(path, num_frames=2, max_pixels=2**20)
-    finally:
-        done.set()
-        sampler.join()
-    assert peak[0] - base < 32 * 2**20, (peak[0] - base) / 2**20
+            return load_video(path, num_frames=2, max_pixels=2**20), caught
+
+    (clip, caught), growth = rss_growth(load)
+    assert growth < 32 / 1024, growth * 1024  # GiB; MiB in the message
     assert clip.frames.shape == (2, 16, 16, 3) and "1 decoding error(s) ignored" in str(caught[-1].message)
 
 
