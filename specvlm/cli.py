@@ -131,16 +131,16 @@ def checkpoint_config(flag: str, name: str):
     from huggingface_hub import constants
     from transformers import AutoConfig
 
+    from specvlm.models import checkpoint_folder_problem
+
+    if (problem := checkpoint_folder_problem(name)) is not None:
+        raise CLIError(f"{flag} {name}: {problem}")
     path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CLIError(f"{flag} {name}: the folder has no config.json, so it holds no model checkpoint")
         try:
             return AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as error:
             raise CLIError(f"{flag} {name}: cannot read its config.json: {_one_line(error)}") from None
-    if path.exists():
-        raise CLIError(f"{flag} {name}: a file, not a checkpoint folder (give the folder that holds config.json)")
     if (url := _url_message(flag, name)) is not None:
         raise CLIError(url)
     if _looks_like_path(name) or not _HUB_ID.fullmatch(name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ __all__ = [
     "adapter_for",
     "check_tokenizer",
     "checkpoint_config",
+    "checkpoint_folder_problem",
     "load_adapter",
     "load_processor",
     "supported_model_types",
@@ -102,22 +104,28 @@ def adapter_for(model, processor) -> VideoLMAdapter:
     return adapter_class(model.config.model_type)(model, processor)
 
 
+def checkpoint_folder_problem(name_or_path) -> str | None:
+    """What is wrong with a name that exists here as a checkpoint: a folder without config.json, or a
+    file; None for a checkpoint folder, or a name that is no local path (a hub id, or a missing one)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return None if (path / "config.json").is_file() else "the folder has no config.json, so it holds no model checkpoint"
+    if path.exists():
+        return "a file, not a checkpoint folder (give the folder that holds config.json)"
+    return None
+
+
 def checkpoint_config(name_or_path):
     """The config of a hub id or a local folder, read without a weight. A name that is meant as a
     folder (it exists, or starts with / . ~) and holds no checkpoint is a FileNotFoundError that says
     so (transformers would call it a malformed repo id, or a config without model_type)."""
-    from pathlib import Path
-
     from transformers import AutoConfig
 
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ValueError(f"a checkpoint is a hub id or a folder, got {name_or_path!r}"[:300])
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{name_or_path}: the folder has no config.json, so it holds no model checkpoint")
-    if path.exists() and not path.is_dir():
-        raise FileNotFoundError(f"{name_or_path}: a file, not a checkpoint folder (give the folder that holds config.json)")
-    if not path.exists() and str(name_or_path).startswith(("/", ".", "~")):
+    if (problem := checkpoint_folder_problem(name_or_path)) is not None:
+        raise FileNotFoundError(f"{name_or_path}: {problem}")
+    if not Path(name_or_path).expanduser().exists() and str(name_or_path).startswith(("/", ".", "~")):
         raise FileNotFoundError(f"{name_or_path}: no such checkpoint folder")
     return AutoConfig.from_pretrained(name_or_path)
 
