@@ -35,14 +35,10 @@ from specvlm.video import load_video
 
 
 def static_steps(args) -> None:
-    if args.max_autotune:
-        import torch._inductor.config as inductor
+    import torch._inductor.config as inductor
 
-        inductor.max_autotune_gemm = True
-    if args.combo_kernels:
-        import torch._inductor.config as inductor
-
-        inductor.combo_kernels = True
+    inductor.max_autotune_gemm = inductor.max_autotune_gemm or args.max_autotune
+    inductor.combo_kernels = inductor.combo_kernels or args.combo_kernels
     adapter = random_adapter(args.shape)
     tree = DraftTree.default()
     patterns = {1: torch.ones(1, 1, dtype=torch.bool), tree.draft_width: tree.draft_patterns()[2],

@@ -18,6 +18,7 @@ bars are kept quiet unless ``--verbose``.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import os
@@ -728,7 +729,7 @@ def cmd_generate(args) -> int:
 
     pair = load_pair(args, prune=prune)
 
-    utf8 = (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "") == "utf8"
+    utf8 = codecs.lookup(getattr(sys.stdout, "encoding", None) or "utf-8").name == "utf-8"
     if not utf8 and hasattr(sys.stdout, "reconfigure"):  # an answer in Chinese on an ASCII or cp1252 stdout:
         sys.stdout.reconfigure(errors="replace")  # '?' for what it cannot hold, not a UnicodeEncodeError
     deltas = TextDeltas(pair.target.tokenizer)
