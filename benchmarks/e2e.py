@@ -2,7 +2,7 @@
 
     python benchmarks/e2e.py [--pairs qwen2.5-vl-32b:qwen2.5-vl-7b llava-ov-7b:llava-ov-0.5b]
                              [--contexts 65536 16384 4096] [--tau 3.8] [--bundled] [--ratios 0.9 0.95]
-                             [--new-tokens 256] [--sampling] [--overlap] [--workspace shared|fresh] [--no-compile]
+                             [--new-tokens 256] [--sampling] [--overlap] [--no-plain] [--workspace shared|fresh] [--no-compile]
                              [--out results/e2e.jsonl] [--summary results/e2e.md]
 
 Random-weight models with the published language-model shapes (specvlm.testing.shapes), bf16, one
@@ -311,13 +311,15 @@ def run_pair(args, target_name: str, draft_name: str, bandwidth: float, done: se
     if any(tree is None for _, tree in trees):  # an automatic tree may go as deep as an acceptance does
         depth = max([depth] + [min(len(a.p), len(PRIMES) - 1) for _, a in settings])
     # pruned first: a run cut off by its time limit keeps the method's own figure
-    methods = [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r), greedy) for r in args.ratios] + [("plain SD", None, greedy)]
+    methods = [(f"SD pruned {r}", PruneConfig("specvlm", ratio=r), greedy) for r in args.ratios]
+    methods += [("plain SD", None, greedy)] if args.plain else []
     if args.overlap:  # drafting while verifying, side by side with sequential drafting
         tag = ", overlap" + ("" if args.side_priority == "high" else f" ({args.side_priority} priority)")
         tag += " (every cycle)" if args.always_guess else ""
         methods += [(name + tag, prune, sampling) for name, prune, sampling in methods]
     if args.sampling:  # the cycle's cost under sampling: the first ratio and plain, first acceptance setting
-        methods += [(f"{name}, T=0.7", prune, sampled) for name, prune, _ in (methods[0], methods[len(args.ratios)])]
+        firsts = [methods[0]] + ([methods[len(args.ratios)]] if args.plain else [])
+        methods += [(f"{name}, T=0.7", prune, sampled) for name, prune, _ in firsts]
     if DEVICE == "cuda":  # a pair that cannot fit is said so before it is built, and the next pair runs
         need, free = pair_memory(target_name, draft_name, args.contexts, args.new_tokens), torch.cuda.mem_get_info()[0]
         if need > free:
@@ -531,7 +533,7 @@ def main() -> None:
                         "it, at this context, and each acceptance setting)")
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.9, 0.95])
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--sampling", action="store_true", help="also plain SD and the first ratio at temperature 0.7")
+    parser.add_argument("--sampling", action="store_true", help="also plain SD (unless --no-plain) and the first ratio at temperature 0.7")
     parser.add_argument("--workspace", choices=["shared", "fresh"], default="shared",
                         help="shared: one workspace for every context, sized by the longest (a server's case); "
                         "fresh: each context in workspaces of its own size")
@@ -539,6 +541,8 @@ def main() -> None:
                         help="the contexts' order with a shared workspace: longest first (one workspace sized by the "
                         "longest serves all), or as given (a shorter prompt first, the workspace grown by a longer one "
                         "later: workspace 'grown' in the records)")
+    parser.add_argument("--no-plain", dest="plain", action="store_false",
+                        help="skip plain SD (every video token shown to the draft): pruned SD and target-only only")
     parser.add_argument("--overlap", action="store_true", help="also every method drafting while the target verifies")
     parser.add_argument("--always-guess", action="store_true",
                         help="the overlapped drafter guesses every cycle (default: by its measured cycle costs)")

@@ -68,21 +68,21 @@ def test_e2e_runs_every_tree_at_an_acceptance_by_rank(tmp_path):
 def test_e2e_runs_contexts_in_the_order_given(tmp_path):
     """--order as-given: a short prompt first, the workspaces grown by a longer one after it (a
     server that saw short videos first); records say 'grown', outputs stay the target's; with a
-    tree schedule each context drafts with the tree for its length."""
+    tree schedule each context drafts with the tree for its length; --no-plain leaves plain SD out."""
     out = tmp_path / "e2e.jsonl"
     schedule = tmp_path / "schedule.txt"  # and a tree schedule: each context with the tree for its length
     schedule.write_text("0 chain:2\n500 chain:4\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--device", "cpu", "--pairs", "test-target:test-draft",
            "--contexts", "300", "700", "--order", "as-given", "--new-tokens", "16", "--ratios", "0.9", "--no-generate",
-           "--trees", f"schedule:{schedule}", "--out", str(out)]  # fmt: skip
+           "--trees", f"schedule:{schedule}", "--no-plain", "--out", str(out)]  # fmt: skip
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["context"] < 500 for r in records] == [True] * 3 + [False] * 3  # short first
+    assert [r["context"] < 500 for r in records] == [True] * 2 + [False] * 2  # short first; --no-plain: no plain SD
     assert {r["workspace"] for r in records} == {"grown"} and all(r["equal"] for r in records)
-    short, long = records[0]["target_capacity"], records[3]["target_capacity"]
+    short, long = records[0]["target_capacity"], records[2]["target_capacity"]
     assert short < long  # the longer prompt grew the target's workspace
-    assert [r.get("tree_depth") for r in records] == [None, 2, 2, None, 4, 4]
+    assert [r.get("tree_depth") for r in records] == [None, 2, None, 4]
     assert records[1]["method"] == "SD pruned 0.9, tree schedule schedule"
 
 
