@@ -577,6 +577,10 @@ def _add_debug(p: argparse.ArgumentParser) -> None:
                    help="show transformers' warnings, deprecation notices and loading bars (quiet by default)")
 
 
+SPECULATION_FLAGS = ("--draft-device", "--tree", "--reindex", "--drafter", "--prune", "--prune-ratio",
+                     "--stage1-mass", "--prune-seed")  # generate's flags the target alone never reads
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specvlm", description="Lossless speculative decoding for video LLMs with a pruned draft."
@@ -601,7 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, stats) instead")
     g.add_argument("--picture", metavar="PNG", help="also write a picture of the draft's kept video tokens")
     _add_debug(g)
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(func=cmd_generate, speculation_defaults={
+        flag: g.get_default(flag[2:].replace("-", "_")) for flag in SPECULATION_FLAGS
+    })
 
     b = sub.add_parser("bench", help="time target-only, SD and pruned SD on many videos", description=(
         "Run the target alone (the baseline), plain SD and pruned SD on the same inputs of every "
@@ -708,11 +714,20 @@ def _render(clip, layout, selection, scores, path: str, title: str) -> str:
     )
 
 
+def speculation_flags_given(args) -> list[str]:
+    """generate's flags that shape speculative decoding alone, given other than their defaults."""
+    return [flag for flag, default in args.speculation_defaults.items()
+            if getattr(args, flag[2:].replace("-", "_")) != default]
+
+
 def cmd_generate(args) -> int:
     speculative = not args.no_speculative
     if args.picture and not speculative:
         raise CLIError("--picture shows the draft's kept video tokens, so it needs speculative decoding "
                        "(drop --no-speculative, or use `specvlm visualize`)")
+    if not speculative and (unread := speculation_flags_given(args)):  # said, not refused: the same command with --no-speculative is the A/B baseline
+        print(f"specvlm generate: note: --no-speculative decodes with the target alone; {', '.join(unread)} "
+              "not used", file=sys.stderr)
     truncation = [f"{flag} {value}" for flag, value in (("--top-p", args.top_p), ("--top-k", args.top_k)) if value is not None]
     if truncation and args.temperature == 0:  # greedy decoding would ignore them: not the sampling asked for
         raise CLIError(f"{' and '.join(truncation)} shape sampling, but --temperature is 0 (greedy decoding): "

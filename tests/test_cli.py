@@ -83,6 +83,7 @@ def test_generate_streams_the_targets_answer(pair, video, tmp_path, capsys):
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "--no-speculative decodes with the target alone; --tree not used" in proc.stderr  # RUN's chain:2
     baseline = json.loads(proc.stdout)
     assert baseline["text"] == streamed and baseline["speculative"] is False
     assert len(baseline["token_ids"]) == baseline["stats"]["new_tokens"] <= 10
@@ -644,3 +645,15 @@ def test_library_messages_are_put_in_flag_terms():
     assert _in_flag_terms(message) == "--max-frames must be an integer >= 1, got --max-frames 0"
     for untouched in ("clip_fps=3 at 8 fps", "/data/num_frames.mp4", "num_frames_test.mp4", "a/fps=2/b"):
         assert _in_flag_terms(untouched) == untouched
+
+
+def test_no_speculative_names_only_the_speculation_flags_given():
+    from specvlm.cli import build_parser, speculation_flags_given
+
+    parser = build_parser()
+
+    def unread(*extra):
+        return speculation_flags_given(parser.parse_args(["generate", "--no-speculative", *extra]))
+
+    assert unread() == []  # every default, as argparse typed it, reads as not given
+    assert unread("--prune-ratio", "0.5", "--reindex", "--drafter", "overlap") == ["--reindex", "--drafter", "--prune-ratio"]
