@@ -26,10 +26,10 @@ from specvlm.engine.config import SpecConfig
 from specvlm.engine.decoding import DecodeStats, decode_target
 from specvlm.engine.drafters import make_drafter
 from specvlm.engine.sampling import MIN_SAMPLING, SEED_RANGE, SamplingConfig
-from specvlm.engine.speculative import PairMismatchError, check_pair, speculative_decode
+from specvlm.engine.speculative import PairMismatchError, check_pair, check_same_tokenizer, speculative_decode
 from specvlm.engine.static import choose_step_mode
 from specvlm.engine.tree import DraftTree, TreeSchedule, parse_tree
-from specvlm.models import adapter_class, checkpoint_config, load_adapter
+from specvlm.models import adapter_class, check_placement, checkpoint_config, load_adapter, load_processor
 from specvlm.models.base import Prompt, VideoLMAdapter
 from specvlm.pruning import PruneConfig
 from specvlm.video import (
@@ -245,13 +245,18 @@ class SpeculativeVLM:
         if families[0] != families[1]:
             raise PairMismatchError(f"target and draft must be of one family: target is {families[0]}, "
                                     f"draft is {families[1]}")  # fmt: skip
+        check_placement(dtype, device, device_map, tensor_parallel)
+        check_placement(dtype, draft_device, None, None, device_name="draft_device")
+        processors = [load_processor(name) for name in (target, draft)]  # both, before any weight: a missing
+        check_same_tokenizer(*(p.tokenizer for p in processors))  # or mismatched tokenizer fails in seconds
         target_adapter = load_adapter(
             target, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation,
-            tensor_parallel=tensor_parallel,
+            tensor_parallel=tensor_parallel, processor=processors[0],
         )  # fmt: skip
         placed = device_map is not None or tensor_parallel is not None
         draft_device = draft_device or device or (str(target_adapter.device) if placed else None)
-        draft_adapter = load_adapter(draft, dtype=dtype, device=draft_device, attn_implementation=attn_implementation)
+        draft_adapter = load_adapter(draft, dtype=dtype, device=draft_device, attn_implementation=attn_implementation,
+                                     processor=processors[1])  # fmt: skip
         return cls(target_adapter, draft_adapter, tree=tree, prune=prune, reindex=reindex, compile=compile,
                    drafter=drafter)  # fmt: skip
 

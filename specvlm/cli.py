@@ -222,24 +222,11 @@ def check_attn(value: str | None) -> None:
         raise CLIError(f"--attn {value}: not an attention implementation: one of {', '.join(known)}")
 
 
-def check_tokenizer_files(flag: str, name: str | None) -> None:
-    """Refuse a checkpoint folder whose tokenizer is missing (loading the tokenizer alone reads no
-    weight), after the cheaper input checks; hub checkpoints are checked as they load."""
-    if name is None or not Path(name).expanduser().is_dir():
-        return
-    from specvlm.models import MissingTokenizerError, load_processor
-
-    try:
-        load_processor(name, tokenizer_only=True)
-    except MissingTokenizerError as error:
-        raise CLIError(f"{flag} {_one_line(error)}") from None
-
-
 def check_models(args, *, need_draft: bool = True) -> tuple[str, str | None]:
     """The (target, draft) of the model flags, after every check that needs no weight: devices torch
     sees here, checkpoints that are there and supported, one family for both, a tensor-parallel size
-    the target can take. (The tokenizers are checked as the models load, before any weight:
-    check_tokenizer_files, then whether the two agree when the pair is built.)"""
+    the target can take. (The tokenizers, and whether the two agree, are checked as the models load,
+    before any weight.)"""
     for flag in ("--device", "--draft-device"):
         if (value := getattr(args, flag[2:].replace("-", "_"), None)) is not None:
             check_device(flag, value)
@@ -278,9 +265,9 @@ def load_pair(args, *, prune=None):
 
     from specvlm.api import SpeculativeVLM
 
+    from specvlm.models import MissingTokenizerError
+
     target, draft = resolve_pair(args.target, args.draft)
-    check_tokenizer_files("--target", target)  # both, before the target's weights are read
-    check_tokenizer_files("--draft", draft)
     try:
         return SpeculativeVLM.from_pretrained(
             target,
@@ -297,6 +284,8 @@ def load_pair(args, *, prune=None):
             drafter=getattr(args, "drafter", "model"),
             tensor_parallel=getattr(args, "tp", None),
         )
+    except MissingTokenizerError as error:
+        raise CLIError(f"{'--target' if error.checkpoint == target else '--draft'} {_one_line(error)}") from None
     except OSError as error:  # a file missing from a checkpoint folder, a hub id that does not resolve
         raise CLIError(f"cannot load the models: {_one_line(error)}") from None
     except SafetensorError as error:  # a truncated or damaged weights file
@@ -307,15 +296,16 @@ def load_target(args):
     """The target's adapter alone (visualize needs no draft; checked first by check_models)."""
     from safetensors import SafetensorError
 
-    from specvlm.models import load_adapter
+    from specvlm.models import MissingTokenizerError, load_adapter
 
     target, _ = resolve_pair(args.target, None, need_draft=False)
-    check_tokenizer_files("--target", target)
     try:
         return load_adapter(
             target, dtype=args.dtype, device=args.device, device_map=_device_map(args.device_map),
             attn_implementation=args.attn,
         )
+    except MissingTokenizerError as error:
+        raise CLIError(f"--target {_one_line(error)}") from None
     except OSError as error:
         raise CLIError(f"cannot load the model: {_one_line(error)}") from None
     except SafetensorError as error:

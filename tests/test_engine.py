@@ -135,6 +135,33 @@ def test_a_checkpoint_without_its_tokenizer_is_named_when_loaded(tiny_pairs, tmp
         load_adapter(str(broken), dtype="float32")
 
 
+def test_both_tokenizers_are_checked_before_any_weight_is_read(tiny_pairs, tmp_path):
+    """A 32B target takes minutes to load: a draft without its tokenizer, or with another one, is
+    refused before the target's weights are read (here they are damaged, so reading them would fail)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    target_dir, draft_dir = tiny_pairs(FAMILY)
+    target = tmp_path / "target"
+    shutil.copytree(target_dir, target)
+    for weights in target.glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])
+    no_tokenizer, other_tokenizer = tmp_path / "no-tokenizer", tmp_path / "other-tokenizer"
+    for folder in (no_tokenizer, other_tokenizer):
+        shutil.copytree(draft_dir, folder)
+    (no_tokenizer / "tokenizer.json").unlink()
+    tokenizer = AutoTokenizer.from_pretrained(draft_dir)
+    tokenizer.add_tokens(["<not-in-the-target>"])
+    tokenizer.save_pretrained(other_tokenizer)
+    with pytest.raises(FileNotFoundError, match=rf"{no_tokenizer}: the checkpoint has no tokenizer"):
+        SpeculativeVLM.from_pretrained(str(target), str(no_tokenizer), dtype="float32")
+    with pytest.raises(PairMismatchError, match=r"tokenizers differ \(\d+ vs \d+ tokens; 0 .* only in the target's, 1 only"):
+        SpeculativeVLM.from_pretrained(str(target), str(other_tokenizer), dtype="float32")
+    with pytest.raises(Exception, match="(?i)safetensor|header|deserializ"):  # the damage is real: it fails once read
+        SpeculativeVLM.from_pretrained(str(target), str(draft_dir), dtype="float32")
+
+
 def test_a_draft_with_a_padded_head_shares_the_vocabulary(pair, tmp_path, video):
     """Like Qwen2.5-VL-3B (151936 rows) drafting for -7B (152064): same tokenizer, other head size."""
     target, _, full, _ = pair
@@ -319,6 +346,7 @@ def test_api_refuses_arguments_of_the_wrong_kind_before_any_work(tiny_pairs, vid
         ((configs["target"], configs["draft"]), {"prune": "uniform"}, ValueError, "prune must be a PruneConfig"),
         ((configs["target"], configs["draft"]), {"dtype": "float8"}, ValueError, "dtype must be 'auto'"),
         ((configs["target"], configs["draft"]), {"device": "gpu"}, ValueError, "device must be a torch device"),
+        ((configs["target"], configs["draft"]), {"draft_device": "gpu"}, ValueError, "draft_device must be a torch"),
     ]:
         with pytest.raises(error, match=message):
             SpeculativeVLM.from_pretrained(*args, **kwargs)

@@ -144,7 +144,13 @@ def check_pair(target: VideoLMAdapter, draft: VideoLMAdapter) -> None:
         raise PairMismatchError(
             f"target and draft must be of one family: target is {target.family}, draft is {draft.family}"
         )
-    t_vocab, d_vocab = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
+    check_same_tokenizer(target.tokenizer, draft.tokenizer)
+
+
+def check_same_tokenizer(target_tokenizer, draft_tokenizer) -> None:
+    """Refuse a draft whose tokenizer maps any token to another id than the target's (checked by
+    from_pretrained before any weight is read)."""
+    t_vocab, d_vocab = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
     if t_vocab != d_vocab:
         only_t = len(set(t_vocab.items()) - set(d_vocab.items()))
         only_d = len(set(d_vocab.items()) - set(t_vocab.items()))

@@ -26,6 +26,7 @@ __all__ = [
     "VideoTokenLayout",
     "adapter_class",
     "adapter_for",
+    "check_placement",
     "check_tokenizer",
     "checkpoint_config",
     "checkpoint_folder_problem",
@@ -55,13 +56,18 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.mode
 
 class MissingTokenizerError(FileNotFoundError):
     """A checkpoint without its tokenizer's files: transformers then fails to build one, or builds one
-    that knows only the special tokens (and the pair check would report two different tokenizers)."""
+    that knows only the special tokens (and the pair check would report two different tokenizers).
+    ``checkpoint`` is the name or folder given."""
+
+    def __init__(self, message: str, checkpoint: str):
+        super().__init__(message)
+        self.checkpoint = checkpoint
 
 
 def _missing_tokenizer(name_or_path: str, files, why: str = "") -> MissingTokenizerError:
     return MissingTokenizerError(
         f"{name_or_path}: the checkpoint has no tokenizer ({why or 'none of ' + ', '.join(files) + ' is there'}): "
-        "copy the tokenizer files of the model it was made from into it"
+        "copy the tokenizer files of the model it was made from into it", str(name_or_path)
     )
 
 
@@ -130,23 +136,8 @@ def checkpoint_config(name_or_path):
     return AutoConfig.from_pretrained(name_or_path)
 
 
-def load_adapter(
-    name_or_path: str,
-    *,
-    dtype: str | torch.dtype = "auto",
-    device: str | torch.device | None = None,
-    device_map: str | dict[str, Any] | None = None,
-    attn_implementation: str | None = "sdpa",
-    tensor_parallel: int | None = None,
-) -> VideoLMAdapter:
-    """Load a model and its processor from a hub id or a local folder, through from_pretrained.
-
-    The family is checked from the config before any weight is read. ``tensor_parallel=N`` (under
-    ``torchrun --nproc-per-node N``) shards the model over the N ranks by transformers' own
-    tensor-parallel plan (``tp_plan="auto"``: NCCL on GPUs, one per rank; gloo on CPUs).
-    """
-    from transformers import AutoModelForImageTextToText
-
+def check_placement(dtype, device, device_map, tensor_parallel, *, device_name: str = "device") -> None:
+    """ValueError for a dtype, device or placement no model can be loaded with (no file is read)."""
     if device is not None and device_map is not None:
         raise ValueError("give either device or device_map, not both")
     if isinstance(dtype, str) and dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
@@ -156,14 +147,38 @@ def load_adapter(
         try:  # a bad name would fail only once the weights are read
             torch.device(device)
         except (RuntimeError, TypeError, ValueError):
-            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got device={device!r}") from None
+            raise ValueError(f"{device_name} must be a torch device such as 'cpu' or 'cuda:0', "
+                             f"got {device_name}={device!r}"[:300]) from None
     if tensor_parallel is not None and (device_map is not None or device is not None):
         raise ValueError("tensor parallelism places the model itself (one GPU per rank): give no device or device map")
+
+
+def load_adapter(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    attn_implementation: str | None = "sdpa",
+    tensor_parallel: int | None = None,
+    processor=None,
+) -> VideoLMAdapter:
+    """Load a model and its processor (unless given: ``load_processor``'s) from a hub id or a local
+    folder, through from_pretrained.
+
+    The family and the tokenizer are checked before any weight is read. ``tensor_parallel=N`` (under
+    ``torchrun --nproc-per-node N``) shards the model over the N ranks by transformers' own
+    tensor-parallel plan (``tp_plan="auto"``: NCCL on GPUs, one per rank; gloo on CPUs).
+    """
+    from transformers import AutoModelForImageTextToText
+
+    check_placement(dtype, device, device_map, tensor_parallel)
     config = checkpoint_config(name_or_path)
     cls = adapter_class(config.model_type)
     if tensor_parallel is not None:
         check_tensor_parallel(config, tensor_parallel)
-    processor = load_processor(name_or_path)  # before the weights: a checkpoint without a tokenizer fails fast
+    if processor is None:
+        processor = load_processor(name_or_path)  # before the weights: a checkpoint without a tokenizer fails fast
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     extra = {} if tensor_parallel is None else {"tp_plan": "auto"}
