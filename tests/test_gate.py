@@ -54,6 +54,11 @@ class Family:
             reference = decode_target(self.target, full, max_new_tokens=MAX_NEW).token_ids
             self.inputs.append((features, full, self.draft.prepare(features), reference))
 
+    def decode(self, draft, full, draft_inputs, *, max_new_tokens=MAX_NEW, static=None, **config):
+        """The target's speculative decoding with ``draft`` on ``draft_inputs``, as SpecConfig(**config) says."""
+        return speculative_decode(self.target, draft, full, draft_inputs, max_new_tokens=max_new_tokens,
+                                  static=static, config=SpecConfig(**config))  # fmt: skip
+
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def fam(request, tiny_pairs, tmp_path_factory):
@@ -71,14 +76,7 @@ def test_reference_is_the_models_own_generate(fam):
 def test_independent_draft_is_lossless(fam, tree_name):
     tree = TREES[tree_name]
     for _, full, draft_inputs, reference in fam.inputs:
-        result = speculative_decode(
-            fam.target,
-            fam.draft,
-            full,
-            draft_inputs,
-            max_new_tokens=MAX_NEW,
-            config=SpecConfig(tree=tree),
-        )
+        result = fam.decode(fam.draft, full, draft_inputs, tree=tree)
         assert result.token_ids == reference
         stats = result.stats
         assert stats.new_tokens == len(reference)
@@ -94,14 +92,7 @@ def test_independent_draft_is_lossless(fam, tree_name):
 def test_target_as_its_own_draft_accepts_everything(fam, tree_name):
     tree = TREES[tree_name]
     for _, full, _, reference in fam.inputs:
-        result = speculative_decode(
-            fam.target,
-            fam.target,
-            full,
-            full,
-            max_new_tokens=MAX_NEW,
-            config=SpecConfig(tree=tree),
-        )
+        result = fam.decode(fam.target, full, full, tree=tree)
         assert result.token_ids == reference
         stats = result.stats
         # every cycle but possibly the last (cut by the stop rule) accepts a full path: tau = depth + 1
@@ -118,14 +109,7 @@ def test_pruned_self_draft_is_lossless(fam):
             keep = torch.arange(0, len(full.video), 3)
             pruned = fam.target.drop_video_tokens(full, keep, reindex=reindex)
             for tree in (TREES["chain3"], TREES["default"]):
-                result = speculative_decode(
-                    fam.target,
-                    fam.target,
-                    full,
-                    pruned,
-                    max_new_tokens=MAX_NEW,
-                    config=SpecConfig(tree=tree),
-                )
+                result = fam.decode(fam.target, full, pruned, tree=tree)
                 assert result.token_ids == reference
 
 
@@ -141,14 +125,8 @@ def test_every_pruning_strategy_is_lossless(fam):
     n_video = len(full.video)
     for strategy in STRATEGIES:
         for ratio in STRATEGY_RATIOS:
-            result = speculative_decode(
-                fam.target,
-                fam.draft,
-                full,
-                draft_inputs,
-                max_new_tokens=SWEEP_NEW,
-                config=SpecConfig(tree=TREES["chain3"], prune=PruneConfig(strategy=strategy, ratio=ratio)),
-            )
+            result = fam.decode(fam.draft, full, draft_inputs, max_new_tokens=SWEEP_NEW, tree=TREES["chain3"],
+                                prune=PruneConfig(strategy=strategy, ratio=ratio))  # fmt: skip
             assert result.token_ids == reference[:SWEEP_NEW], (strategy, ratio)
             kept = n_video if strategy == "none" else keep_budget(n_video, ratio)
             assert result.stats.draft_video_tokens == kept == len(result.selection.kept)
@@ -163,14 +141,8 @@ def test_pruned_self_draft_with_scores_is_lossless(fam, reindex):
     _, full, _, reference = fam.inputs[1]
     for ratio in STRATEGY_RATIOS:
         for tree in (TREES["chain5"], TREES["default"]):
-            result = speculative_decode(
-                fam.target,
-                fam.target,
-                full,
-                full,
-                max_new_tokens=MAX_NEW,
-                config=SpecConfig(tree=tree, prune=PruneConfig(strategy="specvlm", ratio=ratio), reindex=reindex),
-            )
+            result = fam.decode(fam.target, full, full, tree=tree, reindex=reindex,
+                                prune=PruneConfig(strategy="specvlm", ratio=ratio))  # fmt: skip
             assert result.token_ids == reference, ratio
             if ratio == 0.0 and not reindex:
                 assert all(rate == 1.0 for rate in result.stats.acceptance_by_depth)
@@ -180,14 +152,7 @@ def test_pruning_everything_leaves_the_draft_only_text(fam):
     from specvlm.pruning import PruneConfig
 
     _, full, _, reference = fam.inputs[1]
-    result = speculative_decode(
-        fam.target,
-        fam.target,
-        full,
-        full,
-        max_new_tokens=MAX_NEW,
-        config=SpecConfig(tree=TREES["default"], prune=PruneConfig(strategy="specvlm", ratio=1.0)),
-    )
+    result = fam.decode(fam.target, full, full, tree=TREES["default"], prune=PruneConfig(strategy="specvlm", ratio=1.0))
     assert result.token_ids == reference
     assert result.stats.draft_video_tokens == 0 and result.stats.video_tokens == len(full.video)
 
@@ -198,15 +163,7 @@ def test_static_steps_are_lossless(fam):
     assert decode_target(fam.target, full, max_new_tokens=MAX_NEW, static=True).token_ids == reference
     for tree in (TREES["chain3"], TREES["default"]):
         for draft, d_inputs in ((fam.draft, draft_inputs), (fam.target, full)):
-            result = speculative_decode(
-                fam.target,
-                draft,
-                full,
-                d_inputs,
-                max_new_tokens=MAX_NEW,
-                static=True,
-                config=SpecConfig(tree=tree),
-            )
+            result = fam.decode(draft, full, d_inputs, static=True, tree=tree)
             assert result.token_ids == reference
 
 
@@ -222,23 +179,9 @@ def test_text_only_chat_is_lossless(fam, tree_name):
     reference = decode_target(fam.target, full, max_new_tokens=MAX_NEW).token_ids
     assert out[0, features["input_ids"].shape[1] :].tolist() == reference
     tree = TREES[tree_name]
-    spec = speculative_decode(
-        fam.target,
-        fam.draft,
-        full,
-        fam.draft.prepare(features),
-        max_new_tokens=MAX_NEW,
-        config=SpecConfig(tree=tree, prune=PruneConfig(ratio=0.9)),
-    )  # fmt: skip
+    spec = fam.decode(fam.draft, full, fam.draft.prepare(features), tree=tree, prune=PruneConfig(ratio=0.9))
     assert spec.token_ids == reference and spec.stats.draft_video_tokens == 0
-    own = speculative_decode(
-        fam.target,
-        fam.target,
-        full,
-        full,
-        max_new_tokens=MAX_NEW,
-        config=SpecConfig(tree=tree),
-    )
+    own = fam.decode(fam.target, full, full, tree=tree)
     assert own.token_ids == reference and own.stats.tau > tree.depth
 
 
@@ -251,35 +194,14 @@ def test_the_adaptive_drafter_is_lossless_and_stops_early(fam, threshold):
     tree = TREES["default"]
     for _, full, d_full, reference in fam.inputs:
         drafter = AdaptiveDrafter(fam.draft, threshold=threshold)
-        out = speculative_decode(
-            fam.target,
-            fam.draft,
-            full,
-            d_full,
-            max_new_tokens=MAX_NEW,
-            config=SpecConfig(tree=tree, drafter=drafter),
-        )
+        out = fam.decode(fam.draft, full, d_full, tree=tree, drafter=drafter)
         assert out.token_ids == reference
-        model = speculative_decode(
-            fam.target,
-            fam.draft,
-            full,
-            d_full,
-            max_new_tokens=MAX_NEW,
-            config=SpecConfig(tree=tree),
-        )
+        model = fam.decode(fam.draft, full, d_full, tree=tree)
         if threshold == 0.0:
             assert out.stats.draft_passes == model.stats.draft_passes
         if threshold == 1.0:
             assert out.stats.draft_passes == out.stats.target_passes
-        own = speculative_decode(
-            fam.target,
-            fam.target,
-            full,
-            full,
-            max_new_tokens=MAX_NEW,
-            config=SpecConfig(tree=tree, drafter=AdaptiveDrafter(fam.target, threshold=threshold)),
-        )  # fmt: skip
+        own = fam.decode(fam.target, full, full, tree=tree, drafter=AdaptiveDrafter(fam.target, threshold=threshold))
         assert own.token_ids == reference
 
 
@@ -296,13 +218,11 @@ def test_drafting_while_verifying_is_lossless(fam, tree_name):
     tree = TREES[tree_name]
     for _, full, d_full, reference in fam.inputs:
         other = OverlapDrafter(fam.draft, policy=GuessPolicy(always=True))  # guess every cycle, right or not
-        out = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW,
-                                 config=SpecConfig(tree=tree, drafter=other))  # fmt: skip
+        out = fam.decode(fam.draft, full, d_full, tree=tree, drafter=other)
         assert out.token_ids == reference
         assert other.guesses >= out.stats.target_passes - 1 and out.stats.overlapped_cycles <= other.hits
         own = OverlapDrafter(fam.target, policy=GuessPolicy(always=True))
-        out = speculative_decode(fam.target, fam.target, full, full, max_new_tokens=MAX_NEW,
-                                 config=SpecConfig(tree=tree, drafter=own))  # fmt: skip
+        out = fam.decode(fam.target, full, full, tree=tree, drafter=own)
         assert out.token_ids == reference
         assert out.stats.overlapped_cycles == out.stats.target_passes - 1 > 0  # the first tree has no cycle before it
         assert own.hits >= out.stats.overlapped_cycles  # the last right guess may go unused
@@ -350,8 +270,7 @@ def test_the_overlapped_drafter_measures_every_cycle_but_the_first(fam):
     drafter = OverlapDrafter(fam.draft)
     for _ in range(2):  # the policy is kept across requests
         before = sum(drafter.policy.samples.values())
-        out = speculative_decode(fam.target, fam.draft, full, d_full, max_new_tokens=MAX_NEW,
-                                 config=SpecConfig(tree=TREES["default"], drafter=drafter))  # fmt: skip
+        out = fam.decode(fam.draft, full, d_full, tree=TREES["default"], drafter=drafter)
         assert out.token_ids == reference
         assert sum(drafter.policy.samples.values()) - before == out.stats.target_passes - 2
     assert drafter.policy.samples[True] >= 1 and drafter.policy.samples[False] >= 1
@@ -368,8 +287,7 @@ def test_a_guess_cut_short_by_its_verdict_is_lossless(fam, ahead):
     _, full, d_full, reference = fam.inputs[0]
     for draft, inputs in ((fam.draft, d_full), (fam.target, full)):
         drafter = OverlapDrafter(draft, ahead=ahead, policy=GuessPolicy(always=True))
-        out = speculative_decode(fam.target, draft, full, inputs, max_new_tokens=MAX_NEW,
-                                 config=SpecConfig(tree=tree, drafter=drafter))  # fmt: skip
+        out = fam.decode(draft, full, inputs, tree=tree, drafter=drafter)
         assert out.token_ids == reference
         assert drafter.queued and set(drafter.queued) == {ahead}
     assert out.stats.overlapped_cycles == out.stats.target_passes - 1 > 0  # self-draft: every guess right
