@@ -29,7 +29,14 @@ from specvlm.engine.sampling import MIN_SAMPLING, SEED_RANGE, SamplingConfig
 from specvlm.engine.speculative import PairMismatchError, check_pair, check_same_tokenizer, speculative_decode
 from specvlm.engine.static import choose_step_mode
 from specvlm.engine.tree import DraftTree, TreeSchedule, parse_tree
-from specvlm.models import adapter_class, check_placement, checkpoint_config, load_adapter, load_processor
+from specvlm.models import (
+    adapter_class,
+    check_placement,
+    check_tensor_parallel,
+    checkpoint_config,
+    load_adapter,
+    load_processor,
+)
 from specvlm.models.base import Prompt, VideoLMAdapter
 from specvlm.pruning import PruneConfig
 from specvlm.video import (
@@ -241,12 +248,15 @@ class SpeculativeVLM:
             parse_tree(tree)
         if isinstance(drafter, str):
             make_drafter(drafter, None)
-        families = [adapter_class(checkpoint_config(name).model_type).family for name in (target, draft)]
+        configs = [checkpoint_config(name) for name in (target, draft)]
+        families = [adapter_class(config.model_type).family for config in configs]
         if families[0] != families[1]:
             raise PairMismatchError(f"target and draft must be of one family: target is {families[0]}, "
                                     f"draft is {families[1]}")  # fmt: skip
         check_placement(dtype, device, device_map, tensor_parallel)
         check_placement(dtype, draft_device, None, None, device_name="draft_device")
+        if tensor_parallel is not None:
+            check_tensor_parallel(configs[0], tensor_parallel)
         processors = [load_processor(name) for name in (target, draft)]  # both, before any weight: a missing
         check_same_tokenizer(*(p.tokenizer for p in processors))  # or mismatched tokenizer fails in seconds
         target_adapter = load_adapter(

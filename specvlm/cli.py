@@ -264,7 +264,6 @@ def load_pair(args, *, prune=None):
     from safetensors import SafetensorError
 
     from specvlm.api import SpeculativeVLM
-
     from specvlm.models import MissingTokenizerError
 
     target, draft = resolve_pair(args.target, args.draft)
@@ -715,7 +714,8 @@ def cmd_generate(args) -> int:
     if args.picture and not speculative:
         raise CLIError("--picture shows the draft's kept video tokens, so it needs speculative decoding "
                        "(drop --no-speculative, or use `specvlm visualize`)")
-    if not speculative and (unread := speculation_flags_given(args)):  # said, not refused: the same command with --no-speculative is the A/B baseline
+    if not speculative and (unread := speculation_flags_given(args)):  # said, not refused: the same command
+        # with --no-speculative appended is how one runs the baseline of an A/B
         print(f"specvlm generate: note: --no-speculative decodes with the target alone; {', '.join(unread)} "
               "not used", file=sys.stderr)
     truncation = [f"{flag} {value}" for flag, value in (("--top-p", args.top_p), ("--top-k", args.top_k)) if value is not None]

@@ -27,6 +27,7 @@ __all__ = [
     "adapter_class",
     "adapter_for",
     "check_placement",
+    "check_tensor_parallel",
     "check_tokenizer",
     "checkpoint_config",
     "checkpoint_folder_problem",
