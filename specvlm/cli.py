@@ -613,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--prompt", type=_prompt, metavar="TEXT", help="one prompt for every sample (replaces the benchmark's)")
     _add_frames(b)
     _add_speculation(b)
+    _add_drafter(b)
     b.add_argument("--methods", nargs="+", choices=("target", "sd", "pruned"), default=["target", "sd", "pruned"],
                    metavar="METHOD", help="of target, sd, pruned (default all); target, the baseline, always runs")
     b.add_argument("--prune", nargs="+", choices=STRATEGIES, default=["specvlm"], metavar="STRATEGY",
@@ -850,7 +851,7 @@ def cmd_bench(args) -> int:
         target=target, draft=draft, num_frames=frames["num_frames"], fps=frames["fps"],
         max_frames=frames["max_frames"], max_new_tokens=args.max_new_tokens, tree=args.tree,
         reindex=args.reindex, stage1_mass=args.stage1_mass, dtype=args.dtype, max_video_pixels=args.max_video_pixels,
-        prompt=args.prompt, compile=not args.no_compile, attn=args.attn,
+        prompt=args.prompt, compile=not args.no_compile, attn=args.attn, drafter=args.drafter,
     )
     methods = method_list(args.methods, args.prune, args.prune_ratios, stage1_mass=args.stage1_mass,
                           hf_assisted=args.hf_assisted)

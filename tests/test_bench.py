@@ -294,8 +294,9 @@ def test_bench_rerun_with_another_step_mode_is_refused_not_mixed(pair, tmp_path,
             "--out", str(out)]
     bench(capsys, *argv, "--prompt", PROMPT)
     stored = json.loads((out / "run.json").read_text())
-    assert stored["attn"] == "sdpa" and stored["compile"] is True
-    for other, words in ((["--attn", "eager"], "'eager' now"), (["--no-compile"], "compile=True there")):
+    assert stored["attn"] == "sdpa" and stored["compile"] is True and stored["drafter"] == "model"
+    for other, words in ((["--attn", "eager"], "'eager' now"), (["--no-compile"], "compile=True there"),
+                         (["--drafter", "adaptive:0.3"], "drafter='model' there, 'adaptive:0.3' now")):
         capsys.readouterr()
         assert main(["bench", *argv, "--prompt", PROMPT, *other]) == 2
         assert "other settings" in (err := capsys.readouterr().err) and words in err, err
@@ -329,3 +330,20 @@ def test_bench_shards_resume_and_merge_into_one_summary(pair, tmp_path, capsys):
     _, err = bench(capsys, *argv, "--out", str(sharded), "--shard", "1/2")  # a rerun redoes nothing
     assert "already in" in err and len(lines(sharded / "shards" / "1-of-2" / "samples.jsonl")) == len(two)
     assert main(["bench", "--merge", "--out", str(sharded)]) == 0
+
+
+def test_bench_runs_every_speculative_method_with_the_drafter_asked_for(pair, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    clip(videos / "a.mp4", 0)
+    passes = {}
+    for drafter in ("model", "adaptive:1.0"):  # adaptive at 1.0: one draft pass a cycle, never deeper
+        out = tmp_path / drafter.replace(":", "-")
+        bench(capsys, "--target", pair[0], "--draft", pair[1], "--videos", str(videos), "--prompt", PROMPT, *RUN,
+              "--methods", "target", "sd", "--drafter", drafter, "--out", str(out))  # fmt: skip
+        sd = next(r for r in lines(out / "samples.jsonl") if r["method"] == "sd")
+        assert sd["status"] == "ok" and sd["equal_to_target"] is True
+        passes[drafter] = (sd["draft_passes"], sd["target_passes"])
+        assert f"drafter `{drafter}`" in (out / "summary.md").read_text()
+    assert passes["adaptive:1.0"][0] == passes["adaptive:1.0"][1]
+    assert passes["model"][0] > passes["model"][1]  # a chain of 2: two passes a cycle

@@ -19,7 +19,8 @@ What a record holds (``samples.jsonl``, one JSON object per line, written and fl
 as the method finished): ``sample_id``, ``dataset``, ``video``, ``method``, ``kind``,
 ``strategy``/``ratio`` (pruned only), ``status`` ("ok" | "failed"), ``error``, ``tokens``,
 ``prompt_tokens``, ``prefill_s`` (target prefill, Stage I scoring included), ``draft_prefill_s``,
-``decode_s``, ``tokens_per_s``, ``tau``, ``target_passes``, ``acceptance_by_depth``, ``rank_tries`` /
+``decode_s``, ``tokens_per_s``, ``tau``, ``target_passes``, ``draft_passes`` (the drafter's model
+passes; fewer under ``--drafter adaptive``), ``acceptance_by_depth``, ``rank_tries`` /
 ``rank_hits`` (per depth and rank: cycles that reached a candidate, cycles that went on through it;
 ``benchmarks/tree_choice.py --acceptance-from`` chooses a tree from them),
 ``video_tokens``, ``draft_video_tokens``, ``stage1_tokens``, ``speedup`` (the baseline's decode_s
@@ -140,6 +141,7 @@ class BenchSettings:
     prompt: str | None = None  # the one prompt of every sample (--prompt); None: each sample's own
     compile: bool = True  # torch.compile'd steps (--no-compile: eager): timings differ by tens of percent
     attn: str | None = "sdpa"  # the models' attention implementation (--attn)
+    drafter: str = "model"  # the drafting rule (--drafter): the timings depend on it, the outputs do not
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -608,6 +610,7 @@ class Bench:
                 tokens_per_s=d.get("tokens_per_s"),
                 tau=d.get("tau"),
                 target_passes=d.get("target_passes"),
+                draft_passes=d.get("draft_passes"),
                 acceptance_by_depth=d.get("acceptance_by_depth"),
                 rank_tries=d.get("rank_tries"),
                 rank_hits=d.get("rank_hits"),
