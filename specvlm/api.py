@@ -261,12 +261,12 @@ class SpeculativeVLM:
         check_same_tokenizer(*(p.tokenizer for p in processors))  # or mismatched tokenizer fails in seconds
         target_adapter = load_adapter(
             target, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation,
-            tensor_parallel=tensor_parallel, processor=processors[0],
+            tensor_parallel=tensor_parallel, config=configs[0], processor=processors[0],
         )  # fmt: skip
         placed = device_map is not None or tensor_parallel is not None
         draft_device = draft_device or device or (str(target_adapter.device) if placed else None)
         draft_adapter = load_adapter(draft, dtype=dtype, device=draft_device, attn_implementation=attn_implementation,
-                                     processor=processors[1])  # fmt: skip
+                                     config=configs[1], processor=processors[1])  # fmt: skip
         return cls(target_adapter, draft_adapter, tree=tree, prune=prune, reindex=reindex, compile=compile,
                    drafter=drafter)  # fmt: skip
 

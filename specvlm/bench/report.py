@@ -123,7 +123,8 @@ def markdown(summary: dict) -> str:
                   f"{s['fps']} fps" if s.get("fps") else "all frames")
         lines.append(
             f"target `{s.get('target')}`, draft `{s.get('draft')}`; {frames}, "
-            f"max {s.get('max_new_tokens')} new tokens, tree `{s.get('tree')}`, drafter `{s.get('drafter', 'model')}`, greedy"
+            f"max {s.get('max_new_tokens')} new tokens, tree `{s.get('tree')}`, "
+            f"drafter `{s.get('drafter', 'model')}`, greedy"
         )
     n_skipped = len(summary.get("skipped") or [])
     skipped = f", {n_skipped} skipped (see skipped.jsonl)" if n_skipped else ""

@@ -60,7 +60,7 @@ class MissingTokenizerError(FileNotFoundError):
     that knows only the special tokens (and the pair check would report two different tokenizers).
     ``checkpoint`` is the name or folder given."""
 
-    def __init__(self, message: str, checkpoint: str):
+    def __init__(self, message: str, checkpoint: str | None = None):
         super().__init__(message)
         self.checkpoint = checkpoint
 
@@ -162,10 +162,12 @@ def load_adapter(
     device_map: str | dict[str, Any] | None = None,
     attn_implementation: str | None = "sdpa",
     tensor_parallel: int | None = None,
+    config=None,
     processor=None,
 ) -> VideoLMAdapter:
-    """Load a model and its processor (unless given: ``load_processor``'s) from a hub id or a local
-    folder, through from_pretrained.
+    """Load a model and its processor from a hub id or a local folder, through from_pretrained
+    (``config`` and ``processor``, when given, are ``checkpoint_config``'s and ``load_processor``'s,
+    already read).
 
     The family and the tokenizer are checked before any weight is read. ``tensor_parallel=N`` (under
     ``torchrun --nproc-per-node N``) shards the model over the N ranks by transformers' own
@@ -174,7 +176,8 @@ def load_adapter(
     from transformers import AutoModelForImageTextToText
 
     check_placement(dtype, device, device_map, tensor_parallel)
-    config = checkpoint_config(name_or_path)
+    if config is None:
+        config = checkpoint_config(name_or_path)
     cls = adapter_class(config.model_type)
     if tensor_parallel is not None:
         check_tensor_parallel(config, tensor_parallel)
